@@ -1,0 +1,27 @@
+//! The peercm protocol core: everything about talking to a partner node that does not touch a
+//! socket, a verbs device, a thread or the clock.
+//!
+//! In the spirit of `quinn-proto`, every state machine here is driven from outside:
+//! `handle_*` methods feed it input (frames, link events, timer expiry, client commands) with the
+//! current time passed in as `now`, and `poll_*` methods drain its output (frames to transmit,
+//! events for clients, the next deadline). The tokio runtime in `peercm-cm` and the transports
+//! (`peercm-tcp`, later verbs) sit on top.
+//!
+//! Modules:
+//! - [`frame`]: the fixed frame header, its encoder and its bounded, panic-free decoder.
+//! - [`control`]: payloads of control messages (handshake, ACK/NACK, CLIENT-UP, FLOW, ...).
+//! - [`auth`]: HMAC-SHA256 challenge-response over the shared cluster secret.
+//! - [`handshake`]: the bootstrap handshake, one struct per expected message.
+//! - [`stream`]: per-client send and receive streams (sequencing, replay, dedup, reordering).
+//! - [`port`]: the client port state machine (IDLE ... CONNECTED <-> STOPPED, DESTROYED).
+//! - [`session`]: one partner session multiplexing all clients over all links.
+
+pub mod auth;
+pub mod control;
+pub mod frame;
+pub mod handshake;
+pub mod port;
+pub mod session;
+pub mod stream;
+
+pub use frame::{Frame, FrameError, Header, MsgType, PROTOCOL_VERSION};

@@ -1,0 +1,1189 @@
+//! One partner session: every client's streams multiplexed over every live link, IO-free.
+//!
+//! Inputs: [`Session::handle_link_up`] / [`Session::handle_link_down`] when the runtime gains or
+//! loses an authenticated link, [`Session::handle_frame`] for each received frame,
+//! [`Session::handle_written`] when a link writer took frames, [`Session::handle_timeout`] when
+//! the deadline from [`Session::poll_timeout`] passed, and client commands (`register`,
+//! `connect`, `close`, `send`, `reply`, `consumed`). Outputs: [`Session::poll_transmit`] (which
+//! frame on which link), [`Session::poll_event`] (what to tell which client) and
+//! [`Session::poll_close_link`] (links judged dead).
+//!
+//! Session life: DOWN -> (first link) RESETTING -> (RESET / RESET-ACK exchanged on that link)
+//! AWAITING-READY -> (partner READY) UP. While UP, losing one link replays every
+//! unacknowledged message on the survivors (receivers drop duplicates, so nothing is lost or
+//! delivered twice). Losing the last link takes the session DOWN: outstanding messages are
+//! NACKed, clients told the connection is down, sends fail fast until the next RESET.
+
+use crate::auth::Role;
+use crate::control::{self, ClientAnnounce, NackReason, NodeInfo};
+use crate::frame::{Flags, Frame, MsgType, DEFAULT_MAX_PAYLOAD_BYTES};
+use crate::port::{InvalidTransition, Port, PortInput, PortState};
+use crate::stream::{RecvStream, ReplyError, SendCompletion, SendModel, SendStream};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// Runtime-assigned identity of one link (one TCP connection, later one QP).
+pub type LinkId = u64;
+/// Local identity of a registered client.
+pub type ClientId = u32;
+
+/// Tunables of a session.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Messages per client stream that may be unacknowledged (and the credit granted).
+    pub window: u32,
+    /// Send a heartbeat on a link that has been quiet this long.
+    pub heartbeat_interval: Duration,
+    /// Declare a link dead when nothing was received on it for this long.
+    pub link_timeout: Duration,
+    /// Queued (never transmitted) messages at which a client is told flow control is on.
+    pub flow_high_water: usize,
+    /// Queue length at which flow control turns off again.
+    pub flow_low_water: usize,
+    /// Largest message payload.
+    pub max_payload_bytes: u32,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            window: 256,
+            heartbeat_interval: Duration::from_millis(100),
+            link_timeout: Duration::from_millis(1500),
+            flow_high_water: 4096,
+            flow_low_water: 1024,
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+        }
+    }
+}
+
+/// How latency-sensitive a client is (used by placement in later work).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LatencyClass {
+    /// Heartbeats and failover signalling: must never queue behind bulk traffic.
+    Critical,
+    /// Ordinary request/response.
+    Normal,
+    /// Throughput over latency.
+    Bulk,
+}
+
+/// What a client declares at registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientSpec {
+    /// Expected bandwidth in MB/s.
+    pub bandwidth_mbps: u32,
+    /// Latency class.
+    pub latency: LatencyClass,
+    /// How sends complete.
+    pub model: SendModel,
+}
+
+/// Why a client's connection went down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum DownReason {
+    /// Every link to the partner was lost.
+    ConnectionLost,
+    /// The partner restarted.
+    PeerRestarted,
+    /// The partner closed its namesake client.
+    PeerClientClosed,
+    /// The partner reset the session.
+    PeerReset,
+}
+
+/// Something a client must be told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// A message from the partner's namesake. If `reply_needed`, answer with `reply(seq, code)`.
+    Data {
+        /// Sequence number on this stream.
+        seq: u64,
+        /// The message.
+        payload: Bytes,
+        /// Whether the sender waits for a return code.
+        reply_needed: bool,
+    },
+    /// A send completed: sync with the partner client's code, async with `None`.
+    Acked {
+        /// Sequence number of the send.
+        seq: u64,
+        /// Return code from the partner client (sync model).
+        code: Option<i32>,
+    },
+    /// A local-model send was handed to the transport.
+    Transmitted {
+        /// Sequence number of the send.
+        seq: u64,
+    },
+    /// A send failed; it may or may not have reached the partner (see the reason).
+    Nacked {
+        /// Sequence number of the send.
+        seq: u64,
+        /// Why.
+        reason: NackReason,
+    },
+    /// The connection to the partner's namesake is up; sends are accepted.
+    Up,
+    /// The connection is down; sends fail fast until `Up`.
+    Down {
+        /// Why.
+        reason: DownReason,
+    },
+    /// Flow control turned on (throttle) or off.
+    FlowControl {
+        /// On or off.
+        on: bool,
+    },
+}
+
+/// The session's own state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SessionState {
+    /// No link.
+    Down,
+    /// A link is up; sequence state is being reset.
+    Resetting,
+    /// Reset done; waiting for the partner's READY.
+    AwaitingReady,
+    /// Client traffic flows.
+    Up,
+}
+
+/// A client command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// No such client (never registered or destroyed).
+    #[error("unknown client id {0}")]
+    UnknownClient(ClientId),
+    /// The name is taken by a live client.
+    #[error("client name {0:?} is already registered")]
+    DuplicateName(String),
+    /// The name is not acceptable.
+    #[error(transparent)]
+    BadName(#[from] control::ControlError),
+    /// The port does not allow this now.
+    #[error(transparent)]
+    Port(#[from] InvalidTransition),
+    /// Sends fail fast while the connection is not up.
+    #[error("client {name:?} is not connected (port {state}); retry after the Up event")]
+    NotConnected {
+        /// Client name.
+        name: String,
+        /// Port state.
+        state: PortState,
+    },
+    /// The payload is larger than the configured maximum.
+    #[error("payload of {len} bytes exceeds the maximum of {max}")]
+    PayloadTooLarge {
+        /// Its length.
+        len: usize,
+        /// The maximum.
+        max: u32,
+    },
+    /// Bad reply.
+    #[error(transparent)]
+    Reply(#[from] ReplyError),
+}
+
+/// The partner broke the protocol on a link; the runtime closes that link.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum ProtocolViolation {
+    /// A handshake message after the handshake.
+    #[error("unexpected {0:?} on an established link")]
+    Unexpected(MsgType),
+    /// A control payload was malformed.
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
+    /// A stream rule was broken.
+    #[error("client {client}: {err}")]
+    Stream {
+        /// Local client id.
+        client: ClientId,
+        /// The rule.
+        err: crate::stream::RecvError,
+    },
+}
+
+/// A frame to put on a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Which link.
+    pub link: LinkId,
+    /// The frame.
+    pub frame: Frame,
+    /// For local-model data: report `(client, seq)` back through `handle_written` once written.
+    pub local_done: Option<(ClientId, u64)>,
+}
+
+/// Counters for status output and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SessionStats {
+    /// Frames received.
+    pub frames_in: u64,
+    /// Frames handed out for transmission.
+    pub frames_out: u64,
+    /// DATA frames that were retransmissions.
+    pub replays: u64,
+    /// Duplicate DATA frames dropped by receivers.
+    pub duplicates_dropped: u64,
+    /// Messages delivered to local clients.
+    pub delivered: u64,
+    /// Links lost while the session stayed up.
+    pub links_lost: u64,
+    /// Session resets.
+    pub resets: u64,
+    /// Frames refused as protocol violations.
+    pub violations: u64,
+    /// DATA frames for clients that do not exist here.
+    pub unknown_client_frames: u64,
+}
+
+#[derive(Debug)]
+struct LinkState {
+    last_rx: Instant,
+    last_tx: Instant,
+    queued_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PeerClient {
+    id: u32,
+    window: u32,
+}
+
+#[derive(Debug)]
+struct ClientSlot {
+    name: String,
+    spec: ClientSpec,
+    port: Port,
+    send: SendStream,
+    recv: RecvStream,
+    flow_on: bool,
+}
+
+/// One partner session. See the module docs.
+#[derive(Debug)]
+pub struct Session {
+    cfg: SessionConfig,
+    role: Role,
+    state: SessionState,
+    epoch: u64,
+    peer: Option<NodeInfo>,
+    control_link: Option<LinkId>,
+    links: BTreeMap<LinkId, LinkState>,
+    clients: BTreeMap<ClientId, ClientSlot>,
+    by_name: HashMap<String, ClientId>,
+    peer_clients: HashMap<String, PeerClient>,
+    next_client_id: ClientId,
+    control_out: VecDeque<(Option<LinkId>, Frame)>,
+    ack_due: BTreeSet<ClientId>,
+    flow_due: BTreeSet<ClientId>,
+    events: VecDeque<(ClientId, ClientEvent)>,
+    closing: VecDeque<LinkId>,
+    rr_client: ClientId,
+    rr_link: usize,
+    stats: SessionStats,
+}
+
+impl Session {
+    /// A session in state DOWN. The dialer of the first link drives the RESET.
+    pub fn new(cfg: SessionConfig, role: Role) -> Self {
+        Session {
+            cfg,
+            role,
+            state: SessionState::Down,
+            epoch: 0,
+            peer: None,
+            control_link: None,
+            links: BTreeMap::new(),
+            clients: BTreeMap::new(),
+            by_name: HashMap::new(),
+            peer_clients: HashMap::new(),
+            next_client_id: 1,
+            control_out: VecDeque::new(),
+            ack_due: BTreeSet::new(),
+            flow_due: BTreeSet::new(),
+            events: VecDeque::new(),
+            closing: VecDeque::new(),
+            rr_client: 0,
+            rr_link: 0,
+            stats: SessionStats::default(),
+        }
+    }
+
+    // ----- getters -----
+
+    /// Session state.
+    pub fn state(&self) -> SessionState {
+        self.state
+    }
+
+    /// Session epoch (bumped by every RESET).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The partner as described in the latest handshake.
+    pub fn peer(&self) -> Option<&NodeInfo> {
+        self.peer.as_ref()
+    }
+
+    /// Live links.
+    pub fn links(&self) -> impl Iterator<Item = LinkId> + '_ {
+        self.links.keys().copied()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> SessionStats {
+        self.stats
+    }
+
+    /// A client's port state.
+    pub fn port_state(&self, id: ClientId) -> Option<PortState> {
+        self.clients.get(&id).map(|c| c.port.state())
+    }
+
+    /// A client's name.
+    pub fn client_name(&self, id: ClientId) -> Option<&str> {
+        self.clients.get(&id).map(|c| c.name.as_str())
+    }
+
+    /// A client's spec.
+    pub fn client_spec(&self, id: ClientId) -> Option<ClientSpec> {
+        self.clients.get(&id).map(|c| c.spec)
+    }
+
+    /// Live clients.
+    pub fn client_ids(&self) -> impl Iterator<Item = ClientId> + '_ {
+        self.clients.keys().copied()
+    }
+
+    /// Unacknowledged sends of a client.
+    pub fn unacked(&self, id: ClientId) -> usize {
+        self.clients.get(&id).map_or(0, |c| c.send.unacked_len())
+    }
+
+    /// Announcements of every live client (for the handshake's NodeInfo).
+    pub fn announcements(&self) -> Vec<ClientAnnounce> {
+        self.clients
+            .iter()
+            .map(|(id, c)| self.announce(*id, c))
+            .collect()
+    }
+
+    fn announce(&self, id: ClientId, c: &ClientSlot) -> ClientAnnounce {
+        ClientAnnounce {
+            name: c.name.clone(),
+            id,
+            recv_window: self.cfg.window,
+            connecting: matches!(c.port.state(), PortState::Connecting | PortState::Connected),
+        }
+    }
+
+    // ----- client commands -----
+
+    /// Registers a client (port -> INITIALIZED) and announces it when the session is up.
+    pub fn register(&mut self, name: &str, spec: ClientSpec) -> Result<ClientId, SessionError> {
+        control::validate_name("client name", name)?;
+        if self.by_name.contains_key(name) {
+            return Err(SessionError::DuplicateName(name.to_string()));
+        }
+        let id = self.next_client_id;
+        self.next_client_id = self.next_client_id.wrapping_add(1).max(1);
+        let mut port = Port::default();
+        port.apply(PortInput::Register)?;
+        port.apply(PortInput::Initialize)?;
+        let window = self.cfg.window;
+        let credit = self
+            .peer_clients
+            .get(name)
+            .map_or(0, |p| u64::from(p.window));
+        self.clients.insert(
+            id,
+            ClientSlot {
+                name: name.to_string(),
+                spec,
+                port,
+                send: SendStream::new(window, credit),
+                recv: RecvStream::new(window),
+                flow_on: false,
+            },
+        );
+        self.by_name.insert(name.to_string(), id);
+        if matches!(self.state, SessionState::Up | SessionState::AwaitingReady) {
+            self.queue_client_up(id);
+        }
+        self.refresh_path(id);
+        Ok(id)
+    }
+
+    /// Use-counted connect (port -> CONNECTING, or CONNECTED when the partner is reachable).
+    pub fn connect(&mut self, id: ClientId) -> Result<PortState, SessionError> {
+        let c = self
+            .clients
+            .get_mut(&id)
+            .ok_or(SessionError::UnknownClient(id))?;
+        let before = c.port.state();
+        let after = c.port.apply(PortInput::Connect)?;
+        if before != after && matches!(self.state, SessionState::Up | SessionState::AwaitingReady) {
+            self.queue_client_up(id);
+        }
+        self.refresh_path(id);
+        Ok(self.port_state(id).unwrap_or(after))
+    }
+
+    /// Controlled (use-counted) or immediate close. Outstanding sends of a destroyed client are
+    /// NACKed with [`NackReason::Closed`].
+    pub fn close(&mut self, id: ClientId, immediate: bool) -> Result<PortState, SessionError> {
+        let c = self
+            .clients
+            .get_mut(&id)
+            .ok_or(SessionError::UnknownClient(id))?;
+        let input = if immediate {
+            PortInput::CloseImmediate
+        } else {
+            PortInput::Close
+        };
+        let state = c.port.apply(input)?;
+        if state == PortState::Destroyed {
+            let seqs = c.send.drain_unacked();
+            let name = c.name.clone();
+            for seq in seqs {
+                self.events.push_back((
+                    id,
+                    ClientEvent::Nacked {
+                        seq,
+                        reason: NackReason::Closed,
+                    },
+                ));
+            }
+            self.clients.remove(&id);
+            self.by_name.remove(&name);
+            self.ack_due.remove(&id);
+            self.flow_due.remove(&id);
+            if self.state == SessionState::Up {
+                self.control_out.push_back((
+                    None,
+                    Frame::control(MsgType::ClientDown, control::encode(&name)),
+                ));
+            }
+        }
+        Ok(state)
+    }
+
+    /// Queues a message for the partner's namesake. Fails fast unless the port is up.
+    pub fn send(
+        &mut self,
+        id: ClientId,
+        payload: Bytes,
+        model: SendModel,
+    ) -> Result<u64, SessionError> {
+        let max = self.cfg.max_payload_bytes;
+        let high = self.cfg.flow_high_water;
+        let c = self
+            .clients
+            .get_mut(&id)
+            .ok_or(SessionError::UnknownClient(id))?;
+        if payload.len() > max as usize {
+            return Err(SessionError::PayloadTooLarge {
+                len: payload.len(),
+                max,
+            });
+        }
+        if !c.port.state().is_up() || self.state != SessionState::Up {
+            return Err(SessionError::NotConnected {
+                name: c.name.clone(),
+                state: c.port.state(),
+            });
+        }
+        let seq = c.send.push(payload, model);
+        if !c.flow_on && c.send.queued() >= high {
+            c.flow_on = true;
+            self.events
+                .push_back((id, ClientEvent::FlowControl { on: true }));
+        }
+        Ok(seq)
+    }
+
+    /// The local client's return code for a synchronous message.
+    pub fn reply(&mut self, id: ClientId, seq: u64, code: i32) -> Result<(), SessionError> {
+        let c = self
+            .clients
+            .get_mut(&id)
+            .ok_or(SessionError::UnknownClient(id))?;
+        c.recv.reply(seq, code)?;
+        if let Some(peer) = self.peer_clients.get(&c.name) {
+            let ack = c.recv.delivered();
+            self.control_out.push_back((
+                None,
+                Frame::new(
+                    MsgType::Ack,
+                    Flags::empty(),
+                    peer.id,
+                    seq,
+                    ack,
+                    control::encode_code(code),
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The local client took every message up to `seq` off its queue (grants credit).
+    pub fn consumed(&mut self, id: ClientId, seq: u64) {
+        if let Some(c) = self.clients.get_mut(&id) {
+            if c.recv.consume(seq).is_some() {
+                self.flow_due.insert(id);
+            }
+        }
+    }
+
+    // ----- link events -----
+
+    /// An authenticated link to `peer` came up.
+    pub fn handle_link_up(&mut self, link: LinkId, peer: NodeInfo, now: Instant) {
+        if let Some(old) = &self.peer {
+            if old.instance != peer.instance {
+                tracing::warn!(
+                    old = old.instance,
+                    new = peer.instance,
+                    "partner {} restarted: dropping the old session",
+                    peer.node_id
+                );
+                let old_links: Vec<LinkId> = self.links.keys().copied().collect();
+                for l in old_links {
+                    self.links.remove(&l);
+                    self.closing.push_back(l);
+                }
+                self.go_down(DownReason::PeerRestarted, NackReason::PeerRestarted);
+            }
+        }
+        self.peer = Some(peer);
+        self.links.insert(
+            link,
+            LinkState {
+                last_rx: now,
+                last_tx: now,
+                queued_bytes: 0,
+            },
+        );
+        if self.state == SessionState::Down {
+            self.begin_reset(link);
+        } else if self.state == SessionState::Up {
+            self.resync_after_link_change();
+        }
+    }
+
+    fn begin_reset(&mut self, link: LinkId) {
+        self.control_link = Some(link);
+        self.state = SessionState::Resetting;
+        if self.role == Role::Dialer {
+            self.epoch += 1;
+            self.control_out.push_back((
+                Some(link),
+                Frame::new(
+                    MsgType::Reset,
+                    Flags::empty(),
+                    0,
+                    self.epoch,
+                    0,
+                    Bytes::new(),
+                ),
+            ));
+        }
+    }
+
+    /// A link was lost (closed by the peer, an IO error, or judged dead by this session).
+    pub fn handle_link_down(&mut self, link: LinkId, _now: Instant) {
+        if self.links.remove(&link).is_none() {
+            return;
+        }
+        if self.links.is_empty() {
+            self.go_down(DownReason::ConnectionLost, NackReason::ConnectionLost);
+            return;
+        }
+        match self.state {
+            SessionState::Up => {
+                self.stats.links_lost += 1;
+                self.resync_after_link_change();
+            }
+            SessionState::Resetting | SessionState::AwaitingReady
+                if self.control_link == Some(link) =>
+            {
+                // The reset lost its link: start it again on a survivor.
+                if let Some(&next) = self.links.keys().next() {
+                    self.control_out.clear();
+                    self.begin_reset(next);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// After a link change: retransmit everything unacknowledged and re-announce acks and
+    /// credit, since any of them may have died with the link.
+    fn resync_after_link_change(&mut self) {
+        for (id, c) in self.clients.iter_mut() {
+            self.stats.replays += c.send.replay_all() as u64;
+            c.recv.regrant();
+            if c.port.state().is_up() {
+                self.ack_due.insert(*id);
+                self.flow_due.insert(*id);
+            }
+        }
+    }
+
+    fn go_down(&mut self, reason: DownReason, nack: NackReason) {
+        let was_up = self.state == SessionState::Up;
+        self.state = SessionState::Down;
+        self.control_link = None;
+        self.control_out.clear();
+        self.ack_due.clear();
+        self.flow_due.clear();
+        self.peer_clients.clear();
+        for (id, c) in self.clients.iter_mut() {
+            for seq in c.send.drain_unacked() {
+                self.events
+                    .push_back((*id, ClientEvent::Nacked { seq, reason: nack }));
+            }
+            let was_port_up = c.port.state().is_up();
+            let _ = c.port.apply(PortInput::PathDown);
+            if was_up && was_port_up {
+                self.events.push_back((*id, ClientEvent::Down { reason }));
+            }
+            if c.flow_on {
+                c.flow_on = false;
+                self.events
+                    .push_back((*id, ClientEvent::FlowControl { on: false }));
+            }
+        }
+    }
+
+    fn reset_streams(&mut self) {
+        self.stats.resets += 1;
+        for c in self.clients.values_mut() {
+            c.send.reset(0);
+            c.recv.reset();
+        }
+        self.peer_clients.clear();
+    }
+
+    fn queue_client_up(&mut self, id: ClientId) {
+        if let Some(c) = self.clients.get(&id) {
+            let a = self.announce(id, c);
+            self.control_out.push_back((
+                self.control_link,
+                Frame::control(MsgType::ClientUp, control::encode(&a)),
+            ));
+        }
+    }
+
+    fn queue_ready(&mut self) {
+        let ids: Vec<ClientId> = self.clients.keys().copied().collect();
+        for id in ids {
+            self.queue_client_up(id);
+        }
+        self.control_out.push_back((
+            self.control_link,
+            Frame::control(MsgType::Ready, Bytes::new()),
+        ));
+        self.state = SessionState::AwaitingReady;
+    }
+
+    /// Re-evaluates whether a client's path is up and emits Up/Down on changes.
+    fn refresh_path(&mut self, id: ClientId) {
+        let session_up = self.state == SessionState::Up;
+        let Some(c) = self.clients.get_mut(&id) else {
+            return;
+        };
+        let peer = self.peer_clients.get(&c.name).copied();
+        let was_up = c.port.state().is_up();
+        let reachable = session_up && peer.is_some();
+        let input = if reachable {
+            PortInput::PathUp
+        } else {
+            PortInput::PathDown
+        };
+        let _ = c.port.apply(input);
+        let is_up = c.port.state().is_up();
+        if let Some(p) = peer {
+            c.send.on_credit(u64::from(p.window));
+        }
+        if is_up && !was_up {
+            self.events.push_back((id, ClientEvent::Up));
+        } else if was_up && !is_up {
+            for seq in c.send.drain_unacked() {
+                self.events.push_back((
+                    id,
+                    ClientEvent::Nacked {
+                        seq,
+                        reason: NackReason::UnknownClient,
+                    },
+                ));
+            }
+            self.events.push_back((
+                id,
+                ClientEvent::Down {
+                    reason: DownReason::PeerClientClosed,
+                },
+            ));
+        }
+    }
+
+    // ----- frames -----
+
+    /// Handles one frame received on `link`. An error means the partner broke the protocol:
+    /// the runtime logs it and closes the link (the session treats that as a link loss).
+    pub fn handle_frame(
+        &mut self,
+        link: LinkId,
+        frame: Frame,
+        now: Instant,
+    ) -> Result<(), ProtocolViolation> {
+        let Some(l) = self.links.get_mut(&link) else {
+            return Ok(()); // late frame from a link already dropped
+        };
+        l.last_rx = now;
+        self.stats.frames_in += 1;
+        let res = self.dispatch(link, frame);
+        if res.is_err() {
+            self.stats.violations += 1;
+        }
+        res
+    }
+
+    fn dispatch(&mut self, link: LinkId, frame: Frame) -> Result<(), ProtocolViolation> {
+        let h = frame.header;
+        match h.msg_type {
+            MsgType::Hello
+            | MsgType::Challenge
+            | MsgType::Auth
+            | MsgType::Welcome
+            | MsgType::Refuse => Err(ProtocolViolation::Unexpected(h.msg_type)),
+            MsgType::Heartbeat => Ok(()),
+            MsgType::Reset => {
+                if self.state == SessionState::Up {
+                    self.go_down(DownReason::PeerReset, NackReason::ConnectionLost);
+                }
+                self.epoch = self.epoch.max(h.seq);
+                self.control_link = Some(link);
+                self.reset_streams();
+                self.control_out.clear();
+                self.control_out.push_back((
+                    Some(link),
+                    Frame::new(
+                        MsgType::ResetAck,
+                        Flags::empty(),
+                        0,
+                        self.epoch,
+                        0,
+                        Bytes::new(),
+                    ),
+                ));
+                self.queue_ready();
+                Ok(())
+            }
+            MsgType::ResetAck => {
+                if self.state == SessionState::Resetting && h.seq == self.epoch {
+                    self.reset_streams();
+                    self.queue_ready();
+                }
+                Ok(())
+            }
+            MsgType::Ready => {
+                if self.state == SessionState::AwaitingReady {
+                    self.state = SessionState::Up;
+                    let ids: Vec<ClientId> = self.clients.keys().copied().collect();
+                    for id in ids {
+                        self.refresh_path(id);
+                    }
+                }
+                Ok(())
+            }
+            MsgType::ClientUp => {
+                let a: ClientAnnounce = control::decode("CLIENT-UP", &frame.payload)?;
+                control::validate_name("client name", &a.name)?;
+                self.peer_clients.insert(
+                    a.name.clone(),
+                    PeerClient {
+                        id: a.id,
+                        window: a.recv_window,
+                    },
+                );
+                if let Some(&id) = self.by_name.get(&a.name) {
+                    self.refresh_path(id);
+                }
+                Ok(())
+            }
+            MsgType::ClientDown => {
+                let name: String = control::decode("CLIENT-DOWN", &frame.payload)?;
+                if self.peer_clients.remove(&name).is_some() {
+                    if let Some(&id) = self.by_name.get(&name) {
+                        // NACK what was outstanding, then start both streams over: the
+                        // namesake's next incarnation begins at sequence 1.
+                        self.refresh_path(id);
+                        if let Some(c) = self.clients.get_mut(&id) {
+                            c.send.reset(0);
+                            c.recv.reset();
+                        }
+                    }
+                }
+                Ok(())
+            }
+            MsgType::Data => self.on_data(frame),
+            MsgType::Ack => {
+                if self.state != SessionState::Up {
+                    return Ok(());
+                }
+                let id = h.client;
+                let completion = {
+                    let Some(c) = self.clients.get_mut(&id) else {
+                        return Ok(());
+                    };
+                    if h.flags.contains(Flags::CUMULATIVE) {
+                        c.send.on_cumulative_ack(h.seq)
+                    } else {
+                        let code = control::decode_code(&frame.payload)?;
+                        c.send.on_cumulative_ack(h.ack);
+                        let mut v = Vec::new();
+                        v.extend(c.send.on_code(h.seq, code));
+                        v
+                    }
+                };
+                self.complete(id, completion);
+                Ok(())
+            }
+            MsgType::Nack => {
+                let (reason, dest) = control::decode_nack(&frame.payload)?;
+                let target = self
+                    .clients
+                    .iter()
+                    .find(|(_, c)| self.peer_clients.get(&c.name).is_some_and(|p| p.id == dest))
+                    .map(|(id, _)| *id);
+                if let Some(id) = target {
+                    if let Some(c) = self.clients.get_mut(&id) {
+                        if c.send.remove(h.seq) {
+                            self.events
+                                .push_back((id, ClientEvent::Nacked { seq: h.seq, reason }));
+                        }
+                    }
+                }
+                Ok(())
+            }
+            MsgType::Flow => {
+                if let Some(c) = self.clients.get_mut(&h.client) {
+                    if self.state == SessionState::Up {
+                        c.send.on_credit(h.seq);
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn on_data(&mut self, frame: Frame) -> Result<(), ProtocolViolation> {
+        if self.state != SessionState::Up {
+            return Ok(()); // stale data from before a reset; the sender replays or was NACKed
+        }
+        let h = frame.header;
+        let id = h.client;
+        let up = self
+            .clients
+            .get(&id)
+            .is_some_and(|c| c.port.state().is_up());
+        if !up {
+            self.stats.unknown_client_frames += 1;
+            tracing::warn!(
+                client = id,
+                seq = h.seq,
+                "DATA for a client that is not registered here: NACKed"
+            );
+            self.control_out.push_back((
+                None,
+                Frame::new(
+                    MsgType::Nack,
+                    Flags::empty(),
+                    0,
+                    h.seq,
+                    0,
+                    control::encode_nack(NackReason::UnknownClient, id),
+                ),
+            ));
+            return Ok(());
+        }
+        let (outcome, piggy) = {
+            let Some(c) = self.clients.get_mut(&id) else {
+                return Ok(());
+            };
+            let outcome = c
+                .recv
+                .handle_data(h.seq, h.flags.contains(Flags::SYNC), frame.payload)
+                .map_err(|err| ProtocolViolation::Stream { client: id, err })?;
+            let piggy = if h.ack > 0 {
+                c.send.on_cumulative_ack(h.ack)
+            } else {
+                Vec::new()
+            };
+            (outcome, piggy)
+        };
+        self.complete(id, piggy);
+        if outcome.duplicate {
+            self.stats.duplicates_dropped += 1;
+        }
+        if let Some((seq, code)) = outcome.reack_code {
+            if let Some(peer) = self
+                .clients
+                .get(&id)
+                .and_then(|c| self.peer_clients.get(&c.name))
+            {
+                self.control_out.push_back((
+                    None,
+                    Frame::new(
+                        MsgType::Ack,
+                        Flags::empty(),
+                        peer.id,
+                        seq,
+                        0,
+                        control::encode_code(code),
+                    ),
+                ));
+            }
+        }
+        self.ack_due.insert(id);
+        for d in outcome.deliveries {
+            self.stats.delivered += 1;
+            self.events.push_back((
+                id,
+                ClientEvent::Data {
+                    seq: d.seq,
+                    payload: d.payload,
+                    reply_needed: d.sync,
+                },
+            ));
+        }
+        Ok(())
+    }
+
+    fn complete(&mut self, id: ClientId, done: Vec<SendCompletion>) {
+        for d in done {
+            let ev = match d {
+                SendCompletion::Acked { seq, code } => ClientEvent::Acked { seq, code },
+                SendCompletion::Transmitted { seq } => ClientEvent::Transmitted { seq },
+            };
+            self.events.push_back((id, ev));
+        }
+    }
+
+    /// The runtime wrote `bytes` on `link`; `local_done` lists local-model sends now transmitted.
+    pub fn handle_written(&mut self, link: LinkId, bytes: u64, local_done: &[(ClientId, u64)]) {
+        if let Some(l) = self.links.get_mut(&link) {
+            l.queued_bytes = l.queued_bytes.saturating_sub(bytes);
+        }
+        for &(id, seq) in local_done {
+            let done = self
+                .clients
+                .get_mut(&id)
+                .and_then(|c| c.send.on_transmitted(seq))
+                .into_iter()
+                .collect();
+            self.complete(id, done);
+        }
+    }
+
+    /// Timer input: judges silent links dead. Harmless when nothing is due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let dead: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| now.saturating_duration_since(l.last_rx) >= self.cfg.link_timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        for link in dead {
+            tracing::warn!(
+                link,
+                timeout_ms = self.cfg.link_timeout.as_millis() as u64,
+                "link silent: closing it"
+            );
+            self.closing.push_back(link);
+            self.handle_link_down(link, now);
+        }
+    }
+
+    // ----- outputs -----
+
+    /// The next deadline at which [`Session::handle_timeout`] or a heartbeat is due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.links
+            .values()
+            .flat_map(|l| {
+                [
+                    l.last_tx + self.cfg.heartbeat_interval,
+                    l.last_rx + self.cfg.link_timeout,
+                ]
+            })
+            .min()
+    }
+
+    /// A link this session judged dead; the runtime must close it.
+    pub fn poll_close_link(&mut self) -> Option<LinkId> {
+        self.closing.pop_front()
+    }
+
+    /// The next event for a client.
+    pub fn poll_event(&mut self) -> Option<(ClientId, ClientEvent)> {
+        self.events.pop_front()
+    }
+
+    fn pick_link(&mut self) -> Option<LinkId> {
+        let n = self.links.len();
+        if n == 0 {
+            return None;
+        }
+        self.rr_link = self.rr_link.wrapping_add(1);
+        let start = self.rr_link % n;
+        self.links
+            .iter()
+            .cycle()
+            .skip(start)
+            .take(n)
+            .min_by_key(|(_, l)| l.queued_bytes)
+            .map(|(id, _)| *id)
+    }
+
+    fn emit(
+        &mut self,
+        link: LinkId,
+        frame: Frame,
+        local_done: Option<(ClientId, u64)>,
+        now: Instant,
+    ) -> Transmit {
+        if let Some(l) = self.links.get_mut(&link) {
+            l.last_tx = now;
+            l.queued_bytes += frame.encoded_len() as u64;
+        }
+        self.stats.frames_out += 1;
+        Transmit {
+            link,
+            frame,
+            local_done,
+        }
+    }
+
+    /// The next frame to transmit: control first, then acks and credit, then client data
+    /// (round robin over clients, least-loaded link), then heartbeats on quiet links.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
+        while let Some((want, frame)) = self.control_out.pop_front() {
+            let link = match want {
+                Some(l) if self.links.contains_key(&l) => Some(l),
+                Some(_) => None, // its link died; the state machine re-queues what matters
+                None => self.pick_link(),
+            };
+            if let Some(link) = link {
+                return Some(self.emit(link, frame, None, now));
+            }
+        }
+        if self.state == SessionState::Up {
+            if let Some(t) = self.poll_ack_or_flow(now) {
+                return Some(t);
+            }
+            if let Some(t) = self.poll_data(now) {
+                return Some(t);
+            }
+        }
+        let quiet = self
+            .links
+            .iter()
+            .find(|(_, l)| now.saturating_duration_since(l.last_tx) >= self.cfg.heartbeat_interval)
+            .map(|(id, _)| *id);
+        quiet.map(|link| {
+            self.emit(
+                link,
+                Frame::control(MsgType::Heartbeat, Bytes::new()),
+                None,
+                now,
+            )
+        })
+    }
+
+    fn poll_ack_or_flow(&mut self, now: Instant) -> Option<Transmit> {
+        while let Some(id) = self.ack_due.pop_first() {
+            let Some(c) = self.clients.get(&id) else {
+                continue;
+            };
+            let Some(peer) = self.peer_clients.get(&c.name) else {
+                continue;
+            };
+            let frame = Frame::new(
+                MsgType::Ack,
+                Flags::CUMULATIVE,
+                peer.id,
+                c.recv.delivered(),
+                0,
+                Bytes::new(),
+            );
+            let link = self.pick_link()?;
+            return Some(self.emit(link, frame, None, now));
+        }
+        while let Some(id) = self.flow_due.pop_first() {
+            let Some(c) = self.clients.get_mut(&id) else {
+                continue;
+            };
+            let Some(peer) = self.peer_clients.get(&c.name) else {
+                continue;
+            };
+            let credit = c.recv.regrant();
+            let frame = Frame::new(
+                MsgType::Flow,
+                Flags::empty(),
+                peer.id,
+                credit,
+                0,
+                Bytes::new(),
+            );
+            let link = self.pick_link()?;
+            return Some(self.emit(link, frame, None, now));
+        }
+        None
+    }
+
+    fn poll_data(&mut self, now: Instant) -> Option<Transmit> {
+        let ids: Vec<ClientId> = self
+            .clients
+            .range(self.rr_client.wrapping_add(1)..)
+            .chain(self.clients.range(..=self.rr_client))
+            .filter(|(_, c)| c.port.state().is_up() && c.send.can_transmit())
+            .map(|(id, _)| *id)
+            .take(1)
+            .collect();
+        let id = *ids.first()?;
+        self.rr_client = id;
+        let low = self.cfg.flow_low_water;
+        let link = self.pick_link()?;
+        let c = self.clients.get_mut(&id)?;
+        let peer = *self.peer_clients.get(&c.name)?;
+        let (seq, flags, payload, model) = c.send.next_transmit()?;
+        let ack = c.recv.delivered();
+        let mut flow_off = false;
+        if c.flow_on && c.send.queued() <= low {
+            c.flow_on = false;
+            flow_off = true;
+        }
+        // The piggybacked ack makes a separate cumulative ACK for this client unnecessary.
+        self.ack_due.remove(&id);
+        if flow_off {
+            self.events
+                .push_back((id, ClientEvent::FlowControl { on: false }));
+        }
+        let frame = Frame::new(MsgType::Data, flags, peer.id, seq, ack, payload);
+        let local = (model == SendModel::Local).then_some((id, seq));
+        Some(self.emit(link, frame, local, now))
+    }
+}

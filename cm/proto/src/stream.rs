@@ -1,0 +1,563 @@
+//! Per-client, per-direction message streams: what makes delivery ordered and exactly-once
+//! while messages are spread over several links and links come and go.
+//!
+//! Sender ([`SendStream`]): every message gets the next sequence number and is kept until the
+//! partner has it (cumulative receipt ack) and, for synchronous sends, until the partner client's
+//! return code arrived. When a link dies the session calls [`SendStream::replay_all`]: everything
+//! unacknowledged is sent again, flagged REPLAY. Transmission is bounded by the partner's credit
+//! (FLOW) and by a local window, so memory is bounded on both ends.
+//!
+//! Receiver ([`RecvStream`]): messages are delivered strictly in sequence order; early ones wait
+//! in a reorder buffer bounded by the window; anything at or below the delivered mark is a
+//! duplicate and dropped. Return codes of recent synchronous messages are remembered so a
+//! replayed duplicate is answered again (its first ACK may have died with a link).
+
+use crate::frame::Flags;
+use bytes::Bytes;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use thiserror::Error;
+
+/// When a send completes for the sending client [CDP].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SendModel {
+    /// When the partner client has processed the message and returned a code.
+    Sync,
+    /// When the partner's manager has the message.
+    Async,
+    /// When the message has been handed to the transport.
+    Local,
+}
+
+/// A send completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendCompletion {
+    /// Sync: the partner client's return code. Async: received by the partner (`code` is None).
+    Acked {
+        /// Sequence number.
+        seq: u64,
+        /// Return code (sync only).
+        code: Option<i32>,
+    },
+    /// Local model: handed to the transport.
+    Transmitted {
+        /// Sequence number.
+        seq: u64,
+    },
+}
+
+#[derive(Debug)]
+struct Unacked {
+    payload: Bytes,
+    model: SendModel,
+    sent: bool,
+    transmit_reported: bool,
+}
+
+/// The sending half of one client's stream.
+#[derive(Debug)]
+pub struct SendStream {
+    next_seq: u64,
+    unacked: BTreeMap<u64, Unacked>,
+    to_send: BTreeSet<u64>,
+    never_sent: usize,
+    acked_upto: u64,
+    credit: u64,
+    window: u32,
+}
+
+impl SendStream {
+    /// A fresh stream: sequence numbers start at 1; `credit` is the partner's initial grant.
+    pub fn new(window: u32, credit: u64) -> Self {
+        SendStream {
+            next_seq: 1,
+            unacked: BTreeMap::new(),
+            to_send: BTreeSet::new(),
+            never_sent: 0,
+            acked_upto: 0,
+            credit,
+            window: window.max(1),
+        }
+    }
+
+    /// Queues a message and returns its sequence number.
+    pub fn push(&mut self, payload: Bytes, model: SendModel) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.unacked.insert(
+            seq,
+            Unacked {
+                payload,
+                model,
+                sent: false,
+                transmit_reported: false,
+            },
+        );
+        self.to_send.insert(seq);
+        self.never_sent += 1;
+        seq
+    }
+
+    /// Messages queued that were never transmitted (what flow control watches).
+    pub fn queued(&self) -> usize {
+        self.never_sent
+    }
+
+    /// Messages not yet completed.
+    pub fn unacked_len(&self) -> usize {
+        self.unacked.len()
+    }
+
+    /// Highest sequence number the partner acknowledged cumulatively.
+    pub fn acked_upto(&self) -> u64 {
+        self.acked_upto
+    }
+
+    /// Whether [`SendStream::next_transmit`] would return something.
+    pub fn can_transmit(&self) -> bool {
+        self.to_send.first().is_some_and(|&s| self.allowed(s))
+    }
+
+    fn allowed(&self, seq: u64) -> bool {
+        match self.unacked.get(&seq) {
+            Some(u) if u.sent => true, // replays are always within the window already
+            Some(_) => {
+                let oldest = self.unacked.keys().next().copied().unwrap_or(seq);
+                seq <= self.credit && seq - oldest < u64::from(self.window)
+            }
+            None => true, // stale entry, dropped by next_transmit
+        }
+    }
+
+    /// The next message to put on a link, if window and credit allow.
+    pub fn next_transmit(&mut self) -> Option<(u64, Flags, Bytes, SendModel)> {
+        loop {
+            let seq = *self.to_send.first()?;
+            if !self.allowed(seq) {
+                return None;
+            }
+            self.to_send.remove(&seq);
+            let Some(u) = self.unacked.get_mut(&seq) else {
+                continue;
+            };
+            let mut flags = Flags::empty();
+            if u.model == SendModel::Sync {
+                flags |= Flags::SYNC;
+            }
+            if u.sent {
+                flags |= Flags::REPLAY;
+            } else {
+                u.sent = true;
+                self.never_sent -= 1;
+            }
+            return Some((seq, flags, u.payload.clone(), u.model));
+        }
+    }
+
+    /// The partner has every message up to `upto`. Completes async messages; local ones are
+    /// released; sync ones wait for their code.
+    pub fn on_cumulative_ack(&mut self, upto: u64) -> Vec<SendCompletion> {
+        let upto = upto.min(self.next_seq.saturating_sub(1));
+        if upto <= self.acked_upto {
+            return Vec::new();
+        }
+        self.acked_upto = upto;
+        let mut done = Vec::new();
+        let seqs: Vec<u64> = self.unacked.range(..=upto).map(|(s, _)| *s).collect();
+        for seq in seqs {
+            let Some(u) = self.unacked.get(&seq) else {
+                continue;
+            };
+            match u.model {
+                SendModel::Sync => {}
+                SendModel::Async => {
+                    self.remove(seq);
+                    done.push(SendCompletion::Acked { seq, code: None });
+                }
+                SendModel::Local => {
+                    let reported = u.transmit_reported;
+                    self.remove(seq);
+                    if !reported {
+                        done.push(SendCompletion::Transmitted { seq });
+                    }
+                }
+            }
+        }
+        done
+    }
+
+    /// The partner client returned `code` for `seq`.
+    pub fn on_code(&mut self, seq: u64, code: i32) -> Option<SendCompletion> {
+        match self.unacked.get(&seq) {
+            Some(u) if u.model == SendModel::Sync => {
+                self.remove(seq);
+                Some(SendCompletion::Acked {
+                    seq,
+                    code: Some(code),
+                })
+            }
+            _ => None, // duplicate ACK (after a replay) or not a sync message
+        }
+    }
+
+    /// The transport took `seq` (reported by the runtime after writing it).
+    pub fn on_transmitted(&mut self, seq: u64) -> Option<SendCompletion> {
+        let u = self.unacked.get_mut(&seq)?;
+        if u.model == SendModel::Local && !u.transmit_reported {
+            u.transmit_reported = true;
+            return Some(SendCompletion::Transmitted { seq });
+        }
+        None
+    }
+
+    /// New credit from the partner: it accepts sequence numbers up to `credit`.
+    pub fn on_credit(&mut self, credit: u64) {
+        self.credit = self.credit.max(credit);
+    }
+
+    /// Drops one message (NACKed by the partner). Returns whether it was there.
+    pub fn remove(&mut self, seq: u64) -> bool {
+        match self.unacked.remove(&seq) {
+            Some(u) => {
+                if self.to_send.remove(&seq) && !u.sent {
+                    self.never_sent -= 1;
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Schedules every unacknowledged message that was already sent for retransmission.
+    pub fn replay_all(&mut self) -> usize {
+        let mut n = 0;
+        for (seq, u) in &self.unacked {
+            if u.sent && self.to_send.insert(*seq) {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Removes and returns every unacknowledged sequence number (to be NACKed to the client).
+    pub fn drain_unacked(&mut self) -> Vec<u64> {
+        let seqs = self.unacked.keys().copied().collect();
+        self.unacked.clear();
+        self.to_send.clear();
+        self.never_sent = 0;
+        seqs
+    }
+
+    /// Starts over after a session reset. Callers drain first; anything left is dropped.
+    pub fn reset(&mut self, credit: u64) {
+        *self = SendStream::new(self.window, credit);
+    }
+}
+
+/// A message ready for the receiving client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// Sequence number.
+    pub seq: u64,
+    /// Whether the client must reply with a return code.
+    pub sync: bool,
+    /// The message.
+    pub payload: Bytes,
+}
+
+/// What [`RecvStream::handle_data`] decided.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RecvOutcome {
+    /// Messages now deliverable, in order.
+    pub deliveries: Vec<Delivery>,
+    /// A duplicate of a sync message whose code is known: ACK it again with this code.
+    pub reack_code: Option<(u64, i32)>,
+    /// The frame was a duplicate.
+    pub duplicate: bool,
+}
+
+/// The partner broke the stream rules.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum RecvError {
+    /// Sequence numbers start at 1.
+    #[error("sequence number 0 is invalid")]
+    ZeroSeq,
+    /// The partner sent beyond the credit granted to it.
+    #[error("sequence {seq} is beyond the granted credit {credit}")]
+    BeyondCredit {
+        /// Offending sequence.
+        seq: u64,
+        /// Credit granted.
+        credit: u64,
+    },
+}
+
+/// The local client answered a message it may not answer.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum ReplyError {
+    /// No synchronous message with this sequence number awaits a reply.
+    #[error("no synchronous message {0} is awaiting a reply")]
+    NotAwaiting(u64),
+}
+
+/// The receiving half of one client's stream.
+#[derive(Debug)]
+pub struct RecvStream {
+    delivered: u64,
+    reorder: BTreeMap<u64, (bool, Bytes)>,
+    window: u32,
+    consumed: u64,
+    granted: u64,
+    awaiting_reply: BTreeSet<u64>,
+    codes: VecDeque<(u64, i32)>,
+}
+
+impl RecvStream {
+    /// A fresh stream granting `window` messages of credit.
+    pub fn new(window: u32) -> Self {
+        let window = window.max(1);
+        RecvStream {
+            delivered: 0,
+            reorder: BTreeMap::new(),
+            window,
+            consumed: 0,
+            granted: u64::from(window),
+            awaiting_reply: BTreeSet::new(),
+            codes: VecDeque::new(),
+        }
+    }
+
+    /// Highest sequence delivered in order (the cumulative ack value).
+    pub fn delivered(&self) -> u64 {
+        self.delivered
+    }
+
+    /// Credit currently granted to the partner.
+    pub fn credit(&self) -> u64 {
+        self.consumed + u64::from(self.window)
+    }
+
+    /// Messages waiting for an earlier one.
+    pub fn reorder_len(&self) -> usize {
+        self.reorder.len()
+    }
+
+    /// Handles one DATA frame.
+    pub fn handle_data(
+        &mut self,
+        seq: u64,
+        sync: bool,
+        payload: Bytes,
+    ) -> Result<RecvOutcome, RecvError> {
+        if seq == 0 {
+            return Err(RecvError::ZeroSeq);
+        }
+        let mut out = RecvOutcome::default();
+        if seq <= self.delivered || self.reorder.contains_key(&seq) {
+            out.duplicate = true;
+            if sync {
+                out.reack_code = self.codes.iter().find(|(s, _)| *s == seq).copied();
+            }
+            return Ok(out);
+        }
+        // The partner may only send what we granted; allow anything we ever granted, since a
+        // grant can be in flight while the client consumes.
+        let limit = self.granted.max(self.credit());
+        if seq > limit {
+            return Err(RecvError::BeyondCredit { seq, credit: limit });
+        }
+        self.reorder.insert(seq, (sync, payload));
+        while let Some((sync, payload)) = self.reorder.remove(&(self.delivered + 1)) {
+            self.delivered += 1;
+            if sync {
+                self.awaiting_reply.insert(self.delivered);
+            }
+            out.deliveries.push(Delivery {
+                seq: self.delivered,
+                sync,
+                payload,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The local client returned `code` for `seq`.
+    pub fn reply(&mut self, seq: u64, code: i32) -> Result<(), ReplyError> {
+        if !self.awaiting_reply.remove(&seq) {
+            return Err(ReplyError::NotAwaiting(seq));
+        }
+        self.codes.push_back((seq, code));
+        while self.codes.len() > self.window as usize {
+            self.codes.pop_front();
+        }
+        Ok(())
+    }
+
+    /// The local client took every message up to `seq`. Returns the new credit when it has
+    /// advanced by at least a quarter window since the last grant (worth a FLOW frame).
+    pub fn consume(&mut self, seq: u64) -> Option<u64> {
+        let seq = seq.min(self.delivered);
+        if seq <= self.consumed {
+            return None;
+        }
+        self.consumed = seq;
+        let credit = self.credit();
+        if credit >= self.granted + u64::from(self.window / 4).max(1) {
+            self.granted = credit;
+            Some(credit)
+        } else {
+            None
+        }
+    }
+
+    /// Marks the current credit as announced (after a re-announce on link loss).
+    pub fn regrant(&mut self) -> u64 {
+        self.granted = self.granted.max(self.credit());
+        self.granted
+    }
+
+    /// Starts over after a session reset.
+    pub fn reset(&mut self) {
+        *self = RecvStream::new(self.window);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &'static str) -> Bytes {
+        Bytes::from_static(s.as_bytes())
+    }
+
+    #[test]
+    fn async_completes_on_cumulative_ack() {
+        let mut s = SendStream::new(8, 8);
+        let a = s.push(b("a"), SendModel::Async);
+        let c = s.push(b("c"), SendModel::Async);
+        assert_eq!((a, c), (1, 2));
+        assert_eq!(s.next_transmit().unwrap().0, 1);
+        assert_eq!(s.next_transmit().unwrap().0, 2);
+        assert!(s.next_transmit().is_none());
+        assert_eq!(
+            s.on_cumulative_ack(1),
+            vec![SendCompletion::Acked { seq: 1, code: None }]
+        );
+        assert_eq!(s.unacked_len(), 1);
+        assert!(s.on_cumulative_ack(1).is_empty(), "repeated ack is a no-op");
+    }
+
+    #[test]
+    fn sync_waits_for_code_even_after_receipt() {
+        let mut s = SendStream::new(8, 8);
+        s.push(b("x"), SendModel::Sync);
+        let (_, flags, _, _) = s.next_transmit().unwrap();
+        assert!(flags.contains(Flags::SYNC));
+        assert!(s.on_cumulative_ack(1).is_empty());
+        assert_eq!(
+            s.on_code(1, 42),
+            Some(SendCompletion::Acked {
+                seq: 1,
+                code: Some(42)
+            })
+        );
+        assert_eq!(s.on_code(1, 42), None, "duplicate code ignored");
+    }
+
+    #[test]
+    fn local_completes_once_on_transmission() {
+        let mut s = SendStream::new(8, 8);
+        s.push(b("x"), SendModel::Local);
+        s.next_transmit().unwrap();
+        assert_eq!(
+            s.on_transmitted(1),
+            Some(SendCompletion::Transmitted { seq: 1 })
+        );
+        assert_eq!(s.on_transmitted(1), None);
+        assert!(s.on_cumulative_ack(1).is_empty(), "already reported");
+        assert_eq!(s.unacked_len(), 0);
+    }
+
+    #[test]
+    fn credit_and_window_bound_transmission() {
+        let mut s = SendStream::new(2, 10);
+        for _ in 0..5 {
+            s.push(b("m"), SendModel::Async);
+        }
+        assert_eq!(s.next_transmit().unwrap().0, 1);
+        assert_eq!(s.next_transmit().unwrap().0, 2);
+        assert!(s.next_transmit().is_none(), "window of 2 is full");
+        s.on_cumulative_ack(2);
+        assert_eq!(s.next_transmit().unwrap().0, 3);
+        let mut c = SendStream::new(100, 1);
+        c.push(b("m"), SendModel::Async);
+        c.push(b("m"), SendModel::Async);
+        c.next_transmit().unwrap();
+        assert!(c.next_transmit().is_none(), "credit 1");
+        c.on_credit(2);
+        assert_eq!(c.next_transmit().unwrap().0, 2);
+    }
+
+    #[test]
+    fn replay_resends_unacked_in_order_flagged() {
+        let mut s = SendStream::new(8, 8);
+        for _ in 0..3 {
+            s.push(b("m"), SendModel::Async);
+        }
+        while s.next_transmit().is_some() {}
+        s.on_cumulative_ack(1);
+        assert_eq!(s.replay_all(), 2);
+        let (seq, flags, _, _) = s.next_transmit().unwrap();
+        assert_eq!(seq, 2);
+        assert!(flags.contains(Flags::REPLAY));
+        assert_eq!(s.next_transmit().unwrap().0, 3);
+        assert!(s.next_transmit().is_none());
+    }
+
+    #[test]
+    fn receiver_reorders_and_drops_duplicates() {
+        let mut r = RecvStream::new(8);
+        let o = r.handle_data(2, false, b("two")).unwrap();
+        assert!(o.deliveries.is_empty());
+        let o = r.handle_data(1, false, b("one")).unwrap();
+        assert_eq!(
+            o.deliveries.iter().map(|d| d.seq).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        assert!(r.handle_data(2, false, b("two")).unwrap().duplicate);
+        assert!(r
+            .handle_data(1, false, b("one"))
+            .unwrap()
+            .deliveries
+            .is_empty());
+        assert_eq!(r.delivered(), 2);
+    }
+
+    #[test]
+    fn receiver_reacks_duplicate_sync_with_known_code() {
+        let mut r = RecvStream::new(8);
+        r.handle_data(1, true, b("s")).unwrap();
+        assert_eq!(r.reply(1, 7), Ok(()));
+        assert_eq!(r.reply(1, 7), Err(ReplyError::NotAwaiting(1)));
+        let o = r.handle_data(1, true, b("s")).unwrap();
+        assert_eq!(o.reack_code, Some((1, 7)));
+    }
+
+    #[test]
+    fn receiver_enforces_credit_and_grants_more_on_consumption() {
+        let mut r = RecvStream::new(4);
+        assert_eq!(
+            r.handle_data(5, false, b("x")),
+            Err(RecvError::BeyondCredit { seq: 5, credit: 4 })
+        );
+        assert_eq!(r.handle_data(0, false, b("x")), Err(RecvError::ZeroSeq));
+        for s in 1..=4 {
+            r.handle_data(s, false, b("x")).unwrap();
+        }
+        assert_eq!(r.consume(1), Some(5));
+        assert_eq!(r.consume(1), None);
+        assert!(r.handle_data(5, false, b("x")).is_ok());
+    }
+}

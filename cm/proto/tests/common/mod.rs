@@ -1,0 +1,263 @@
+//! A deterministic in-memory pair of sessions (in the manner of quinn-proto's test `Pair`):
+//! links are FIFO queues, time is virtual, and the order in which links deliver is chosen by a
+//! seeded RNG so tests explore interleavings reproducibly.
+
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use peercm_proto::auth::Role;
+use peercm_proto::control::{NodeInfo, TransportCap};
+use peercm_proto::session::{ClientEvent, ClientId, LinkId, Session, SessionConfig};
+use peercm_proto::Frame;
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// Small xorshift RNG so the harness needs no extra crate and is fully seed-determined.
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0.max(1);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next() % n
+        }
+    }
+}
+
+#[derive(Default)]
+struct LinkQ {
+    a_to_b: VecDeque<Frame>,
+    b_to_a: VecDeque<Frame>,
+}
+
+pub fn node(name: &str, instance: u64) -> NodeInfo {
+    NodeInfo {
+        node_id: name.into(),
+        instance,
+        capabilities: vec![TransportCap::Tcp],
+        clients: vec![],
+    }
+}
+
+pub struct Pair {
+    pub a: Session,
+    pub b: Session,
+    pub a_info: NodeInfo,
+    pub b_info: NodeInfo,
+    pub now: Instant,
+    links: BTreeMap<LinkId, LinkQ>,
+    next_link: LinkId,
+    pub rng: Rng,
+    pub a_events: Vec<(ClientId, ClientEvent)>,
+    pub b_events: Vec<(ClientId, ClientEvent)>,
+    /// Auto-consume delivered data (the client reads promptly).
+    pub auto_consume: bool,
+}
+
+impl Pair {
+    pub fn new(seed: u64) -> Self {
+        Pair::with_config(seed, SessionConfig::default())
+    }
+
+    pub fn with_config(seed: u64, cfg: SessionConfig) -> Self {
+        Pair {
+            a: Session::new(cfg.clone(), Role::Dialer),
+            b: Session::new(cfg, Role::Acceptor),
+            a_info: node("a", 1),
+            b_info: node("b", 2),
+            now: Instant::now(),
+            links: BTreeMap::new(),
+            next_link: 1,
+            rng: Rng(seed),
+            a_events: Vec::new(),
+            b_events: Vec::new(),
+            auto_consume: true,
+        }
+    }
+
+    pub fn add_link(&mut self) -> LinkId {
+        let id = self.next_link;
+        self.next_link += 1;
+        self.links.insert(id, LinkQ::default());
+        self.a.handle_link_up(id, self.b_info.clone(), self.now);
+        self.b.handle_link_up(id, self.a_info.clone(), self.now);
+        id
+    }
+
+    pub fn kill_link(&mut self, id: LinkId) {
+        if self.links.remove(&id).is_some() {
+            self.a.handle_link_down(id, self.now);
+            self.b.handle_link_down(id, self.now);
+        }
+    }
+
+    pub fn link_ids(&self) -> Vec<LinkId> {
+        self.links.keys().copied().collect()
+    }
+
+    /// Replaces node b by a fresh process (new instance, nothing registered).
+    pub fn restart_b(&mut self, cfg: SessionConfig) {
+        let ids = self.link_ids();
+        for id in ids {
+            self.links.remove(&id);
+            self.a.handle_link_down(id, self.now);
+        }
+        self.b = Session::new(cfg, Role::Acceptor);
+        self.b_info.instance += 100;
+        self.b_events.clear();
+    }
+
+    fn flush_outputs(&mut self) -> bool {
+        let mut any = false;
+        while let Some(t) = self.a.poll_transmit(self.now) {
+            any = true;
+            let bytes = t.frame.encoded_len() as u64;
+            if let Some(q) = self.links.get_mut(&t.link) {
+                q.a_to_b.push_back(t.frame);
+            }
+            let done: Vec<_> = t.local_done.into_iter().collect();
+            self.a.handle_written(t.link, bytes, &done);
+        }
+        while let Some(t) = self.b.poll_transmit(self.now) {
+            any = true;
+            let bytes = t.frame.encoded_len() as u64;
+            if let Some(q) = self.links.get_mut(&t.link) {
+                q.b_to_a.push_back(t.frame);
+            }
+            let done: Vec<_> = t.local_done.into_iter().collect();
+            self.b.handle_written(t.link, bytes, &done);
+        }
+        while let Some(l) = self.a.poll_close_link() {
+            self.kill_link(l);
+        }
+        while let Some(l) = self.b.poll_close_link() {
+            self.kill_link(l);
+        }
+        any
+    }
+
+    fn drain_events(&mut self) {
+        while let Some((id, ev)) = self.a.poll_event() {
+            if let (true, ClientEvent::Data { seq, .. }) = (self.auto_consume, &ev) {
+                self.a.consumed(id, *seq);
+            }
+            self.a_events.push((id, ev));
+        }
+        while let Some((id, ev)) = self.b.poll_event() {
+            if let (true, ClientEvent::Data { seq, .. }) = (self.auto_consume, &ev) {
+                self.b.consumed(id, *seq);
+            }
+            self.b_events.push((id, ev));
+        }
+    }
+
+    /// Delivers one frame from a randomly chosen non-empty link direction. Returns false when
+    /// every queue is empty.
+    pub fn deliver_one(&mut self) -> bool {
+        let mut candidates = Vec::new();
+        for (id, q) in &self.links {
+            if !q.a_to_b.is_empty() {
+                candidates.push((*id, true));
+            }
+            if !q.b_to_a.is_empty() {
+                candidates.push((*id, false));
+            }
+        }
+        if candidates.is_empty() {
+            return false;
+        }
+        let (id, to_b) = candidates[self.rng.below(candidates.len() as u64) as usize];
+        let q = self.links.get_mut(&id).expect("candidate link exists");
+        let frame = if to_b {
+            q.a_to_b.pop_front()
+        } else {
+            q.b_to_a.pop_front()
+        };
+        let Some(frame) = frame else { return true };
+        let res = if to_b {
+            self.b.handle_frame(id, frame, self.now)
+        } else {
+            self.a.handle_frame(id, frame, self.now)
+        };
+        if let Err(e) = res {
+            panic!("protocol violation on link {id}: {e}");
+        }
+        true
+    }
+
+    /// Runs until nothing moves (bounded).
+    pub fn drive(&mut self) {
+        for _ in 0..10_000_000 {
+            let out = self.flush_outputs();
+            self.drain_events();
+            let moved = self.deliver_one();
+            if !out && !moved {
+                self.drain_events();
+                return;
+            }
+        }
+        panic!("pair did not quiesce");
+    }
+
+    /// Advances virtual time (heartbeats and link timeouts fire).
+    pub fn advance(&mut self, d: Duration) {
+        self.now += d;
+        self.a.handle_timeout(self.now);
+        self.b.handle_timeout(self.now);
+    }
+
+    /// Answers every pending sync message on b with `code_of(payload)`.
+    pub fn b_reply_all(&mut self, code_of: impl Fn(&Bytes) -> i32) {
+        let pending: Vec<(ClientId, u64, i32)> = self
+            .b_events
+            .iter()
+            .filter_map(|(id, ev)| match ev {
+                ClientEvent::Data {
+                    seq,
+                    payload,
+                    reply_needed: true,
+                } => Some((*id, *seq, code_of(payload))),
+                _ => None,
+            })
+            .collect();
+        for (id, seq, code) in pending {
+            // Already-answered ones return NotAwaiting; that is fine here.
+            let _ = self.b.reply(id, seq, code);
+        }
+    }
+}
+
+/// Payloads of data events for `client`, in delivery order.
+pub fn delivered(events: &[(ClientId, ClientEvent)], client: ClientId) -> Vec<Bytes> {
+    events
+        .iter()
+        .filter(|(id, _)| *id == client)
+        .filter_map(|(_, e)| match e {
+            ClientEvent::Data { payload, .. } => Some(payload.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn count(
+    events: &[(ClientId, ClientEvent)],
+    client: ClientId,
+    pred: impl Fn(&ClientEvent) -> bool,
+) -> usize {
+    events
+        .iter()
+        .filter(|(id, e)| *id == client && pred(e))
+        .count()
+}
+
+pub fn msg(i: u64) -> Bytes {
+    Bytes::from(format!("msg-{i:08}"))
+}

@@ -1,0 +1,367 @@
+//! Session behaviour over an in-memory pair: ordering, exactly-once delivery across link loss,
+//! send models, NACKs on total loss, partner restart, unknown clients, flow control.
+
+mod common;
+
+use common::*;
+use peercm_proto::control::NackReason;
+use peercm_proto::port::PortState;
+use peercm_proto::session::{
+    ClientEvent, ClientSpec, DownReason, LatencyClass, SessionConfig, SessionState,
+};
+use peercm_proto::stream::SendModel;
+use std::time::Duration;
+
+fn spec(model: SendModel) -> ClientSpec {
+    ClientSpec {
+        bandwidth_mbps: 100,
+        latency: LatencyClass::Normal,
+        model,
+    }
+}
+
+fn up_pair(seed: u64, links: usize, model: SendModel) -> (Pair, u32, u32) {
+    let mut p = Pair::new(seed);
+    let ca = p.a.register("mirror", spec(model)).unwrap();
+    let cb = p.b.register("mirror", spec(model)).unwrap();
+    p.a.connect(ca).unwrap();
+    for _ in 0..links {
+        p.add_link();
+    }
+    p.drive();
+    assert_eq!(p.a.state(), SessionState::Up, "seed {seed}");
+    assert_eq!(p.b.state(), SessionState::Up, "seed {seed}");
+    assert_eq!(p.a.port_state(ca), Some(PortState::Connected));
+    assert_eq!(p.b.port_state(cb), Some(PortState::ConnectedTo));
+    (p, ca, cb)
+}
+
+#[test]
+fn ports_come_up_on_both_sides_with_up_events() {
+    let (p, ca, cb) = up_pair(1, 1, SendModel::Async);
+    assert_eq!(count(&p.a_events, ca, |e| *e == ClientEvent::Up), 1);
+    assert_eq!(count(&p.b_events, cb, |e| *e == ClientEvent::Up), 1);
+}
+
+#[test]
+fn many_messages_over_four_links_arrive_in_order_exactly_once() {
+    for seed in 1..=5 {
+        let (mut p, ca, cb) = up_pair(seed, 4, SendModel::Async);
+        for i in 0..2000 {
+            p.a.send(ca, msg(i), SendModel::Async).unwrap();
+            if i % 97 == 0 {
+                p.drive();
+            }
+        }
+        p.drive();
+        let got = delivered(&p.b_events, cb);
+        assert_eq!(got.len(), 2000, "seed {seed}");
+        assert!(
+            got.iter().enumerate().all(|(i, m)| *m == msg(i as u64)),
+            "order, seed {seed}"
+        );
+        assert_eq!(
+            count(&p.a_events, ca, |e| matches!(
+                e,
+                ClientEvent::Acked { code: None, .. }
+            )),
+            2000
+        );
+    }
+}
+
+#[test]
+fn sync_ack_carries_partner_return_code() {
+    let (mut p, ca, _cb) = up_pair(3, 2, SendModel::Sync);
+    for i in 0..50 {
+        p.a.send(ca, msg(i), SendModel::Sync).unwrap();
+    }
+    p.drive();
+    assert_eq!(
+        count(&p.a_events, ca, |e| matches!(e, ClientEvent::Acked { .. })),
+        0,
+        "no code yet"
+    );
+    p.b_reply_all(|m| i32::from(m[m.len() - 1]));
+    p.drive();
+    for i in 0..50u64 {
+        let want = i32::from(msg(i)[msg(i).len() - 1]);
+        assert!(
+            p.a_events.iter().any(|(id, e)| *id == ca
+                && *e
+                    == ClientEvent::Acked {
+                        seq: i + 1,
+                        code: Some(want)
+                    }),
+            "seq {} code {want}",
+            i + 1
+        );
+    }
+}
+
+#[test]
+fn local_model_completes_on_transmission() {
+    let (mut p, ca, cb) = up_pair(4, 1, SendModel::Local);
+    for i in 0..10 {
+        p.a.send(ca, msg(i), SendModel::Local).unwrap();
+    }
+    p.drive();
+    assert_eq!(
+        count(&p.a_events, ca, |e| matches!(
+            e,
+            ClientEvent::Transmitted { .. }
+        )),
+        10
+    );
+    assert_eq!(delivered(&p.b_events, cb).len(), 10);
+}
+
+#[test]
+fn killing_one_link_mid_stream_loses_and_duplicates_nothing() {
+    for seed in 1..=20 {
+        let (mut p, ca, cb) = up_pair(seed, 4, SendModel::Sync);
+        let mut killed = false;
+        for i in 0..1000u64 {
+            p.a.send(ca, msg(i), SendModel::Sync).unwrap();
+            // deliver a few frames, leaving others in flight on every link
+            for _ in 0..p.rng.below(4) {
+                p.deliver_one();
+            }
+            if i == 500 && !killed {
+                let victim = p.link_ids()[p.rng.below(4) as usize];
+                p.kill_link(victim);
+                killed = true;
+            }
+            if i % 50 == 0 {
+                p.b_reply_all(|_| 0);
+            }
+        }
+        // Sync sends hold the window until answered: answer in rounds until nothing moves.
+        loop {
+            p.drive();
+            let before = p.b_events.len();
+            p.b_reply_all(|_| 0);
+            p.drive();
+            if p.b_events.len() == before {
+                break;
+            }
+        }
+        let got = delivered(&p.b_events, cb);
+        assert_eq!(got.len(), 1000, "seed {seed}: every message delivered once");
+        assert!(
+            got.iter().enumerate().all(|(i, m)| *m == msg(i as u64)),
+            "seed {seed}: order"
+        );
+        assert_eq!(
+            count(&p.a_events, ca, |e| matches!(e, ClientEvent::Acked { .. })),
+            1000,
+            "seed {seed}"
+        );
+        assert_eq!(
+            count(&p.a_events, ca, |e| matches!(e, ClientEvent::Nacked { .. })),
+            0,
+            "seed {seed}"
+        );
+        assert_eq!(p.a.state(), SessionState::Up);
+    }
+}
+
+#[test]
+fn losing_every_link_nacks_outstanding_then_reset_brings_clients_back() {
+    let (mut p, ca, cb) = up_pair(7, 2, SendModel::Sync);
+    for i in 0..20 {
+        p.a.send(ca, msg(i), SendModel::Sync).unwrap();
+    }
+    p.drive(); // delivered, but b has not replied: all 20 outstanding
+    for l in p.link_ids() {
+        p.kill_link(l);
+    }
+    p.drive();
+    assert_eq!(
+        count(&p.a_events, ca, |e| matches!(
+            e,
+            ClientEvent::Nacked {
+                reason: NackReason::ConnectionLost,
+                ..
+            }
+        )),
+        20
+    );
+    assert!(p.a_events.iter().any(|(id, e)| *id == ca
+        && *e
+            == ClientEvent::Down {
+                reason: DownReason::ConnectionLost
+            }));
+    assert_eq!(p.a.port_state(ca), Some(PortState::Stopped));
+    assert!(
+        p.a.send(ca, msg(0), SendModel::Sync).is_err(),
+        "fails fast while down"
+    );
+    let resets = p.a.stats().resets;
+    p.add_link();
+    p.drive();
+    assert_eq!(p.a.stats().resets, resets + 1);
+    assert_eq!(p.a.port_state(ca), Some(PortState::Connected));
+    assert_eq!(count(&p.a_events, ca, |e| *e == ClientEvent::Up), 2);
+    let before = delivered(&p.b_events, cb).len();
+    p.a.send(ca, msg(99), SendModel::Sync).unwrap();
+    p.drive();
+    p.b_reply_all(|_| 5);
+    p.drive();
+    assert_eq!(delivered(&p.b_events, cb)[before..], [msg(99)]);
+    assert!(p.a_events.iter().any(|(_, e)| *e
+        == ClientEvent::Acked {
+            seq: 1,
+            code: Some(5)
+        }));
+}
+
+#[test]
+fn partner_restart_is_detected_by_new_instance() {
+    let (mut p, ca, _cb) = up_pair(8, 1, SendModel::Async);
+    p.a.send(ca, msg(1), SendModel::Async).unwrap();
+    // b restarts before anything is delivered
+    p.restart_b(SessionConfig::default());
+    let cb = p.b.register("mirror", spec(SendModel::Async)).unwrap();
+    p.add_link();
+    p.drive();
+    assert!(p
+        .a_events
+        .iter()
+        .any(|(_, e)| matches!(e, ClientEvent::Nacked { .. })));
+    assert_eq!(p.a.state(), SessionState::Up);
+    p.a.send(ca, msg(2), SendModel::Async).unwrap();
+    p.drive();
+    assert_eq!(delivered(&p.b_events, cb), vec![msg(2)]);
+}
+
+#[test]
+fn silent_link_is_closed_by_timeout_and_heartbeats_keep_live_ones() {
+    let cfg = SessionConfig {
+        heartbeat_interval: Duration::from_millis(100),
+        link_timeout: Duration::from_millis(500),
+        ..SessionConfig::default()
+    };
+    let mut p = Pair::with_config(9, cfg);
+    p.add_link();
+    p.drive();
+    for _ in 0..20 {
+        p.advance(Duration::from_millis(100));
+        p.drive(); // heartbeats flow
+    }
+    assert_eq!(
+        p.a.state(),
+        SessionState::Up,
+        "heartbeats keep the link alive"
+    );
+    // Now nothing is delivered for 600 ms: both sides time the link out.
+    p.advance(Duration::from_millis(600));
+    assert_eq!(p.a.state(), SessionState::Down);
+    assert!(p.a.poll_close_link().is_some());
+}
+
+#[test]
+fn data_for_unknown_client_is_nacked_to_the_sender() {
+    let (mut p, ca, _cb) = up_pair(10, 1, SendModel::Async);
+    // b closes its client; a sends before learning of it
+    let cb = p.b.client_ids().next().unwrap();
+    p.b.close(cb, true).unwrap();
+    p.a.send(ca, msg(1), SendModel::Async).unwrap();
+    p.drive();
+    let nacked = count(&p.a_events, ca, |e| {
+        matches!(
+            e,
+            ClientEvent::Nacked {
+                reason: NackReason::UnknownClient,
+                ..
+            }
+        )
+    });
+    assert_eq!(nacked, 1);
+    assert!(p.a_events.iter().any(|(_, e)| matches!(
+        e,
+        ClientEvent::Down {
+            reason: DownReason::PeerClientClosed
+        }
+    )));
+}
+
+#[test]
+fn slow_receiver_bounds_the_sender_and_flow_control_signals() {
+    let cfg = SessionConfig {
+        window: 16,
+        flow_high_water: 64,
+        flow_low_water: 8,
+        ..SessionConfig::default()
+    };
+    let mut p = Pair::with_config(11, cfg);
+    p.auto_consume = false;
+    let ca = p.a.register("bulk", spec(SendModel::Async)).unwrap();
+    let cb = p.b.register("bulk", spec(SendModel::Async)).unwrap();
+    p.a.connect(ca).unwrap();
+    p.add_link();
+    p.drive();
+    for i in 0..100 {
+        p.a.send(ca, msg(i), SendModel::Async).unwrap();
+    }
+    p.drive();
+    assert_eq!(
+        delivered(&p.b_events, cb).len(),
+        16,
+        "credit stops the sender at the window"
+    );
+    assert_eq!(
+        count(&p.a_events, ca, |e| *e
+            == ClientEvent::FlowControl { on: true }),
+        1
+    );
+    // the client now consumes everything, repeatedly, until the stream drains
+    for _ in 0..20 {
+        let n = delivered(&p.b_events, cb).len() as u64;
+        p.b.consumed(cb, n);
+        p.drive();
+    }
+    let got = delivered(&p.b_events, cb);
+    assert_eq!(got.len(), 100);
+    assert!(got.iter().enumerate().all(|(i, m)| *m == msg(i as u64)));
+    assert_eq!(
+        count(&p.a_events, ca, |e| *e
+            == ClientEvent::FlowControl { on: false }),
+        1
+    );
+}
+
+#[test]
+fn bidirectional_two_clients() {
+    let mut p = Pair::new(12);
+    let a1 = p.a.register("mirror", spec(SendModel::Async)).unwrap();
+    let a2 = p.a.register("heartbeat", spec(SendModel::Async)).unwrap();
+    let b1 = p.b.register("mirror", spec(SendModel::Async)).unwrap();
+    let b2 = p.b.register("heartbeat", spec(SendModel::Async)).unwrap();
+    p.add_link();
+    p.add_link();
+    p.drive();
+    for i in 0..300 {
+        p.a.send(a1, msg(i), SendModel::Async).unwrap();
+        p.b.send(b1, msg(i + 1000), SendModel::Async).unwrap();
+        p.a.send(a2, msg(i + 2000), SendModel::Async).unwrap();
+        p.b.send(b2, msg(i + 3000), SendModel::Async).unwrap();
+    }
+    p.drive();
+    assert_eq!(
+        delivered(&p.b_events, b1),
+        (0..300).map(msg).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        delivered(&p.a_events, a1),
+        (1000..1300).map(msg).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        delivered(&p.b_events, b2),
+        (2000..2300).map(msg).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        delivered(&p.a_events, a2),
+        (3000..3300).map(msg).collect::<Vec<_>>()
+    );
+}
