@@ -1,1 +1,33 @@
-//! placeholder
+//! peercm's connection manager: the per-node runtime that owns every channel to the partner and
+//! the API clients use.
+//!
+//! The protocol decisions (sequencing, replay, ports, session reset) are made by the IO-free
+//! `peercm_proto::session::Session`; this crate runs it on tokio: one manager task per node
+//! feeds it link input, client commands and timer expiry, and carries out what it asks for
+//! (frames onto links, events to clients, links to close). Transports (`peercm-tcp` now, verbs
+//! later) produce authenticated links.
+//!
+//! - [`config`]: the node's TOML configuration and its validation.
+//! - [`node`]: [`Node`], the handle an application (or the CLI) holds.
+//! - [`client`]: [`ClientHandle`], one registered client.
+//! - [`manager`]: the manager task.
+//! - [`status`]: what `peercm status` reports.
+//! - [`error`]: [`CmError`].
+
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod manager;
+pub mod node;
+pub mod status;
+
+pub use client::ClientHandle;
+pub use config::NodeConfig;
+pub use error::CmError;
+pub use node::Node;
+pub use peercm_proto::auth::ClusterSecret;
+pub use peercm_proto::control::NackReason;
+pub use peercm_proto::port::PortState;
+pub use peercm_proto::session::{ClientEvent, ClientSpec, DownReason, LatencyClass, SessionState};
+pub use peercm_proto::stream::SendModel;
+pub use status::NodeStatus;

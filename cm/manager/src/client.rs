@@ -1,0 +1,151 @@
+//! [`ClientHandle`]: one registered client's view of the manager. It stays valid through link
+//! losses and resets: the connection state is reported as events, never by invalidating the
+//! handle.
+
+use crate::error::CmError;
+use crate::manager::Command;
+use bytes::Bytes;
+use peercm_proto::port::PortState;
+use peercm_proto::session::{ClientEvent, ClientId, ClientSpec};
+use peercm_proto::stream::SendModel;
+use tokio::sync::{mpsc, oneshot};
+
+/// Report consumption to the manager at least every this many data events.
+const CONSUMED_REPORT_EVERY: u64 = 32;
+
+/// A registered client.
+#[derive(Debug)]
+pub struct ClientHandle {
+    id: ClientId,
+    name: String,
+    spec: ClientSpec,
+    cmd: mpsc::UnboundedSender<Command>,
+    events: mpsc::UnboundedReceiver<ClientEvent>,
+    last_data_seq: u64,
+    unreported: u64,
+    span: tracing::Span,
+}
+
+impl ClientHandle {
+    pub(crate) fn new(
+        id: ClientId,
+        name: String,
+        spec: ClientSpec,
+        cmd: mpsc::UnboundedSender<Command>,
+        events: mpsc::UnboundedReceiver<ClientEvent>,
+    ) -> Self {
+        let span = tracing::info_span!("client", name = %name, id);
+        ClientHandle {
+            id,
+            name,
+            spec,
+            cmd,
+            events,
+            last_data_seq: 0,
+            unreported: 0,
+            span,
+        }
+    }
+
+    /// The client's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The spec it registered with.
+    pub fn spec(&self) -> ClientSpec {
+        self.spec
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, CmError>>) -> Command) -> Result<T, CmError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd.send(make(tx)).map_err(|_| CmError::Stopped)?;
+        rx.await.map_err(|_| CmError::Stopped)?
+    }
+
+    /// Use-counted connect: CONNECTING until the partner's namesake is reachable, then an `Up`
+    /// event and CONNECTED.
+    pub async fn connect(&self) -> Result<PortState, CmError> {
+        let _g = self.span.enter();
+        self.ask(|reply| Command::Connect { id: self.id, reply }).await
+    }
+
+    /// Sends with the registered send model. Returns the message's sequence number; its
+    /// completion arrives as an `Acked`, `Transmitted` or `Nacked` event. Fails fast while the
+    /// connection is down; never fails for flow control (watch `FlowControl` events instead).
+    pub async fn send(&self, payload: Bytes) -> Result<u64, CmError> {
+        self.send_with(payload, self.spec.model).await
+    }
+
+    /// Sends with an explicit send model.
+    pub async fn send_with(&self, payload: Bytes, model: SendModel) -> Result<u64, CmError> {
+        self.ask(|reply| Command::Send {
+            id: self.id,
+            payload,
+            model,
+            reply,
+        })
+        .await
+    }
+
+    /// Answers a synchronous message with a return code (delivered to the sender's `Acked`).
+    pub async fn reply(&self, seq: u64, code: i32) -> Result<(), CmError> {
+        self.ask(|reply| Command::Reply {
+            id: self.id,
+            seq,
+            code,
+            reply,
+        })
+        .await
+    }
+
+    /// The next event; `None` once the client is destroyed or the node stopped.
+    pub async fn next_event(&mut self) -> Option<ClientEvent> {
+        let ev = self.events.recv().await;
+        self.after_event(&ev);
+        ev
+    }
+
+    /// The next event if one is ready.
+    pub fn try_next_event(&mut self) -> Option<ClientEvent> {
+        let ev = self.events.try_recv().ok();
+        self.after_event(&ev);
+        ev
+    }
+
+    fn after_event(&mut self, ev: &Option<ClientEvent>) {
+        if let Some(ClientEvent::Data { seq, .. }) = ev {
+            self.last_data_seq = *seq;
+            self.unreported += 1;
+        }
+        // Grant the partner more credit once we have taken a batch, or the queue ran dry.
+        if self.unreported > 0 && (self.unreported >= CONSUMED_REPORT_EVERY || self.events.is_empty()) {
+            self.unreported = 0;
+            let _ = self.cmd.send(Command::Consumed {
+                id: self.id,
+                seq: self.last_data_seq,
+            });
+        }
+    }
+
+    /// Controlled close: drops one use; the last one destroys the port (outstanding sends are
+    /// NACKed with `Closed`).
+    pub async fn close(&self) -> Result<PortState, CmError> {
+        self.ask(|reply| Command::Close {
+            id: self.id,
+            immediate: false,
+            reply,
+        })
+        .await
+    }
+
+    /// Immediate close, whatever the use count.
+    pub async fn close_immediate(&self) -> Result<PortState, CmError> {
+        self.ask(|reply| Command::Close {
+            id: self.id,
+            immediate: true,
+            reply,
+        })
+        .await
+    }
+}

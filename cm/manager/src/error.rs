@@ -1,0 +1,30 @@
+//! Errors of the connection manager, each saying what to do about it.
+
+use peercm_proto::session::SessionError;
+use thiserror::Error;
+
+/// A manager operation failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum CmError {
+    /// The session refused the command (unknown client, not connected, bad name, ...).
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The secret is missing or unusable.
+    #[error("cluster secret: {0}")]
+    Secret(String),
+    /// A socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The node has been shut down.
+    #[error("the node has stopped")]
+    Stopped,
+}
