@@ -70,7 +70,10 @@ impl Heartbeat {
     }
 
     /// Beats every interval and listens, until `stop` resolves.
-    pub async fn run_until(&mut self, stop: impl std::future::Future<Output = ()>) -> Result<(), CmError> {
+    pub async fn run_until(
+        &mut self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<(), CmError> {
         tokio::pin!(stop);
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -112,7 +112,9 @@ impl MirrorSender {
 
     async fn pump(&mut self) -> Result<(), MirrorError> {
         while self.up {
-            let Some(&lsn) = self.to_send.front() else { break };
+            let Some(&lsn) = self.to_send.front() else {
+                break;
+            };
             let Some(data) = self.pending.get(&lsn) else {
                 self.to_send.pop_front();
                 continue;
@@ -161,12 +163,18 @@ impl MirrorSender {
             ClientEvent::Nacked { seq, .. } => {
                 if let Some(lsn) = self.in_flight.remove(&seq) {
                     // Resend in LSN order, ahead of records never sent.
-                    let pos = self.to_send.iter().position(|&l| l > lsn).unwrap_or(self.to_send.len());
+                    let pos = self
+                        .to_send
+                        .iter()
+                        .position(|&l| l > lsn)
+                        .unwrap_or(self.to_send.len());
                     self.to_send.insert(pos, lsn);
                     self.stats.resent += 1;
                 }
             }
-            ClientEvent::Data { seq, reply_needed, .. } => {
+            ClientEvent::Data {
+                seq, reply_needed, ..
+            } => {
                 // Records flow one way; a record sent to the production side is refused.
                 if reply_needed {
                     self.handle.reply(seq, CODE_GAP).await?;
@@ -326,5 +334,7 @@ impl MirrorReceiver {
 
 /// The digest a receiver reaches after storing `records` in order (for end-to-end checks).
 pub fn digest_of<'a>(records: impl IntoIterator<Item = &'a [u8]>) -> u32 {
-    records.into_iter().fold(0, |d, r| crc32c::crc32c_append(d, r))
+    records
+        .into_iter()
+        .fold(0, |d, r| crc32c::crc32c_append(d, r))
 }

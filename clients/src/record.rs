@@ -58,7 +58,13 @@ mod tests {
         assert_eq!(decode(&r).unwrap(), (42, Bytes::from_static(b"payload")));
         let mut bad = r.to_vec();
         bad[15] ^= 1;
-        assert_eq!(decode(&Bytes::from(bad)), Err(RecordError::BadCrc { lsn: 42 }));
-        assert_eq!(decode(&Bytes::from_static(b"short")), Err(RecordError::Short(5)));
+        assert_eq!(
+            decode(&Bytes::from(bad)),
+            Err(RecordError::BadCrc { lsn: 42 })
+        );
+        assert_eq!(
+            decode(&Bytes::from_static(b"short")),
+            Err(RecordError::Short(5))
+        );
     }
 }

@@ -39,7 +39,9 @@ pub enum HandshakeFailure {
     #[error("socket error during handshake: {0}")]
     Io(#[from] std::io::Error),
     /// The peer closed the connection mid-handshake (it may have refused us).
-    #[error("peer closed the connection during the handshake (wrong secret or cluster on one side?)")]
+    #[error(
+        "peer closed the connection during the handshake (wrong secret or cluster on one side?)"
+    )]
     Closed,
     /// The peer took too long.
     #[error("handshake did not complete within {0:?}")]
@@ -76,7 +78,10 @@ async fn next(framed: &mut FramedLink) -> Result<Frame, HandshakeFailure> {
 }
 
 /// Runs the dialer side on a connected socket.
-pub async fn dial(stream: TcpStream, cfg: &TcpHandshakeConfig) -> Result<(FramedLink, NodeInfo), HandshakeFailure> {
+pub async fn dial(
+    stream: TcpStream,
+    cfg: &TcpHandshakeConfig,
+) -> Result<(FramedLink, NodeInfo), HandshakeFailure> {
     let _ = stream.set_nodelay(true);
     let mut framed = Framed::new(stream, FrameCodec::new(cfg.max_payload_bytes));
     let run = async {
@@ -98,7 +103,10 @@ pub async fn dial(stream: TcpStream, cfg: &TcpHandshakeConfig) -> Result<(Framed
 /// Runs the acceptor side on an accepted socket. On a version mismatch the peer is told our
 /// version; on any other failure the connection is closed without a word (an unauthenticated
 /// peer learns nothing).
-pub async fn accept(stream: TcpStream, cfg: &TcpHandshakeConfig) -> Result<(FramedLink, NodeInfo), HandshakeFailure> {
+pub async fn accept(
+    stream: TcpStream,
+    cfg: &TcpHandshakeConfig,
+) -> Result<(FramedLink, NodeInfo), HandshakeFailure> {
     let _ = stream.set_nodelay(true);
     let mut framed = Framed::new(stream, FrameCodec::new(cfg.max_payload_bytes));
     let run = async {
@@ -109,7 +117,8 @@ pub async fn accept(stream: TcpStream, cfg: &TcpHandshakeConfig) -> Result<(Fram
             }
             other => other?,
         };
-        let (state, challenge) = AcceptorStart::new(cfg.handshake.clone(), nonce()).handle(&hello)?;
+        let (state, challenge) =
+            AcceptorStart::new(cfg.handshake.clone(), nonce()).handle(&hello)?;
         framed.send(challenge).await?;
         let auth = next(&mut framed).await?;
         let (peer, welcome) = state.handle(&auth)?;

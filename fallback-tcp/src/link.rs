@@ -85,7 +85,11 @@ impl Drop for LinkHandle {
 }
 
 /// Starts the reader and writer of an authenticated connection.
-pub fn spawn_link(framed: FramedLink, id: LinkId, to_manager: mpsc::Sender<LinkInput>) -> LinkHandle {
+pub fn spawn_link(
+    framed: FramedLink,
+    id: LinkId,
+    to_manager: mpsc::Sender<LinkInput>,
+) -> LinkHandle {
     let remote = framed
         .get_ref()
         .peer_addr()
@@ -107,7 +111,11 @@ pub fn spawn_link(framed: FramedLink, id: LinkId, to_manager: mpsc::Sender<LinkI
             let reason = loop {
                 match reader.next().await {
                     Some(Ok(frame)) => {
-                        if to_m.send(LinkInput::Frame { link: id, frame }).await.is_err() {
+                        if to_m
+                            .send(LinkInput::Frame { link: id, frame })
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                     }

@@ -68,14 +68,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
 
     let mut cfg_b = NodeConfig::new("node-b", "demo");
     cfg_b.listen = Some("127.0.0.1:0".parse()?);
-    let node_b = Node::start(cfg_b, secret.clone()).await.context("starting node-b")?;
-    let addr = node_b.local_addr().context("node-b has no listen address")?;
+    let node_b = Node::start(cfg_b, secret.clone())
+        .await
+        .context("starting node-b")?;
+    let addr = node_b
+        .local_addr()
+        .context("node-b has no listen address")?;
     let mut cfg_a = NodeConfig::new("node-a", "demo");
     cfg_a.peer = Some(PeerConfig {
         address: addr,
         connections: args.connections,
     });
-    let node_a = Node::start(cfg_a, secret).await.context("starting node-a")?;
+    let node_a = Node::start(cfg_a, secret)
+        .await
+        .context("starting node-a")?;
 
     let mirror_a = node_a.register("mirror", MIRROR).await?;
     let mirror_b = node_b.register("mirror", MIRROR).await?;
@@ -98,7 +104,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     let hb_task = |handle, mut stop: tokio::sync::watch::Receiver<bool>| {
         tokio::spawn(async move {
             let mut hb = Heartbeat::new(handle, Duration::from_millis(20));
-            let res = hb.run_until(async move { let _ = stop.changed().await; }).await;
+            let res = hb
+                .run_until(async move {
+                    let _ = stop.changed().await;
+                })
+                .await;
             res.map(|_| hb.stats())
         })
     };
@@ -152,7 +162,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
 
     println!();
     println!("mirror    {n} records x {len} B appended on node-a");
-    println!("          {} acknowledged by node-b's mirror client (mirrored up to LSN {})", ss.mirrored, sender.mirrored_upto());
+    println!(
+        "          {} acknowledged by node-b's mirror client (mirrored up to LSN {})",
+        ss.mirrored,
+        sender.mirrored_upto()
+    );
     println!(
         "          {} stored on node-b, LSN 1..={}, {} resent duplicates recognised, {} gaps, {} corrupt",
         rs.stored,
@@ -167,7 +181,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         expected_digest
     );
     match killed {
-        Some((link, at)) => println!("fault     killed TCP link {link} of node-a after record {at}"),
+        Some((link, at)) => {
+            println!("fault     killed TCP link {link} of node-a after record {at}")
+        }
         None => println!("fault     none (--no-kill)"),
     }
     println!(
@@ -200,7 +216,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
 
     let mut failures = Vec::new();
     if rs.stored != n || receiver.stored_upto() != n {
-        failures.push(format!("stored {} records up to LSN {}, expected {n}", rs.stored, receiver.stored_upto()));
+        failures.push(format!(
+            "stored {} records up to LSN {}, expected {n}",
+            rs.stored,
+            receiver.stored_upto()
+        ));
     }
     if receiver.digest() != expected_digest {
         failures.push("digest mismatch: content or order differs".to_string());

@@ -26,14 +26,20 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<bool> {
     let cfg = NodeConfig::load(&args.config)?;
     let secret = match (&cfg.secret_file, args.insecure) {
         (Some(path), _) => {
-            let bytes = std::fs::read(path).with_context(|| format!("reading secret_file {}", path.display()))?;
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("reading secret_file {}", path.display()))?;
             ClusterSecret::new(&bytes).with_context(|| format!("secret_file {}", path.display()))?
         }
         (None, true) => {
-            tracing::warn!("running without a cluster secret (--insecure): peers are not authenticated");
+            tracing::warn!(
+                "running without a cluster secret (--insecure): peers are not authenticated"
+            );
             ClusterSecret::insecure()
         }
-        (None, false) => bail!("no cluster secret: set secret_file in {} or pass --insecure", args.config.display()),
+        (None, false) => bail!(
+            "no cluster secret: set secret_file in {} or pass --insecure",
+            args.config.display()
+        ),
     };
     let dials = cfg.peer.is_some();
     let clients = cfg.clients.clone();
@@ -50,13 +56,17 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<bool> {
             let mut received = 0u64;
             while let Some(ev) = handle.next_event().await {
                 match ev {
-                    ClientEvent::Data { seq, reply_needed, .. } => {
+                    ClientEvent::Data {
+                        seq, reply_needed, ..
+                    } => {
                         received += 1;
                         if reply_needed {
                             let _ = handle.reply(seq, 0).await;
                         }
                     }
-                    other => tracing::info!(client = handle.name(), received, event = ?other, "client event"),
+                    other => {
+                        tracing::info!(client = handle.name(), received, event = ?other, "client event")
+                    }
                 }
             }
         });
@@ -71,13 +81,14 @@ async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

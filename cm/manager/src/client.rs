@@ -57,7 +57,10 @@ impl ClientHandle {
         self.spec
     }
 
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, CmError>>) -> Command) -> Result<T, CmError> {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, CmError>>) -> Command,
+    ) -> Result<T, CmError> {
         let (tx, rx) = oneshot::channel();
         self.cmd.send(make(tx)).map_err(|_| CmError::Stopped)?;
         rx.await.map_err(|_| CmError::Stopped)?
@@ -67,7 +70,8 @@ impl ClientHandle {
     /// event and CONNECTED.
     pub async fn connect(&self) -> Result<PortState, CmError> {
         let _g = self.span.enter();
-        self.ask(|reply| Command::Connect { id: self.id, reply }).await
+        self.ask(|reply| Command::Connect { id: self.id, reply })
+            .await
     }
 
     /// Sends with the registered send model. Returns the message's sequence number; its
@@ -119,7 +123,9 @@ impl ClientHandle {
             self.unreported += 1;
         }
         // Grant the partner more credit once we have taken a batch, or the queue ran dry.
-        if self.unreported > 0 && (self.unreported >= CONSUMED_REPORT_EVERY || self.events.is_empty()) {
+        if self.unreported > 0
+            && (self.unreported >= CONSUMED_REPORT_EVERY || self.events.is_empty())
+        {
             self.unreported = 0;
             let _ = self.cmd.send(Command::Consumed {
                 id: self.id,

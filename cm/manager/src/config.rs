@@ -190,11 +190,16 @@ impl NodeConfig {
             return bad(e.to_string());
         }
         if self.listen.is_none() && self.peer.is_none() {
-            return bad("set `listen` (accept the partner) or `[peer] address` (dial it), or both".into());
+            return bad(
+                "set `listen` (accept the partner) or `[peer] address` (dial it), or both".into(),
+            );
         }
         if let Some(p) = &self.peer {
             if !(1..=64).contains(&p.connections) {
-                return bad(format!("peer.connections = {} must be 1..=64", p.connections));
+                return bad(format!(
+                    "peer.connections = {} must be 1..=64",
+                    p.connections
+                ));
             }
         }
         let s = &self.session;
@@ -210,11 +215,19 @@ impl NodeConfig {
         if s.handshake_timeout_ms == 0 {
             return bad("session.handshake_timeout_ms must be > 0".into());
         }
-        if s.reconnect_backoff_min_ms == 0 || s.reconnect_backoff_max_ms < s.reconnect_backoff_min_ms {
-            return bad("session.reconnect_backoff_min_ms must be > 0 and <= reconnect_backoff_max_ms".into());
+        if s.reconnect_backoff_min_ms == 0
+            || s.reconnect_backoff_max_ms < s.reconnect_backoff_min_ms
+        {
+            return bad(
+                "session.reconnect_backoff_min_ms must be > 0 and <= reconnect_backoff_max_ms"
+                    .into(),
+            );
         }
         if s.max_payload_bytes == 0 || s.max_payload_bytes > 64 << 20 {
-            return bad(format!("session.max_payload_bytes = {} must be 1..=67108864", s.max_payload_bytes));
+            return bad(format!(
+                "session.max_payload_bytes = {} must be 1..=67108864",
+                s.max_payload_bytes
+            ));
         }
         if s.flow_low_water >= s.flow_high_water {
             return bad("session.flow_low_water must be below session.flow_high_water".into());
@@ -274,15 +287,19 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let e = NodeConfig::parse("node_id = \"a\"\ncluster_id = \"c\"\n").unwrap_err().to_string();
+        let e = NodeConfig::parse("node_id = \"a\"\ncluster_id = \"c\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("listen"), "{e}");
         let e = NodeConfig::parse("node_id = \"a b\"\ncluster_id = \"c\"\nlisten=\"127.0.0.1:1\"")
             .unwrap_err()
             .to_string();
         assert!(e.contains("node_id"), "{e}");
-        let e = NodeConfig::parse("node_id = \"a\"\ncluster_id = \"c\"\nlisten=\"127.0.0.1:1\"\ntypo = 1")
-            .unwrap_err()
-            .to_string();
+        let e = NodeConfig::parse(
+            "node_id = \"a\"\ncluster_id = \"c\"\nlisten=\"127.0.0.1:1\"\ntypo = 1",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("typo"), "{e}");
         let e = NodeConfig::parse(
             "node_id = \"a\"\ncluster_id = \"c\"\nlisten=\"127.0.0.1:1\"\n[session]\nheartbeat_interval_ms = 500\nlink_timeout_ms = 600",

@@ -120,7 +120,11 @@ impl Manager {
         listener: Option<TcpListener>,
         cmd_rx: mpsc::UnboundedReceiver<Command>,
     ) -> Self {
-        let role = if cfg.peer.is_some() { Role::Dialer } else { Role::Acceptor };
+        let role = if cfg.peer.is_some() {
+            Role::Dialer
+        } else {
+            Role::Acceptor
+        };
         let session = Session::new(cfg.session_config(), role);
         let (link_tx, link_rx) = mpsc::channel(LINK_INPUT_CAPACITY);
         let (new_tx, new_rx) = mpsc::channel(64);
@@ -195,7 +199,9 @@ impl Manager {
                                 Ok((framed, peer)) => {
                                     let _ = new_tx.send(NewLink::Accepted(framed, peer)).await;
                                 }
-                                Err(e) => tracing::warn!(%from, error = %e, "refused inbound connection"),
+                                Err(e) => {
+                                    tracing::warn!(%from, error = %e, "refused inbound connection")
+                                }
                             }
                         }
                         .in_current_span(),
@@ -211,8 +217,12 @@ impl Manager {
     }
 
     fn maybe_dial(&mut self, now: Instant) {
-        let Some(peer) = self.cfg.peer.clone() else { return };
-        while (self.links.len() as u32) + self.dialing < self.want_links() && now >= self.next_dial_at {
+        let Some(peer) = self.cfg.peer.clone() else {
+            return;
+        };
+        while (self.links.len() as u32) + self.dialing < self.want_links()
+            && now >= self.next_dial_at
+        {
             self.dialing += 1;
             let mut hs = self.handshake.clone();
             hs.handshake.node = self.node_info.borrow().clone();
@@ -220,8 +230,11 @@ impl Manager {
             let addr = peer.address;
             tokio::spawn(
                 async move {
-                    let res = match tokio::time::timeout(hs.timeout, TcpStream::connect(addr)).await {
-                        Ok(Ok(stream)) => peercm_tcp::dial(stream, &hs).await.map_err(|e| e.to_string()),
+                    let res = match tokio::time::timeout(hs.timeout, TcpStream::connect(addr)).await
+                    {
+                        Ok(Ok(stream)) => peercm_tcp::dial(stream, &hs)
+                            .await
+                            .map_err(|e| e.to_string()),
                         Ok(Err(e)) => Err(format!("connect to {addr}: {e}")),
                         Err(_) => Err(format!("connect to {addr}: timed out")),
                     };
@@ -233,7 +246,8 @@ impl Manager {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let dial = ((self.links.len() as u32) + self.dialing < self.want_links()).then_some(self.next_dial_at);
+        let dial = ((self.links.len() as u32) + self.dialing < self.want_links())
+            .then_some(self.next_dial_at);
         match (self.session.poll_timeout(), dial) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -295,7 +309,9 @@ impl Manager {
                 self.dialing = self.dialing.saturating_sub(1);
                 tracing::warn!(error = %e, retry_in_ms = self.backoff.as_millis() as u64, "dial failed");
                 self.next_dial_at = Instant::now() + self.backoff;
-                self.backoff = (self.backoff * 2).min(Duration::from_millis(self.cfg.session.reconnect_backoff_max_ms));
+                self.backoff = (self.backoff * 2).min(Duration::from_millis(
+                    self.cfg.session.reconnect_backoff_max_ms,
+                ));
                 return;
             }
             NewLink::Accepted(f, p) => (f, p, false),
@@ -335,7 +351,11 @@ impl Manager {
                     self.close_link(link, format!("protocol violation: {e}"));
                 }
             }
-            LinkInput::Written { link, bytes, local_done } => {
+            LinkInput::Written {
+                link,
+                bytes,
+                local_done,
+            } => {
                 self.session.handle_written(link, bytes, &local_done);
             }
             LinkInput::Closed { link, reason } => {
@@ -364,11 +384,15 @@ impl Manager {
     fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::Register { name, spec, reply } => {
-                let res = self.session.register(&name, spec).map_err(CmError::from).map(|id| {
-                    let (tx, rx) = mpsc::unbounded_channel();
-                    self.clients.insert(id, tx);
-                    (id, rx)
-                });
+                let res = self
+                    .session
+                    .register(&name, spec)
+                    .map_err(CmError::from)
+                    .map(|id| {
+                        let (tx, rx) = mpsc::unbounded_channel();
+                        self.clients.insert(id, tx);
+                        (id, rx)
+                    });
                 if res.is_ok() {
                     self.publish_node_info();
                 }
@@ -377,7 +401,11 @@ impl Manager {
             Command::Connect { id, reply } => {
                 let _ = reply.send(self.session.connect(id).map_err(CmError::from));
             }
-            Command::Close { id, immediate, reply } => {
+            Command::Close {
+                id,
+                immediate,
+                reply,
+            } => {
                 let res = self.session.close(id, immediate).map_err(CmError::from);
                 // Flush first so the client sees its final NACKs before its channel closes.
                 self.flush(Instant::now());
@@ -395,7 +423,12 @@ impl Manager {
             } => {
                 let _ = reply.send(self.session.send(id, payload, model).map_err(CmError::from));
             }
-            Command::Reply { id, seq, code, reply } => {
+            Command::Reply {
+                id,
+                seq,
+                code,
+                reply,
+            } => {
                 let _ = reply.send(self.session.reply(id, seq, code).map_err(CmError::from));
             }
             Command::Consumed { id, seq } => self.session.consumed(id, seq),
@@ -417,7 +450,10 @@ impl Manager {
         while let Some(link) = self.session.poll_close_link() {
             if let Some(h) = self.links.remove(&link) {
                 h.abort();
-                self.note(format!("link {link} closed: silent for {} ms", self.cfg.session.link_timeout_ms));
+                self.note(format!(
+                    "link {link} closed: silent for {} ms",
+                    self.cfg.session.link_timeout_ms
+                ));
             }
         }
         while let Some(t) = self.session.poll_transmit(now) {

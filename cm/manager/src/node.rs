@@ -28,10 +28,14 @@ impl Node {
     pub async fn start(cfg: NodeConfig, secret: ClusterSecret) -> Result<Node, CmError> {
         cfg.validate()?;
         let listener = match cfg.listen {
-            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| CmError::Bind {
-                addr: addr.to_string(),
-                source,
-            })?),
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| CmError::Bind {
+                        addr: addr.to_string(),
+                        source,
+                    })?,
+            ),
             None => None,
         };
         let local_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
@@ -67,7 +71,10 @@ impl Node {
         self.local_addr
     }
 
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, CmError>>) -> Command) -> Result<T, CmError> {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, CmError>>) -> Command,
+    ) -> Result<T, CmError> {
         let (tx, rx) = oneshot::channel();
         self.cmd.send(make(tx)).map_err(|_| CmError::Stopped)?;
         rx.await.map_err(|_| CmError::Stopped)?
@@ -82,7 +89,13 @@ impl Node {
                 reply,
             })
             .await?;
-        Ok(ClientHandle::new(id, name.to_string(), spec, self.cmd.clone(), events))
+        Ok(ClientHandle::new(
+            id,
+            name.to_string(),
+            spec,
+            self.cmd.clone(),
+            events,
+        ))
     }
 
     /// A snapshot of the node.

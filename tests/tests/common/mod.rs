@@ -1,0 +1,115 @@
+//! Shared helpers for the loopback-TCP integration tests: start a pair of real nodes, wait for
+//! events with deadlines (a missing event fails the test with a message, never hangs it).
+
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use peercm_cm::config::PeerConfig;
+use peercm_cm::{
+    ClientEvent, ClientHandle, ClientSpec, ClusterSecret, LatencyClass, Node, NodeConfig, SendModel,
+};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub const SECRET: &str = "integration-test-secret-0123456789";
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub fn secret() -> ClusterSecret {
+    ClusterSecret::new(SECRET.as_bytes()).expect("test secret is long enough")
+}
+
+pub fn spec(model: SendModel) -> ClientSpec {
+    ClientSpec {
+        bandwidth_mbps: 100,
+        latency: LatencyClass::Normal,
+        model,
+    }
+}
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+pub fn fast_config(mut cfg: NodeConfig) -> NodeConfig {
+    cfg.session.reconnect_backoff_min_ms = 20;
+    cfg.session.reconnect_backoff_max_ms = 200;
+    cfg
+}
+
+/// Starts the accepting node b on an ephemeral port.
+pub async fn start_b(listen: Option<SocketAddr>) -> Node {
+    let mut cfg = fast_config(NodeConfig::new("node-b", "test"));
+    cfg.listen = Some(listen.unwrap_or_else(|| "127.0.0.1:0".parse().expect("addr")));
+    Node::start(cfg, secret()).await.expect("node-b starts")
+}
+
+/// Starts the dialing node a.
+pub async fn start_a(peer: SocketAddr, connections: u32) -> Node {
+    let mut cfg = fast_config(NodeConfig::new("node-a", "test"));
+    cfg.peer = Some(PeerConfig {
+        address: peer,
+        connections,
+    });
+    Node::start(cfg, secret()).await.expect("node-a starts")
+}
+
+pub async fn start_pair(connections: u32) -> (Node, Node) {
+    init_tracing();
+    let b = start_b(None).await;
+    let a = start_a(b.local_addr().expect("b listens"), connections).await;
+    (a, b)
+}
+
+/// Next event within the deadline, or a test failure naming what was awaited.
+pub async fn next(h: &mut ClientHandle, what: &str) -> ClientEvent {
+    match tokio::time::timeout(WAIT, h.next_event()).await {
+        Ok(Some(ev)) => ev,
+        Ok(None) => panic!("{}: channel closed while waiting for {what}", h.name()),
+        Err(_) => panic!("{}: timed out waiting for {what}", h.name()),
+    }
+}
+
+/// Skips events until one matches.
+pub async fn wait_for(
+    h: &mut ClientHandle,
+    what: &str,
+    pred: impl Fn(&ClientEvent) -> bool,
+) -> ClientEvent {
+    loop {
+        let ev = next(h, what).await;
+        if pred(&ev) {
+            return ev;
+        }
+    }
+}
+
+pub async fn wait_up(h: &mut ClientHandle) {
+    wait_for(h, "Up", |e| *e == ClientEvent::Up).await;
+}
+
+/// Waits until `node` has `n` live links.
+pub async fn wait_links(node: &Node, n: usize) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let s = node.status().await.expect("status");
+        if s.links.len() == n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}: {} links, wanted {n}",
+            node.node_id(),
+            s.links.len()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub fn msg(client: &str, i: u64) -> Bytes {
+    Bytes::from(format!("{client}:{i:010}"))
+}
