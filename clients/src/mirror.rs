@@ -334,7 +334,5 @@ impl MirrorReceiver {
 
 /// The digest a receiver reaches after storing `records` in order (for end-to-end checks).
 pub fn digest_of<'a>(records: impl IntoIterator<Item = &'a [u8]>) -> u32 {
-    records
-        .into_iter()
-        .fold(0, |d, r| crc32c::crc32c_append(d, r))
+    records.into_iter().fold(0, crc32c::crc32c_append)
 }

@@ -1,6 +1,8 @@
 //! Bad input from the network: every case gets the connection refused or closed with a logged
 //! reason, no panic, and the node keeps serving its real partner throughout.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use bytes::{Bytes, BytesMut};

@@ -1,6 +1,8 @@
 //! Losing connections: one of several mid-stream (nothing lost or duplicated), and the partner
 //! process restarting (NACKs, Down, reset, Up, resend succeeds).
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;

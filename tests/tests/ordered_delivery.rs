@@ -1,5 +1,7 @@
 //! Ordering and exactly-once delivery over real loopback TCP with several connections.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;

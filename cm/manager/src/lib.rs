@@ -12,7 +12,7 @@
 //! - [`client`]: [`ClientHandle`], one registered client.
 //! - [`manager`]: the manager task.
 //! - [`status`]: what `peercm status` reports.
-//! - [`error`]: [`CmError`].
+//! - [`error`]: the error type, [`CmError`].
 
 pub mod client;
 pub mod config;

@@ -98,6 +98,7 @@ pub(crate) struct Manager {
     backoff: Duration,
     timeline: VecDeque<TimelineEntry>,
     listener_task: Option<tokio::task::JoinHandle<()>>,
+    verbs_unavailable: Option<String>,
 }
 
 impl Drop for Manager {
@@ -154,8 +155,14 @@ impl Manager {
             next_dial_at: Instant::now(),
             timeline: VecDeque::new(),
             listener_task: None,
+            verbs_unavailable: None,
         };
         let mut m = m;
+        use peercm_verbs_shim::VerbsProvider;
+        if let Err(why) = peercm_verbs_shim::unavailable().devices() {
+            m.note(format!("verbs unavailable ({why}); using TCP"));
+            m.verbs_unavailable = Some(why.to_string());
+        }
         if let Some(l) = listener {
             m.listener_task = Some(m.spawn_listener(l));
         }
@@ -506,6 +513,7 @@ impl Manager {
             session: self.session.state(),
             epoch: self.session.epoch(),
             peer: self.session.peer().map(|p| p.node_id.clone()),
+            verbs_unavailable: self.verbs_unavailable.clone(),
             links,
             clients,
             stats: self.session.stats(),

@@ -15,6 +15,8 @@ pub struct NodeStatus {
     pub epoch: u64,
     /// The partner's node id, once known.
     pub peer: Option<String>,
+    /// Why the verbs (RDMA) path is not in use, if it is not.
+    pub verbs_unavailable: Option<String>,
     /// Live links.
     pub links: Vec<LinkStatus>,
     /// Registered clients.

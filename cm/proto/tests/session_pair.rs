@@ -1,6 +1,8 @@
 //! Session behaviour over an in-memory pair: ordering, exactly-once delivery across link loss,
 //! send models, NACKs on total loss, partner restart, unknown clients, flow control.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;

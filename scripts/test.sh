@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The whole peercm test suite. This is what CI runs (.ci/run calls exactly this).
+#
+#   1. setup (idempotent installs)          5. fuzz targets: build, then run each briefly
+#   2. cargo fmt --check                     6. peercm demo (the main job) must pass
+#   3. cargo clippy -D warnings              7. no `unsafe` outside verbs-shim
+#   4. cargo test (unit, property, chaos, loopback-TCP integration)
+#
+# Ends with one line "peercm: N passed, N failed" counting every test run.
+# Environment: PEERCM_FUZZ_SECONDS (per target, default 15), PEERCM_SKIP_FUZZ=1 (local only;
+# CI never sets it), PEERCM_CHAOS_SEEDS (seeds for the randomized session test).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+export CARGO_TERM_COLOR=never
+start=$(date +%s)
+log_dir=$(mktemp -d)
+trap 'rm -rf "$log_dir"' EXIT
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "setup"
+bash scripts/setup.sh
+
+if [ "${CI:-}" = "true" ] && [ "${PEERCM_SKIP_FUZZ:-0}" = "1" ]; then
+  echo "test: PEERCM_SKIP_FUZZ is not allowed in CI" >&2
+  exit 1
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "cargo test"
+set +e
+cargo test --workspace 2>&1 | tee "$log_dir/test.log"
+test_rc=${PIPESTATUS[0]}
+set -e
+passed=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) if ($(i+1) ~ /^passed/) s += $i } END { print s + 0 }' "$log_dir/test.log")
+failed=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) if ($(i+1) ~ /^failed/) s += $i } END { print s + 0 }' "$log_dir/test.log")
+if [ "$test_rc" -ne 0 ]; then
+  echo "peercm: $passed passed, $((failed > 0 ? failed : 1)) failed"
+  exit 1
+fi
+
+if [ "${PEERCM_SKIP_FUZZ:-0}" = "1" ]; then
+  step "fuzz targets: SKIPPED (PEERCM_SKIP_FUZZ=1)"
+else
+  step "fuzz targets"
+  secs=${PEERCM_FUZZ_SECONDS:-15}
+  export log_dir
+  (
+    cd cm/proto/fuzz
+    cargo +nightly fuzz build -O 2>&1 | tail -n 3
+    for t in $(cargo +nightly fuzz list); do
+      if ! cargo +nightly fuzz run -O "$t" -- -max_total_time="$secs" -print_final_stats=1 >"$log_dir/fuzz-$t.log" 2>&1; then
+        tail -n 40 "$log_dir/fuzz-$t.log"
+        echo "fuzz target $t found a failure (artifact under cm/proto/fuzz/artifacts/$t)"
+        exit 1
+      fi
+      runs=$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$log_dir/fuzz-$t.log" | grep -oE '[0-9]+$' || echo '?')
+      echo "fuzz $t: ${secs}s, $runs inputs, no failure"
+    done
+  )
+  passed=$((passed + $(cd cm/proto/fuzz && cargo +nightly fuzz list | wc -l)))
+fi
+
+step "peercm demo"
+cargo run --quiet -p peercm -- demo
+passed=$((passed + 1))
+
+step "unsafe only in verbs-shim"
+if grep -rn --include='*.rs' -E '\bunsafe\b' cm fallback-tcp clients tests | grep -v '^cm/proto/fuzz/target' | grep -vE '//.*unsafe|forbid\(unsafe_code\)|"unsafe'; then
+  echo "unsafe code found outside verbs-shim"
+  echo "peercm: $passed passed, 1 failed"
+  exit 1
+fi
+
+echo
+echo "suite took $(( $(date +%s) - start )) s"
+echo "peercm: $passed passed, $failed failed"
