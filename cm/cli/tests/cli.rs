@@ -1,0 +1,223 @@
+//! The `peercm` binary as a user runs it: help, configuration errors, two real `peercm node`
+//! processes talking over loopback, and a short demo.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn peercm() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_peercm"))
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("peercm-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn write(dir: &Path, file: &str, text: &str) -> PathBuf {
+    let p = dir.join(file);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn help_lists_the_commands() {
+    let out = peercm().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for cmd in ["demo", "node"] {
+        assert!(text.contains(cmd), "--help lacks {cmd}: {text}");
+    }
+    for cmd in ["demo", "node"] {
+        let out = peercm().args([cmd, "--help"]).output().unwrap();
+        assert!(out.status.success(), "{cmd} --help");
+    }
+}
+
+#[test]
+fn bad_configurations_fail_with_a_clear_error() {
+    let d = tmpdir("badcfg");
+    let cases = [
+        ("missing.toml", None, "cannot read"),
+        (
+            "typo.toml",
+            Some("node_id=\"a\"\ncluster_id=\"c\"\nlisten=\"127.0.0.1:0\"\nlsiten=1\n"),
+            "lsiten",
+        ),
+        (
+            "noaddr.toml",
+            Some("node_id=\"a\"\ncluster_id=\"c\"\n"),
+            "listen",
+        ),
+        (
+            "badname.toml",
+            Some("node_id=\"a b\"\ncluster_id=\"c\"\nlisten=\"127.0.0.1:0\"\n"),
+            "node_id",
+        ),
+        (
+            "nosecret.toml",
+            Some("node_id=\"a\"\ncluster_id=\"c\"\nlisten=\"127.0.0.1:0\"\n"),
+            "--insecure",
+        ),
+        (
+            "shortsecret.toml",
+            Some(
+                "node_id=\"a\"\ncluster_id=\"c\"\nlisten=\"127.0.0.1:0\"\nsecret_file=\"SECRET\"\n",
+            ),
+            "at least 16",
+        ),
+    ];
+    write(&d, "short.secret", "tiny\n");
+    for (file, text, needle) in cases {
+        if let Some(t) = text {
+            write(
+                &d,
+                file,
+                &t.replace("SECRET", d.join("short.secret").to_str().unwrap()),
+            );
+        }
+        let out = peercm()
+            .args(["node", "--config"])
+            .arg(d.join(file))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{file}: should fail");
+        assert!(
+            err.contains(needle),
+            "{file}: error should mention {needle:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{file}: {err}");
+    }
+}
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn terminate(p: &mut Proc) -> String {
+    let pid = p.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = p.0.try_wait().unwrap() {
+            assert!(status.success(), "node exited with {status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "node ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut out = String::new();
+    p.0.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn two_node_processes_connect_and_report_status() {
+    let d = tmpdir("pair");
+    let secret = write(&d, "secret", "cli-test-secret-0123456789abcdef\n");
+    let b_cfg = write(
+        &d,
+        "b.toml",
+        &format!(
+            "node_id = \"ctrl-b\"\ncluster_id = \"pair\"\nlisten = \"127.0.0.1:0\"\nsecret_file = {:?}\n[[clients]]\nname = \"echo\"\n",
+            secret
+        ),
+    );
+    let mut b = Proc(
+        peercm()
+            .args(["node", "--config"])
+            .arg(&b_cfg)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // b prints its bound address first.
+    let mut first = String::new();
+    BufReader::new(b.0.stdout.as_mut().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let addr = first
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("listening line")
+        .to_string();
+    let a_cfg = write(
+        &d,
+        "a.toml",
+        &format!(
+            "node_id = \"ctrl-a\"\ncluster_id = \"pair\"\nsecret_file = {:?}\n[peer]\naddress = \"{addr}\"\nconnections = 3\n[[clients]]\nname = \"echo\"\n",
+            secret
+        ),
+    );
+    let mut a = Proc(
+        peercm()
+            .args(["node", "--config"])
+            .arg(&a_cfg)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // Wait for a's own log to say three links and the client are up (no fixed sleep).
+    let stderr = a.0.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut links, mut up) = (0, false);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            links += usize::from(line.contains("link") && line.contains(" up (dialed"));
+            up |= line.contains("client echo: Up");
+            if links >= 3 && up {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("node a reported 3 links and client Up within 30 s");
+    let a_out = terminate(&mut a);
+    let status: serde_json::Value =
+        serde_json::from_str(&a_out).expect("a prints its status as JSON");
+    assert_eq!(status["session"], "up", "{status}");
+    assert_eq!(status["peer"], "ctrl-b");
+    assert_eq!(status["links"].as_array().unwrap().len(), 3);
+    assert_eq!(status["clients"][0]["name"], "echo");
+    assert_eq!(status["clients"][0]["state"], "CONNECTED");
+    let b_out = terminate(&mut b);
+    assert!(b_out.contains("\"node_id\": \"ctrl-b\""), "{b_out}");
+}
+
+#[test]
+fn demo_passes_and_prints_its_summary() {
+    let out = peercm()
+        .args(["demo", "--records", "3000", "--record-bytes", "256"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("3000 stored on node-b, LSN 1..=3000"),
+        "{text}"
+    );
+    assert!(text.contains("killed TCP link"), "{text}");
+    assert!(text.contains("RESULT    PASS"), "{text}");
+}
