@@ -166,7 +166,12 @@ async fn ports_follow_the_state_machine_with_use_counted_close() {
     let (a, b) = start_pair(1).await;
     let mut ca = a.register("p", spec(SendModel::Async)).await.unwrap();
     let mut cb = b.register("p", spec(SendModel::Async)).await.unwrap();
-    assert_eq!(ca.connect().await.unwrap(), PortState::Connecting);
+    // CONNECTING, or already CONNECTED if b's announcement arrived first: both are right.
+    let first = ca.connect().await.unwrap();
+    assert!(
+        matches!(first, PortState::Connecting | PortState::Connected),
+        "{first}"
+    );
     wait_up(&mut ca).await;
     wait_up(&mut cb).await;
     let s = b.status().await.unwrap();

@@ -113,6 +113,16 @@ pub struct ClientAnnounce {
     pub connecting: bool,
 }
 
+/// A client was closed (CLIENT-DOWN). The id names the incarnation, so a late copy of an older
+/// announcement can never be mistaken for the current one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientGone {
+    /// The client's name.
+    pub name: String,
+    /// The id of the incarnation that was closed.
+    pub id: u32,
+}
+
 /// Who a node is, exchanged during the handshake.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {

@@ -15,10 +15,10 @@
 //! NACKed, clients told the connection is down, sends fail fast until the next RESET.
 
 use crate::auth::Role;
-use crate::control::{self, ClientAnnounce, NackReason, NodeInfo};
+use crate::control::{self, ClientAnnounce, ClientGone, NackReason, NodeInfo};
 use crate::frame::{Flags, Frame, MsgType, DEFAULT_MAX_PAYLOAD_BYTES};
 use crate::port::{InvalidTransition, Port, PortInput, PortState};
-use crate::stream::{RecvStream, ReplyError, SendCompletion, SendModel, SendStream};
+use crate::stream::{RecvError, RecvStream, ReplyError, SendCompletion, SendModel, SendStream};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -242,8 +242,10 @@ pub struct SessionStats {
     pub resets: u64,
     /// Frames refused as protocol violations.
     pub violations: u64,
-    /// DATA frames for clients that do not exist here.
+    /// DATA frames for clients that do not exist here (NACKed).
     pub unknown_client_frames: u64,
+    /// DATA frames from a partner client incarnation that has closed (dropped).
+    pub stale_frames_dropped: u64,
 }
 
 #[derive(Debug)]
@@ -251,6 +253,10 @@ struct LinkState {
     last_rx: Instant,
     last_tx: Instant,
     queued_bytes: u64,
+    /// The partner's epoch as last announced on this link (by RESET, RESET-ACK or a
+    /// heartbeat). Session frames on the link are only taken while it equals ours: anything the
+    /// partner sent on the link before it learned of the current reset is stale.
+    peer_epoch: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -282,6 +288,9 @@ pub struct Session {
     clients: BTreeMap<ClientId, ClientSlot>,
     by_name: HashMap<String, ClientId>,
     peer_clients: HashMap<String, PeerClient>,
+    /// Highest closed incarnation id per partner client name: announcements of these (late
+    /// copies from a slower link) are ignored.
+    peer_retired: HashMap<String, u32>,
     next_client_id: ClientId,
     control_out: VecDeque<(Option<LinkId>, Frame)>,
     ack_due: BTreeSet<ClientId>,
@@ -290,6 +299,10 @@ pub struct Session {
     closing: VecDeque<LinkId>,
     rr_client: ClientId,
     rr_link: usize,
+    /// DATA that arrived while AWAITING-READY (the partner is already up and its READY is
+    /// still on its way on the control link), replayed once READY arrives. At most one frame
+    /// per client and sequence number within the fresh credit, so bounded by clients x window.
+    early: BTreeMap<(ClientId, u64), Frame>,
     stats: SessionStats,
 }
 
@@ -307,6 +320,7 @@ impl Session {
             clients: BTreeMap::new(),
             by_name: HashMap::new(),
             peer_clients: HashMap::new(),
+            peer_retired: HashMap::new(),
             next_client_id: 1,
             control_out: VecDeque::new(),
             ack_due: BTreeSet::new(),
@@ -315,6 +329,7 @@ impl Session {
             closing: VecDeque::new(),
             rr_client: 0,
             rr_link: 0,
+            early: BTreeMap::new(),
             stats: SessionStats::default(),
         }
     }
@@ -470,9 +485,10 @@ impl Session {
             self.ack_due.remove(&id);
             self.flow_due.remove(&id);
             if self.state == SessionState::Up {
-                self.control_out.push_back((
-                    None,
-                    Frame::control(MsgType::ClientDown, control::encode(&name)),
+                let gone = ClientGone { name, id };
+                self.queue_on_all_links(Frame::control(
+                    MsgType::ClientDown,
+                    control::encode(&gone),
                 ));
             }
         }
@@ -573,8 +589,24 @@ impl Session {
                 last_rx: now,
                 last_tx: now,
                 queued_bytes: 0,
+                peer_epoch: None,
             },
         );
+        // Tell the partner our epoch on the new link before anything else goes on it, then (when
+        // up) every client, so no DATA on this link can overtake its client's announcement.
+        self.fence(link);
+        if self.state == SessionState::Up {
+            let ids: Vec<ClientId> = self.clients.keys().copied().collect();
+            for id in ids {
+                if let Some(c) = self.clients.get(&id) {
+                    let a = self.announce(id, c);
+                    self.control_out.push_back((
+                        Some(link),
+                        Frame::control(MsgType::ClientUp, control::encode(&a)),
+                    ));
+                }
+            }
+        }
         if self.state == SessionState::Down {
             self.begin_reset(link);
         } else if self.state == SessionState::Up {
@@ -582,11 +614,37 @@ impl Session {
         }
     }
 
+    /// Queues a heartbeat carrying our epoch on `link`: everything we send on the link after
+    /// it belongs to this epoch.
+    fn fence(&mut self, link: LinkId) {
+        self.control_out.push_back((
+            Some(link),
+            Frame::new(
+                MsgType::Heartbeat,
+                Flags::empty(),
+                0,
+                self.epoch,
+                0,
+                Bytes::new(),
+            ),
+        ));
+    }
+
+    fn fence_all(&mut self) {
+        let links: Vec<LinkId> = self.links.keys().copied().collect();
+        for link in links {
+            self.fence(link);
+        }
+    }
+
     fn begin_reset(&mut self, link: LinkId) {
         self.control_link = Some(link);
         self.state = SessionState::Resetting;
         if self.role == Role::Dialer {
-            self.epoch += 1;
+            // Saturating: the partner's RESET may have carried u64::MAX (`epoch` adopts it), and
+            // overflowing would panic (debug) or wrap below the partner's epoch so that no
+            // RESET-ACK could ever match (release).
+            self.epoch = self.epoch.saturating_add(1);
             self.control_out.push_back((
                 Some(link),
                 Frame::new(
@@ -598,7 +656,11 @@ impl Session {
                     Bytes::new(),
                 ),
             ));
+            // Links that survive into the new epoch may still carry the partner's frames of
+            // the old one; its fences tell them apart (see `LinkState::peer_epoch`).
+            self.fence_all();
         }
+        self.early.clear();
     }
 
     /// A link was lost (closed by the peer, an IO error, or judged dead by this session).
@@ -610,18 +672,37 @@ impl Session {
             self.go_down(DownReason::ConnectionLost, NackReason::ConnectionLost);
             return;
         }
+        let next = self.links.keys().next().copied();
         match self.state {
             SessionState::Up => {
                 self.stats.links_lost += 1;
+                if self.control_link == Some(link) {
+                    // The partner may still be AWAITING-READY with our READY (and the
+                    // announcements before it) lost with the link: repeat them on a survivor.
+                    // An up partner ignores the repeat.
+                    self.control_link = next;
+                    self.announce_ready();
+                }
                 self.resync_after_link_change();
             }
             SessionState::Resetting | SessionState::AwaitingReady
                 if self.control_link == Some(link) =>
             {
-                // The reset lost its link: start it again on a survivor.
-                if let Some(&next) = self.links.keys().next() {
-                    self.control_out.clear();
-                    self.begin_reset(next);
+                if self.role == Role::Dialer {
+                    // The reset lost its link: start it again (new epoch) on a survivor.
+                    if let Some(next) = next {
+                        self.control_out.clear();
+                        self.begin_reset(next);
+                    }
+                } else {
+                    // Only the dialer drives resets: it restarts this one if it still needs
+                    // to. The dialer may be up already though, waiting for nothing: then our
+                    // READY must not be lost with the link, so repeat it (an acceptor that
+                    // fell back to RESETTING here could never come up again).
+                    self.control_link = next;
+                    if self.state == SessionState::AwaitingReady {
+                        self.announce_ready();
+                    }
                 }
             }
             _ => {}
@@ -646,9 +727,11 @@ impl Session {
         self.state = SessionState::Down;
         self.control_link = None;
         self.control_out.clear();
+        self.early.clear();
         self.ack_due.clear();
         self.flow_due.clear();
         self.peer_clients.clear();
+        self.peer_retired.clear();
         for (id, c) in self.clients.iter_mut() {
             for seq in c.send.drain_unacked() {
                 self.events
@@ -669,24 +752,43 @@ impl Session {
 
     fn reset_streams(&mut self) {
         self.stats.resets += 1;
+        self.early.clear();
         for c in self.clients.values_mut() {
             c.send.reset(0);
             c.recv.reset();
         }
         self.peer_clients.clear();
+        self.peer_retired.clear();
     }
 
+    /// Announces a client. While UP the announcement goes on every link, so on whichever link
+    /// the client's first DATA travels, the announcement is ahead of it (links are FIFO).
+    /// During a reset it goes on the control link, ahead of READY.
     fn queue_client_up(&mut self, id: ClientId) {
         if let Some(c) = self.clients.get(&id) {
-            let a = self.announce(id, c);
-            self.control_out.push_back((
-                self.control_link,
-                Frame::control(MsgType::ClientUp, control::encode(&a)),
-            ));
+            let frame = Frame::control(MsgType::ClientUp, control::encode(&self.announce(id, c)));
+            if self.state == SessionState::Up {
+                self.queue_on_all_links(frame);
+            } else {
+                self.control_out.push_back((self.control_link, frame));
+            }
+        }
+    }
+
+    fn queue_on_all_links(&mut self, frame: Frame) {
+        let links: Vec<LinkId> = self.links.keys().copied().collect();
+        for link in links {
+            self.control_out.push_back((Some(link), frame.clone()));
         }
     }
 
     fn queue_ready(&mut self) {
+        self.announce_ready();
+        self.state = SessionState::AwaitingReady;
+    }
+
+    /// Queues CLIENT-UP for every client, then READY, on the control link.
+    fn announce_ready(&mut self) {
         let ids: Vec<ClientId> = self.clients.keys().copied().collect();
         for id in ids {
             self.queue_client_up(id);
@@ -695,7 +797,6 @@ impl Session {
             self.control_link,
             Frame::control(MsgType::Ready, Bytes::new()),
         ));
-        self.state = SessionState::AwaitingReady;
     }
 
     /// Re-evaluates whether a client's path is up and emits Up/Down on changes.
@@ -760,20 +861,72 @@ impl Session {
         res
     }
 
+    fn set_peer_epoch(&mut self, link: LinkId, epoch: u64) {
+        if let Some(l) = self.links.get_mut(&link) {
+            l.peer_epoch = Some(epoch);
+        }
+    }
+
+    /// The partner closed incarnation `id` of client `name`: NACK what our namesake had
+    /// outstanding, tell it Down, and start both streams over (the next incarnation begins at
+    /// sequence 1). Idempotent; an id that is not the current one only raises the retired mark.
+    fn retire_peer_client(&mut self, name: &str, id: u32) {
+        let retired = self.peer_retired.entry(name.to_string()).or_insert(0);
+        *retired = (*retired).max(id);
+        if self.peer_clients.get(name).is_some_and(|p| p.id == id) {
+            self.peer_clients.remove(name);
+            if let Some(&local) = self.by_name.get(name) {
+                self.refresh_path(local);
+                if let Some(c) = self.clients.get_mut(&local) {
+                    c.send.reset(0);
+                    c.recv.reset();
+                }
+            }
+        }
+    }
+
     fn dispatch(&mut self, link: LinkId, frame: Frame) -> Result<(), ProtocolViolation> {
         let h = frame.header;
+        let carries_epoch = matches!(
+            h.msg_type,
+            MsgType::Heartbeat | MsgType::Reset | MsgType::ResetAck
+        );
+        let handshake = matches!(
+            h.msg_type,
+            MsgType::Hello
+                | MsgType::Challenge
+                | MsgType::Auth
+                | MsgType::Welcome
+                | MsgType::Refuse
+        );
+        let current = self
+            .links
+            .get(&link)
+            .is_some_and(|l| l.peer_epoch == Some(self.epoch));
+        if !carries_epoch && !handshake && !current {
+            // Sent before the partner learned of the current reset (or before it announced its
+            // epoch on this link): it belongs to a session state that no longer exists.
+            tracing::debug!(link, msg = ?h.msg_type, "stale frame from before a reset dropped");
+            return Ok(());
+        }
         match h.msg_type {
             MsgType::Hello
             | MsgType::Challenge
             | MsgType::Auth
             | MsgType::Welcome
             | MsgType::Refuse => Err(ProtocolViolation::Unexpected(h.msg_type)),
-            MsgType::Heartbeat => Ok(()),
+            MsgType::Heartbeat => {
+                self.set_peer_epoch(link, h.seq);
+                Ok(())
+            }
             MsgType::Reset => {
                 if self.state == SessionState::Up {
                     self.go_down(DownReason::PeerReset, NackReason::ConnectionLost);
                 }
-                self.epoch = self.epoch.max(h.seq);
+                // Follow the dialer's epoch, even downwards: a restarted dialer counts from 1
+                // again, and a RESET-ACK carrying any other number would never match.
+                self.epoch = h.seq;
+                self.set_peer_epoch(link, h.seq);
                 self.control_link = Some(link);
                 self.reset_streams();
                 self.control_out.clear();
@@ -788,10 +941,12 @@ impl Session {
                         Bytes::new(),
                     ),
                 ));
+                self.fence_all();
                 self.queue_ready();
                 Ok(())
             }
             MsgType::ResetAck => {
+                self.set_peer_epoch(link, h.seq);
                 if self.state == SessionState::Resetting && h.seq == self.epoch {
                     self.reset_streams();
                     self.queue_ready();
@@ -805,12 +960,31 @@ impl Session {
                     for id in ids {
                         self.refresh_path(id);
                     }
+                    for (_, early) in std::mem::take(&mut self.early) {
+                        if let Err(e) = self.on_data(early) {
+                            tracing::debug!("early DATA refused: {e}");
+                        }
+                    }
                 }
                 Ok(())
             }
             MsgType::ClientUp => {
                 let a: ClientAnnounce = control::decode("CLIENT-UP", &frame.payload)?;
                 control::validate_name("client name", &a.name)?;
+                if self.peer_retired.get(&a.name).is_some_and(|&r| a.id <= r) {
+                    return Ok(()); // a late copy of a closed incarnation's announcement
+                }
+                match self.peer_clients.get(&a.name) {
+                    Some(p) if p.id == a.id => return Ok(()), // another link's copy
+                    Some(p) if p.id > a.id => return Ok(()),  // older than what we know
+                    Some(p) => {
+                        // A newer incarnation is announced before the old one's CLIENT-DOWN
+                        // arrived (it travels on a slower link): retire the old one now.
+                        let old = p.id;
+                        self.retire_peer_client(&a.name, old);
+                    }
+                    None => {}
+                }
                 self.peer_clients.insert(
                     a.name.clone(),
                     PeerClient {
@@ -824,18 +998,9 @@ impl Session {
                 Ok(())
             }
             MsgType::ClientDown => {
-                let name: String = control::decode("CLIENT-DOWN", &frame.payload)?;
-                if self.peer_clients.remove(&name).is_some() {
-                    if let Some(&id) = self.by_name.get(&name) {
-                        // NACK what was outstanding, then start both streams over: the
-                        // namesake's next incarnation begins at sequence 1.
-                        self.refresh_path(id);
-                        if let Some(c) = self.clients.get_mut(&id) {
-                            c.send.reset(0);
-                            c.recv.reset();
-                        }
-                    }
-                }
+                let gone: ClientGone = control::decode("CLIENT-DOWN", &frame.payload)?;
+                control::validate_name("client name", &gone.name)?;
+                self.retire_peer_client(&gone.name, gone.id);
                 Ok(())
             }
             MsgType::Data => self.on_data(frame),
@@ -852,8 +1017,9 @@ impl Session {
                         c.send.on_cumulative_ack(h.seq)
                     } else {
                         let code = control::decode_code(&frame.payload)?;
-                        c.send.on_cumulative_ack(h.ack);
-                        let mut v = Vec::new();
+                        // The piggybacked cumulative ack completes async/local sends too: keep
+                        // its completions (dropping them lost those sends' Acked events).
+                        let mut v = c.send.on_cumulative_ack(h.ack);
                         v.extend(c.send.on_code(h.seq, code));
                         v
                     }
@@ -890,16 +1056,44 @@ impl Session {
     }
 
     fn on_data(&mut self, frame: Frame) -> Result<(), ProtocolViolation> {
-        if self.state != SessionState::Up {
-            return Ok(()); // stale data from before a reset; the sender replays or was NACKed
-        }
         let h = frame.header;
         let id = h.client;
-        let up = self
-            .clients
-            .get(&id)
-            .is_some_and(|c| c.port.state().is_up());
-        if !up {
+        if self.state == SessionState::AwaitingReady {
+            // The partner is up (it only sends DATA then, and the fence proved the frame is of
+            // this epoch) but its READY and CLIENT-UPs, sent on the control link, have not
+            // arrived yet. Dropping the frame would lose it for good (nothing replays it), so
+            // keep it for when READY comes. The fresh credit bounds what may arrive.
+            if let Some(c) = self.clients.get(&id) {
+                let credit = c.recv.credit();
+                if h.seq == 0 || h.seq > credit {
+                    let err = if h.seq == 0 {
+                        RecvError::ZeroSeq
+                    } else {
+                        RecvError::BeyondCredit { seq: h.seq, credit }
+                    };
+                    return Err(ProtocolViolation::Stream { client: id, err });
+                }
+                self.early.entry((id, h.seq)).or_insert(frame);
+                return Ok(());
+            }
+        }
+        if self.state != SessionState::Up && self.state != SessionState::AwaitingReady {
+            return Ok(()); // the partner replays or NACKs it after the reset
+        }
+        let known = self.clients.get(&id).map(|c| c.port.state().is_up());
+        if known == Some(false) {
+            // The client exists but its partner namesake is gone: announcements travel on every
+            // link ahead of DATA, so this was sent by a namesake incarnation that has since
+            // closed (and NACKed it locally). Nothing to answer.
+            self.stats.stale_frames_dropped += 1;
+            tracing::debug!(
+                client = id,
+                seq = h.seq,
+                "DATA from a closed partner client dropped"
+            );
+            return Ok(());
+        }
+        if known.is_none() {
             self.stats.unknown_client_frames += 1;
             tracing::warn!(
                 client = id,
@@ -1103,10 +1297,19 @@ impl Session {
             .iter()
             .find(|(_, l)| now.saturating_duration_since(l.last_tx) >= self.cfg.heartbeat_interval)
             .map(|(id, _)| *id);
+        // Heartbeats carry the epoch: each one is also a fence (see `LinkState::peer_epoch`).
+        let epoch = self.epoch;
         quiet.map(|link| {
             self.emit(
                 link,
-                Frame::control(MsgType::Heartbeat, Bytes::new()),
+                Frame::new(
+                    MsgType::Heartbeat,
+                    Flags::empty(),
+                    0,
+                    epoch,
+                    0,
+                    Bytes::new(),
+                ),
                 None,
                 now,
             )

@@ -14,7 +14,7 @@
 
 use crate::frame::Flags;
 use bytes::Bytes;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use thiserror::Error;
 
 /// When a send completes for the sending client [CDP].
@@ -311,7 +311,11 @@ pub struct RecvStream {
     consumed: u64,
     granted: u64,
     awaiting_reply: BTreeSet<u64>,
-    codes: VecDeque<(u64, i32)>,
+    /// Return codes of the highest answered sequence numbers (at most `window` of them). Kept
+    /// by sequence number, not by answer order: every sync message the partner may still
+    /// replay lies within one window above its oldest unacknowledged one, so the `window`
+    /// highest codes are enough, whatever order the client answered in.
+    codes: BTreeMap<u64, i32>,
 }
 
 impl RecvStream {
@@ -325,7 +329,7 @@ impl RecvStream {
             consumed: 0,
             granted: u64::from(window),
             awaiting_reply: BTreeSet::new(),
-            codes: VecDeque::new(),
+            codes: BTreeMap::new(),
         }
     }
 
@@ -358,7 +362,7 @@ impl RecvStream {
         if seq <= self.delivered || self.reorder.contains_key(&seq) {
             out.duplicate = true;
             if sync {
-                out.reack_code = self.codes.iter().find(|(s, _)| *s == seq).copied();
+                out.reack_code = self.codes.get(&seq).map(|code| (seq, *code));
             }
             return Ok(out);
         }
@@ -388,9 +392,9 @@ impl RecvStream {
         if !self.awaiting_reply.remove(&seq) {
             return Err(ReplyError::NotAwaiting(seq));
         }
-        self.codes.push_back((seq, code));
+        self.codes.insert(seq, code);
         while self.codes.len() > self.window as usize {
-            self.codes.pop_front();
+            self.codes.pop_first();
         }
         Ok(())
     }

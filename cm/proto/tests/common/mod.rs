@@ -60,6 +60,8 @@ pub struct Pair {
     pub b_events: Vec<(ClientId, ClientEvent)>,
     /// Auto-consume delivered data (the client reads promptly).
     pub auto_consume: bool,
+    /// Print every frame as it is delivered (for debugging one seed).
+    pub trace: bool,
 }
 
 impl Pair {
@@ -80,6 +82,7 @@ impl Pair {
             a_events: Vec::new(),
             b_events: Vec::new(),
             auto_consume: true,
+            trace: false,
         }
     }
 
@@ -113,6 +116,18 @@ impl Pair {
         self.b = Session::new(cfg, Role::Acceptor);
         self.b_info.instance += 100;
         self.b_events.clear();
+    }
+
+    /// Replaces node a (the dialer) by a fresh process (new instance, nothing registered).
+    pub fn restart_a(&mut self, cfg: SessionConfig) {
+        let ids = self.link_ids();
+        for id in ids {
+            self.links.remove(&id);
+            self.b.handle_link_down(id, self.now);
+        }
+        self.a = Session::new(cfg, Role::Dialer);
+        self.a_info.instance += 100;
+        self.a_events.clear();
     }
 
     fn flush_outputs(&mut self) -> bool {
@@ -162,8 +177,13 @@ impl Pair {
     /// Delivers one frame from a randomly chosen non-empty link direction. Returns false when
     /// every queue is empty.
     pub fn deliver_one(&mut self) -> bool {
+        self.deliver_one_except(None)
+    }
+
+    /// Like [`Pair::deliver_one`], but never from link `held` (a slow link whose frames wait).
+    pub fn deliver_one_except(&mut self, held: Option<LinkId>) -> bool {
         let mut candidates = Vec::new();
-        for (id, q) in &self.links {
+        for (id, q) in self.links.iter().filter(|(id, _)| Some(**id) != held) {
             if !q.a_to_b.is_empty() {
                 candidates.push((*id, true));
             }
@@ -182,6 +202,19 @@ impl Pair {
             q.b_to_a.pop_front()
         };
         let Some(frame) = frame else { return true };
+        if self.trace {
+            let h = &frame.header;
+            println!(
+                "  link {id} {} {:?} {:?} client {} seq {} ack {} ({} bytes)",
+                if to_b { "a->b" } else { "b->a" },
+                h.msg_type,
+                h.flags,
+                h.client,
+                h.seq,
+                h.ack,
+                frame.payload.len()
+            );
+        }
         let res = if to_b {
             self.b.handle_frame(id, frame, self.now)
         } else {
@@ -191,6 +224,93 @@ impl Pair {
             panic!("protocol violation on link {id}: {e}");
         }
         true
+    }
+
+    /// Hands every queued output of both sessions to the links (and closes the links they
+    /// judged dead) and collects their events, without delivering anything. Returns whether any
+    /// frame was transmitted.
+    pub fn flush(&mut self) -> bool {
+        let any = self.flush_outputs();
+        self.drain_events();
+        any
+    }
+
+    /// Frames queued on links, in both directions.
+    pub fn in_flight(&self) -> usize {
+        self.links
+            .values()
+            .map(|q| q.a_to_b.len() + q.b_to_a.len())
+            .sum()
+    }
+
+    /// Delivers the oldest frame queued on `link` towards b (`to_b`) or towards a, after
+    /// flushing outputs. Returns its type, or None when that queue is empty.
+    pub fn deliver_on(&mut self, link: LinkId, to_b: bool) -> Option<peercm_proto::MsgType> {
+        self.flush();
+        let q = self.links.get_mut(&link)?;
+        let frame = if to_b {
+            q.a_to_b.pop_front()
+        } else {
+            q.b_to_a.pop_front()
+        }?;
+        let t = frame.header.msg_type;
+        let res = if to_b {
+            self.b.handle_frame(link, frame, self.now)
+        } else {
+            self.a.handle_frame(link, frame, self.now)
+        };
+        if let Err(e) = res {
+            panic!("protocol violation on link {link}: {e}");
+        }
+        self.flush();
+        Some(t)
+    }
+
+    /// Delivers frames on one link and direction until one of type `t` was delivered.
+    /// Returns false if the queue ran dry first.
+    pub fn deliver_until(&mut self, link: LinkId, to_b: bool, t: peercm_proto::MsgType) -> bool {
+        while let Some(got) = self.deliver_on(link, to_b) {
+            if got == t {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Delivers everything queued on one link and direction (including what that provokes on
+    /// the same queue).
+    pub fn deliver_all_on(&mut self, link: LinkId, to_b: bool) {
+        while self.deliver_on(link, to_b).is_some() {}
+    }
+
+    /// Type and sequence number of the frames queued on one link and direction, oldest first.
+    pub fn queued(&self, link: LinkId, to_b: bool) -> Vec<(peercm_proto::MsgType, u64)> {
+        self.links
+            .get(&link)
+            .map(|q| if to_b { &q.a_to_b } else { &q.b_to_a })
+            .map(|q| {
+                q.iter()
+                    .map(|f| (f.header.msg_type, f.header.seq))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Like [`Pair::drive`], but leaves whatever is queued on `held` where it is; links are
+    /// served in a fixed order, so the run is deterministic.
+    pub fn drive_except(&mut self, held: LinkId) {
+        loop {
+            let ids: Vec<LinkId> = self.link_ids().into_iter().filter(|l| *l != held).collect();
+            let mut moved = false;
+            for l in ids {
+                for to_b in [true, false] {
+                    moved |= self.deliver_on(l, to_b).is_some();
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
     }
 
     /// Runs until nothing moves (bounded).
