@@ -160,7 +160,7 @@ impl Manager {
         let mut m = m;
         use peercm_verbs_shim::VerbsProvider;
         if let Err(why) = peercm_verbs_shim::unavailable().devices() {
-            m.note(format!("verbs unavailable ({why}); using TCP"));
+            m.note(format!("verbs unavailable: {why}"));
             m.verbs_unavailable = Some(why.to_string());
         }
         if let Some(l) = listener {
