@@ -1,16 +1,29 @@
 //! verbs-shim: peercm's RDMA verbs layer. This is the only crate in the workspace that may hold
-//! `unsafe` (FFI to rdma-core's libibverbs). Everything above it sees a safe API.
+//! `unsafe` (FFI to rdma-core's libibverbs). Everything above it sees one safe API, implemented
+//! by two backends:
 //!
-//! Status: this is the public API sketch the manager is written against. The real libibverbs
-//! backend, the simulated HCA and the soft-RoCE test lane land with the verbs issue. Until
-//! then [`unavailable`] reports [`VerbsUnavailable::BackendNotBuilt`], so the manager takes the
-//! TCP path and says why.
+//! - [`real`]: rdma-core's libibverbs, loaded at run time through `rdma-mummy-sys`, so one
+//!   peercm binary starts on hosts with no rdma-core and no RDMA device (it reports a typed
+//!   [`VerbsUnavailable`] reason and the manager uses TCP).
+//! - [`sim`]: in-process simulated HCAs with RC semantics, per-port capacity and seeded fault
+//!   injection, for fast deterministic tests.
 //!
-//! - [`types`]: device, port and endpoint descriptions (what `peercm devices` prints).
-//! - [`provider`]: the [`provider::VerbsProvider`] trait both backends will implement.
+//! Both obey the same kernel QP state-transition table ([`qp_state`]) and report the same typed
+//! completion statuses, so the shared scenario suite ([`scenarios`]) runs unchanged against
+//! either: against the simulator in `cargo test`, against rdma_rxe in the soft-RoCE lane.
+//!
+//! - [`types`]: device, port, endpoint and work-completion descriptions.
+//! - [`api`]: the object-safe traits (provider, device, PD, MR, CQ, QP) both backends implement.
+//! - [`error`]: [`VerbsError`].
 
-pub mod provider;
+pub mod api;
+pub mod error;
+pub mod qp_state;
+pub mod real;
+pub mod scenarios;
+pub mod sim;
 pub mod types;
 
-pub use provider::{unavailable, VerbsProvider};
-pub use types::{DeviceInfo, LinkLayer, PortInfo, PortState, QpEndpoint, VerbsUnavailable};
+pub use api::{CompletionQueue, Device, MemoryRegion, ProtectionDomain, Provider, QueuePair};
+pub use error::VerbsError;
+pub use types::*;
