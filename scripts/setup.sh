@@ -15,8 +15,9 @@ if [ "$(id -u)" -ne 0 ]; then
   command -v sudo >/dev/null 2>&1 && SUDO="sudo"
 fi
 
-# Debian packages: a C toolchain for crates with C parts (crc32c, libfuzzer-sys).
-DEB_PACKAGES=(gcc g++ make pkg-config)
+# Debian packages: a C toolchain for crates with C parts (crc32c, libfuzzer-sys), and cmake +
+# libclang for rdma-mummy-sys (it builds a libibverbs loader and generates its bindings).
+DEB_PACKAGES=(gcc g++ make pkg-config cmake libclang-dev)
 
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do

@@ -7,8 +7,8 @@
 
 use crate::error::VerbsError;
 use crate::types::{
-    Access, AsyncEvent, DeviceInfo, PortInfo, QpCaps, QpEndpoint, QpParams, QpState, RecvWr, RemoteMr, SendWr,
-    VerbsUnavailable, WorkCompletion,
+    Access, AsyncEvent, DeviceInfo, PortInfo, QpCaps, QpEndpoint, QpParams, QpState, RecvWr,
+    RemoteMr, SendWr, VerbsUnavailable, WorkCompletion,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,7 +40,11 @@ pub trait Device: Send + Sync {
 /// A protection domain.
 pub trait ProtectionDomain: Send + Sync {
     /// Allocates and registers a zeroed region of `len` bytes with the given rights.
-    fn reg_mr(self: Arc<Self>, len: usize, access: Access) -> Result<Arc<dyn MemoryRegion>, VerbsError>;
+    fn reg_mr(
+        self: Arc<Self>,
+        len: usize,
+        access: Access,
+    ) -> Result<Arc<dyn MemoryRegion>, VerbsError>;
     /// Creates an RC queue pair in state RESET.
     fn create_qp(
         self: Arc<Self>,

@@ -54,6 +54,12 @@ mod tests {
         assert!(!allowed(Reset, Rts));
         assert!(!allowed(Err, Rts), "an errored QP must be reset first");
         assert!(allowed(Err, Reset) && allowed(Rts, Err));
-        assert_eq!(check(Init, Rts), Err(VerbsError::InvalidTransition { from: Init, to: Rts }));
+        assert_eq!(
+            check(Init, Rts),
+            Result::Err(VerbsError::InvalidTransition {
+                from: Init,
+                to: Rts
+            })
+        );
     }
 }

@@ -309,7 +309,13 @@ pub struct Sge {
 
 impl std::fmt::Debug for Sge {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Sge(lkey {:#x} +{} len {})", self.mr.lkey(), self.offset, self.len)
+        write!(
+            f,
+            "Sge(lkey {:#x} +{} len {})",
+            self.mr.lkey(),
+            self.offset,
+            self.len
+        )
     }
 }
 

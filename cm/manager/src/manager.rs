@@ -158,8 +158,7 @@ impl Manager {
             verbs_unavailable: None,
         };
         let mut m = m;
-        use peercm_verbs_shim::VerbsProvider;
-        if let Err(why) = peercm_verbs_shim::unavailable().devices() {
+        if let Err(why) = peercm_verbs_shim::real::RealProvider::load() {
             m.note(format!("verbs unavailable: {why}"));
             m.verbs_unavailable = Some(why.to_string());
         }
