@@ -5,6 +5,7 @@
 //! `RUST_LOG=peercm_cm=debug peercm node --config a.toml`.
 
 mod demo;
+mod devices;
 mod node_cmd;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +27,9 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Run one node as a long-lived process from a TOML configuration.
     Node(node_cmd::NodeArgs),
+    /// List this host's RDMA devices and ports (like ibv_devinfo), or say why verbs are
+    /// unavailable and that TCP will be used.
+    Devices(devices::DevicesArgs),
 }
 
 fn init_tracing(default: &str) {
@@ -53,6 +57,10 @@ fn main() -> ExitCode {
         Command::Demo(args) => {
             init_tracing("warn");
             runtime.block_on(demo::run(args))
+        }
+        Command::Devices(args) => {
+            init_tracing("warn");
+            devices::run(args)
         }
         Command::Node(args) => {
             init_tracing("info");

@@ -30,10 +30,10 @@ fn help_lists_the_commands() {
     let out = peercm().arg("--help").output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for cmd in ["demo", "node"] {
+    for cmd in ["demo", "node", "devices"] {
         assert!(text.contains(cmd), "--help lacks {cmd}: {text}");
     }
-    for cmd in ["demo", "node"] {
+    for cmd in ["demo", "node", "devices"] {
         let out = peercm().args([cmd, "--help"]).output().unwrap();
         assert!(out.status.success(), "{cmd} --help");
     }
@@ -220,4 +220,29 @@ fn demo_passes_and_prints_its_summary() {
     );
     assert!(text.contains("killed TCP link"), "{text}");
     assert!(text.contains("RESULT    PASS"), "{text}");
+}
+
+/// `peercm devices` exits 0 on any host: with devices listed where verbs work (the soft-RoCE
+/// lane checks rxe0/rxe1 appear), or with the typed reason and the TCP fallback elsewhere.
+#[test]
+fn devices_lists_hcas_or_names_the_reason() {
+    let out = peercm().args(["devices", "--json"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    if v["available"] == true {
+        assert!(!v["devices"].as_array().unwrap().is_empty());
+        assert_eq!(v["transport"], "rdma");
+    } else {
+        let reason = v["reason"].as_str().expect("a reason when unavailable");
+        assert!(!reason.is_empty());
+        assert_eq!(v["transport"], "tcp");
+        let text = peercm().arg("devices").output().unwrap();
+        assert!(text.status.success());
+        let t = String::from_utf8_lossy(&text.stdout);
+        assert!(t.contains(reason) && t.contains("TCP"), "{t}");
+    }
 }
