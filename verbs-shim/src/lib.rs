@@ -14,7 +14,7 @@
 //!
 //! - [`types`]: device, port, endpoint and work-completion descriptions.
 //! - [`api`]: the object-safe traits (provider, device, PD, MR, CQ, QP) both backends implement.
-//! - [`error`]: [`VerbsError`].
+//! - [`error`]: the error type, [`VerbsError`].
 
 pub mod api;
 pub mod error;

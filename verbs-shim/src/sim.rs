@@ -1,1 +1,0 @@
-//! The simulated backend: in-process HCAs with RC semantics and seeded fault injection.
