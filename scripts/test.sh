@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # The whole peercm test suite. This is what CI runs (.ci/run calls exactly this).
 #
-#   1. setup (idempotent installs)          5. fuzz targets: build, then run each briefly
-#   2. cargo fmt --check                     6. peercm demo (the main job) must pass
-#   3. cargo clippy -D warnings              7. no `unsafe` outside verbs-shim
+#   1. setup (idempotent installs)          6. fuzz targets: build, then run each briefly
+#   2. cargo fmt --check                     7. peercm demo (the main job) must pass
+#   3. cargo clippy -D warnings              8. no `unsafe` outside verbs-shim
 #   4. cargo test (unit, property, chaos, loopback-TCP integration)
+#   5. soft-RoCE lane: the verbs scenario suite on rdma_rxe in two QEMU/TCG VMs, plus
+#      `peercm devices` in and outside the VMs (scripts/softroce/verbs-lane.sh,
+#      docs/softroce-lane.md). Needs root; scripts/softroce/setup.sh installs QEMU and Debian's
+#      kernel once. If the lane cannot run here the suite FAILS, unless PEERCM_SKIP_SOFTROCE=1.
 #
-# Ends with one line "peercm: N passed, N failed" counting every test run.
+# Ends with one line "peercm: N passed, N failed" counting every test run (each lane scenario
+# that passed on both sides counts once).
 # Environment: PEERCM_FUZZ_SECONDS (per target, default 15), PEERCM_SKIP_FUZZ=1 (local only;
-# CI never sets it), PEERCM_CHAOS_SEEDS (seeds for the randomized session test).
+# CI never sets it), PEERCM_CHAOS_SEEDS (seeds for the randomized session test),
+# PEERCM_SKIP_SOFTROCE=1 (skip the soft-RoCE lane; local only, refused when CI=true).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -24,6 +30,10 @@ bash scripts/setup.sh
 
 if [ "${CI:-}" = "true" ] && [ "${PEERCM_SKIP_FUZZ:-0}" = "1" ]; then
   echo "test: PEERCM_SKIP_FUZZ is not allowed in CI" >&2
+  exit 1
+fi
+if [ "${CI:-}" = "true" ] && [ "${PEERCM_SKIP_SOFTROCE:-0}" = "1" ]; then
+  echo "test: PEERCM_SKIP_SOFTROCE is not allowed in CI" >&2
   exit 1
 fi
 
@@ -43,6 +53,36 @@ failed=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) if ($(i+1) ~ /^failed/
 if [ "$test_rc" -ne 0 ]; then
   echo "peercm: $passed passed, $((failed > 0 ? failed : 1)) failed"
   exit 1
+fi
+
+if [ "${PEERCM_SKIP_SOFTROCE:-0}" = "1" ]; then
+  step "soft-RoCE lane: SKIPPED (PEERCM_SKIP_SOFTROCE=1)"
+else
+  step "soft-RoCE lane"
+  lane_blocker=""
+  if [ "$(id -u)" -ne 0 ]; then
+    lane_blocker="it needs root (QEMU exports / to the guests over 9p), and this runs as $(id -un)"
+  elif ! bash scripts/softroce/setup.sh; then
+    lane_blocker="scripts/softroce/setup.sh failed (QEMU, Debian's linux-image-amd64 or busybox-static missing and not installable)"
+  fi
+  if [ -n "$lane_blocker" ]; then
+    echo "test: the soft-RoCE lane cannot run here: $lane_blocker." >&2
+    echo "test: run the suite as root on Debian, or set PEERCM_SKIP_SOFTROCE=1 to skip the lane locally (refused when CI=true)." >&2
+    echo "peercm: $passed passed, $((failed + 1)) failed"
+    exit 1
+  fi
+  set +e
+  bash scripts/softroce/verbs-lane.sh 2>&1 | tee "$log_dir/softroce.log"
+  lane_rc=${PIPESTATUS[0]}
+  set -e
+  lane_counts=$(sed -n 's/^soft-RoCE lane: \([0-9]*\) passed, \([0-9]*\) failed.*/\1 \2/p' "$log_dir/softroce.log" | tail -n1)
+  lane_passed=${lane_counts% *} lane_failed=${lane_counts#* }
+  passed=$((passed + ${lane_passed:-0}))
+  if [ "$lane_rc" -ne 0 ] || [ -z "$lane_counts" ] || [ "${lane_failed:-1}" -ne 0 ]; then
+    echo "test: the soft-RoCE lane failed (exit $lane_rc); logs under target/softroce/lanes/verbs/out/" >&2
+    echo "peercm: $passed passed, $((failed + (${lane_failed:-0} > 0 ? ${lane_failed:-0} : 1))) failed"
+    exit 1
+  fi
 fi
 
 if [ "${PEERCM_SKIP_FUZZ:-0}" = "1" ]; then

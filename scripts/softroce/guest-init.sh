@@ -92,6 +92,12 @@ nic_by_mac() {
   done
   return 1
 }
+# Optional management NIC (run-lane.sh --mgmt): plain IP, no rxe, named mgmt0. Renamed first,
+# so the cable NICs below can take the ethK names it may have had.
+if [ -n "${MGMT_MAC:-}" ]; then
+  cur=$(nic_by_mac "$MGMT_MAC") || fail "no management NIC with MAC $MGMT_MAC"
+  if [ "$cur" != mgmt0 ]; then timeout 5 ip link set dev "$cur" name mgmt0 || fail "rename $cur to mgmt0"; fi
+fi
 renames=0
 for ((k = 0; k < NICS; k++)); do
   mac_var=NIC_MAC_$k
@@ -115,6 +121,9 @@ for ((k = 0; k < NICS; k++)); do
   ip_var=NIC_IP_$k
   ipcmds+="addr add ${!ip_var}/24 dev eth$k"$'\n'"link set eth$k up"$'\n'
 done
+if [ -n "${MGMT_MAC:-}" ]; then
+  ipcmds+="addr add $MGMT_IP/24 dev mgmt0"$'\n'"link set mgmt0 up"$'\n'
+fi
 printf '%s' "$ipcmds" | timeout 10 ip -batch - || fail "ip -batch failed: $ipcmds"
 log "nics up"
 
@@ -177,6 +186,11 @@ envf=$LANE/out/$NODE.env
   echo "LANE_SCRIPT_NODES=\"$LANE_SCRIPT_NODES\""
   echo "NODE_TIMEOUT=$NODE_TIMEOUT"
   echo "KERNEL=$(uname -r)"
+  if [ -n "${MGMT_MAC:-}" ]; then
+    echo "MGMT_NETDEV=mgmt0"
+    echo "MGMT_IP=$MGMT_IP"
+    echo "PEER_MGMT_IP=$MGMT_PEER_IP"
+  fi
 } >"$envf.tmp"
 cables=""
 for ((k = 0; k < NICS; k++)); do

@@ -2,20 +2,24 @@
 # Generic soft-RoCE lane runner: boots 2 or 3 QEMU/TCG VMs (Debian kernel with rdma_rxe), cables
 # them point to point, runs one script per node and collects the results.
 #
-#   scripts/softroce/run-lane.sh [--nodes 2|3] [--timeout SECS] LANE_DIR
+#   scripts/softroce/run-lane.sh [--nodes 2|3] [--timeout SECS] [--mgmt] LANE_DIR
 #
 # LANE_DIR (outside /tmp: the guests cover the host's /tmp with tmpfs) holds n1.sh, n2.sh and,
 # with --nodes 3, optionally n3.sh (without it n3 idles until n1 and n2 are done). Each runs
 # under bash inside its VM with NODE, LANE, LANE_LIB, LANE_NODES, CABLES and, per cable <c>,
 # DEV_<c> NETDEV_<c> IP_<c> PEER_IP_<c> PEER_NODE_<c> GID_IDX_<c> GID_<c>. --timeout (default
-# 120 s) bounds each VM; node scripts get 15 s less. Env: PEERCM_SOFTROCE_CACHE (guest image
-# cache), PEERCM_LANE_ABORT_GRACE (s, default 15: how long the others may run after a failure).
+# 120 s) bounds each VM; node scripts get 15 s less. --mgmt (2 nodes only) adds a management
+# link n1.mgmt0 <-> n2.mgmt0 (10.77.99.<node>/24, no rxe on it, never cut by lane_cable) for
+# bootstrap/control traffic that must survive cable cuts; node scripts get MGMT_NETDEV, MGMT_IP
+# and PEER_MGMT_IP. Env: PEERCM_SOFTROCE_CACHE (guest image cache), PEERCM_LANE_ABORT_GRACE
+# (s, default 15: how long the others may run after a failure).
 #
 # Topology (cable numbers; IPs are 10.77.<cable>.<node number>/24):
 #     n1.eth0 <-- cable 0 --> n2.eth0
 #     n1.eth1 <-- cable 1 --> n2.eth1
 #     n1.eth2 <-- cable 2 --> n3.eth0      (--nodes 3 only)
 #     n2.eth2 <-- cable 3 --> n3.eth1      (--nodes 3 only)
+#     n1.mgmt0 <-- mgmt ---> n2.mgmt0      (--mgmt only; plain IP, no rxe)
 # rxeK sits on ethK. Cables are QEMU `-netdev dgram` over host unix datagram sockets (no host IP
 # traffic at all). Each VM has a QEMU monitor on a unix socket for fault injection, which node
 # scripts request through "$LANE/ctl/" (see lane-lib.sh and docs/softroce-lane.md).
@@ -27,15 +31,17 @@ set -euo pipefail
 # shellcheck source=common.sh
 . "$(dirname "$0")/common.sh"
 
-usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; }
 
 nodes=2
 vm_timeout=120
+mgmt=0
 lane=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --nodes) nodes=${2:?--nodes needs 2 or 3}; shift 2 ;;
     --timeout) vm_timeout=${2:?--timeout needs seconds}; shift 2 ;;
+    --mgmt) mgmt=1; shift ;;
     -h | --help) usage; exit 0 ;;
     -*) die "unknown option $1 (see --help)" ;;
     *) [ -z "$lane" ] || die "only one LANE_DIR allowed"; lane=$1; shift ;;
@@ -43,6 +49,7 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$lane" ] || { usage >&2; exit 2; }
 case "$nodes" in 2 | 3) ;; *) die "--nodes must be 2 or 3, not '$nodes'" ;; esac
+if [ "$mgmt" = 1 ] && [ "$nodes" != 2 ]; then die "--mgmt needs --nodes 2 (the management link is point to point)"; fi
 if ! [[ "$vm_timeout" =~ ^[0-9]+$ ]] || [ "$vm_timeout" -lt 20 ]; then die "--timeout must be an integer >= 20 (seconds)"; fi
 [ -d "$lane" ] || die "lane dir $lane does not exist"
 lane=$(abs_dir "$lane")
@@ -82,6 +89,7 @@ ncables=2
 [ "$nodes" = 3 ] && ncables=4
 node_num() { echo "${1#n}"; }
 mac_of() { printf '52:54:00:77:%02x:%02x' "$1" "$(node_num "$2")"; } # mac_of CABLE NODE
+MGMT_NET=99 # management link (--mgmt): 10.77.99.<node>/24, MAC 52:54:00:77:63:<node>, netdev id m0
 
 # --- lane dir ------------------------------------------------------------------------------
 rm -rf "$lane/out" "$lane/sync" "$lane/ctl" "$lane/nodes"
@@ -123,6 +131,15 @@ for n in "${node_list[@]}"; do
     nics=$((nics + 1))
   done
   echo "NICS=$nics" >>"$conf"
+  if [ "$mgmt" = 1 ]; then
+    peer=n1
+    [ "$n" = n1 ] && peer=n2
+    {
+      echo "MGMT_MAC=$(mac_of "$MGMT_NET" "$n")"
+      echo "MGMT_IP=10.77.$MGMT_NET.$(node_num "$n")"
+      echo "MGMT_PEER_IP=10.77.$MGMT_NET.$(node_num "$peer")"
+    } >>"$conf"
+  fi
 done
 
 # --- host-only runtime dir (sockets, monitors) ---------------------------------------------
@@ -158,6 +175,11 @@ start_vm() {
     args+=(-netdev "dgram,id=c$c,local.type=unix,local.path=$run/c$c-$n.sock,remote.type=unix,remote.path=$run/c$c-$peer.sock"
       -device "virtio-net-pci,netdev=c$c,mac=$(mac_of "$c" "$n")")
   done
+  if [ "$mgmt" = 1 ]; then
+    if [ "$n" = n1 ]; then peer=n2; else peer=n1; fi
+    args+=(-netdev "dgram,id=m0,local.type=unix,local.path=$run/m0-$n.sock,remote.type=unix,remote.path=$run/m0-$peer.sock"
+      -device "virtio-net-pci,netdev=m0,mac=$(mac_of "$MGMT_NET" "$n")")
+  fi
   args+=(-monitor "unix:$run/$n.mon,server,nowait" -serial "file:$lane/out/$n.console")
   VM_START[$n]=$(now_ms)
   timeout -k 5 "$vm_timeout" qemu-system-x86_64 "${args[@]}" </dev/null >"$lane/out/$n.qemu.log" 2>&1 &

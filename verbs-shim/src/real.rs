@@ -181,8 +181,8 @@ fn port_state(code: u32) -> PortState {
     }
 }
 
-/// Capacity in Gb/s from `active_speed` (per lane) and `active_width` (lanes).
-fn capacity_gbps(speed: u8, speed_ex: u32, width: u8) -> u32 {
+/// Capacity in Mb/s from `active_speed` (per lane) and `active_width` (lanes).
+fn capacity_mbps(speed: u8, speed_ex: u32, width: u8) -> u32 {
     let per_lane = match speed {
         1 => 2.5,
         2 => 5.0,
@@ -202,7 +202,7 @@ fn capacity_gbps(speed: u8, speed_ex: u32, width: u8) -> u32 {
         16 => 2.0,
         _ => 1.0,
     };
-    (per_lane * lanes) as u32
+    (per_lane * lanes * 1000.0) as u32
 }
 
 fn mtu_enum(bytes: u32) -> Result<u32, VerbsError> {
@@ -286,7 +286,7 @@ impl Device for RealDevice {
             } else {
                 LinkLayer::InfiniBand
             },
-            capacity_gbps: capacity_gbps(a.active_speed, a.active_speed_ex, a.active_width),
+            capacity_mbps: capacity_mbps(a.active_speed, a.active_speed_ex, a.active_width),
             gids,
         })
     }
@@ -1011,9 +1011,9 @@ mod tests {
 
     #[test]
     fn capacity_from_speed_and_width() {
-        assert_eq!(capacity_gbps(1, 0, 1), 2, "SDR 1x");
-        assert_eq!(capacity_gbps(32, 0, 2), 100, "EDR 4x");
-        assert_eq!(capacity_gbps(64, 0, 2), 200, "HDR 4x");
+        assert_eq!(capacity_mbps(1, 0, 1), 2500, "SDR 1x");
+        assert_eq!(capacity_mbps(32, 0, 2), 100_000, "EDR 4x");
+        assert_eq!(capacity_mbps(64, 0, 2), 200_000, "HDR 4x");
     }
 
     #[test]

@@ -55,8 +55,8 @@ pub struct PortInfo {
     pub state: PortState,
     /// Link layer.
     pub link_layer: LinkLayer,
-    /// Capacity from active speed and width, in Gb/s.
-    pub capacity_gbps: u32,
+    /// Capacity from active speed and width, in Mb/s (SDR 1x = 2500).
+    pub capacity_mbps: u32,
     /// GID table entries in use.
     pub gids: Vec<[u8; 16]>,
 }

@@ -745,8 +745,8 @@ fn devices_report_ports_capacity_and_state() {
         assert_eq!(d.ports.len(), 1);
         let p = &d.ports[0];
         assert_eq!(
-            (p.port, p.state, p.link_layer, p.capacity_gbps),
-            (1, PortState::Active, LinkLayer::Ethernet, cap)
+            (p.port, p.state, p.link_layer, p.capacity_mbps),
+            (1, PortState::Active, LinkLayer::Ethernet, cap * 1000)
         );
         assert_eq!(p.gids.len(), 2);
     }
@@ -761,11 +761,14 @@ fn devices_report_ports_capacity_and_state() {
     let caps: Vec<(u8, u32, PortState)> = d
         .ports
         .iter()
-        .map(|p| (p.port, p.capacity_gbps, p.state))
+        .map(|p| (p.port, p.capacity_mbps, p.state))
         .collect();
     assert_eq!(
         caps,
-        [(1, 100, PortState::Down), (2, 200, PortState::Active)]
+        [
+            (1, 100_000, PortState::Down),
+            (2, 200_000, PortState::Active)
+        ]
     );
     // Cabling rules and unknown names.
     assert!(f.cable(("n1", "rxe0", 1), ("n1", "rxe1", 1)).is_err());

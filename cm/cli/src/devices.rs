@@ -80,7 +80,10 @@ pub fn run(args: DevicesArgs) -> anyhow::Result<bool> {
             println!("\t\tport:\t{}", p.port);
             println!("\t\t\tstate:\t\t{}", state_text(p.state));
             println!("\t\t\tlink_layer:\t{:?}", p.link_layer);
-            println!("\t\t\tcapacity:\t{} Gb/s", p.capacity_gbps);
+            println!(
+                "\t\t\tcapacity:\t{:.1} Gb/s",
+                f64::from(p.capacity_mbps) / 1000.0
+            );
             for (i, g) in p.gids.iter().enumerate() {
                 println!("\t\t\tGID[{i:>3}]:\t{}", Ipv6Addr::from(*g));
             }

@@ -95,8 +95,8 @@ pub enum TransportCap {
         port: u8,
         /// The GID used to reach it.
         gid: [u8; 16],
-        /// Capacity in Gb/s.
-        capacity_gbps: u32,
+        /// Capacity in Mb/s.
+        capacity_mbps: u32,
     },
 }
 

@@ -292,7 +292,7 @@ proptest! {
             instance,
             capabilities: vec![
                 TransportCap::Tcp,
-                TransportCap::Verbs { device: name.clone(), port: 1, gid, capacity_gbps: window },
+                TransportCap::Verbs { device: name.clone(), port: 1, gid, capacity_mbps: window },
             ],
             clients: vec![announce.clone(); (id % 4) as usize],
         };

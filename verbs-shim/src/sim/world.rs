@@ -568,7 +568,7 @@ impl World {
                 PortState::Down
             },
             link_layer: LinkLayer::Ethernet,
-            capacity_gbps: p.capacity_gbps,
+            capacity_mbps: p.capacity_gbps.saturating_mul(1000),
             gids: p.gids.clone(),
         }
     }
