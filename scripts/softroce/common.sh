@@ -4,7 +4,12 @@
 SOFTROCE_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$SOFTROCE_DIR/../.." && pwd)
 # Everything the guests must see lives outside /tmp: the guests cover the host's /tmp with tmpfs.
-export SOFTROCE_CACHE=${PEERCM_SOFTROCE_CACHE:-$REPO_DIR/target/softroce}
+# A checkout under /tmp (as a CI clone may be) keeps its cache in /var/cache instead.
+case "$REPO_DIR/" in
+  /tmp/*) default_cache=/var/cache/peercm-softroce ;;
+  *) default_cache=$REPO_DIR/target/softroce ;;
+esac
+export SOFTROCE_CACHE=${PEERCM_SOFTROCE_CACHE:-$default_cache}
 
 sr_prog=$(basename "$0" .sh)
 say() { printf '%s: %s\n' "$sr_prog" "$*" >&2; }

@@ -48,10 +48,18 @@ VL=${PEERCM_VERBS_LANE_BIN:-$REPO_DIR/target/release/verbs-lane}
 PEERCM=${PEERCM_BIN:-$REPO_DIR/target/release/peercm}
 for b in "$VL" "$PEERCM"; do
   [ -x "$b" ] || die "$b missing (build it, or unset PEERCM_VERBS_LANE_NO_BUILD)"
-  under_tmp "$b" && die "$b is under /tmp, which the guests cannot see"
 done
 VL=$(readlink -f "$VL")
 PEERCM=$(readlink -f "$PEERCM")
+# The guests cannot see the host's /tmp: copy binaries built there next to the cache.
+if under_tmp "$VL" || under_tmp "$PEERCM"; then
+  mkdir -p "$SOFTROCE_CACHE/bin"
+  cp -f "$VL" "$SOFTROCE_CACHE/bin/verbs-lane"
+  cp -f "$PEERCM" "$SOFTROCE_CACHE/bin/peercm"
+  VL=$SOFTROCE_CACHE/bin/verbs-lane
+  PEERCM=$SOFTROCE_CACHE/bin/peercm
+  say "binaries are under /tmp; running copies from $SOFTROCE_CACHE/bin"
+fi
 t_built=$(now_ms)
 
 checks_passed=0 checks_failed=0

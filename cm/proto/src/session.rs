@@ -957,6 +957,13 @@ impl Session {
                 if self.state == SessionState::AwaitingReady {
                     self.state = SessionState::Up;
                     let ids: Vec<ClientId> = self.clients.keys().copied().collect();
+                    // Re-announce every client on every link before any DATA can be queued: a
+                    // client registered while AWAITING-READY was announced only on the control
+                    // link, behind READY, and its first DATA on another link would overtake
+                    // that. The partner is past its reset (it sent READY), so it keeps these.
+                    for &id in &ids {
+                        self.queue_client_up(id);
+                    }
                     for id in ids {
                         self.refresh_path(id);
                     }

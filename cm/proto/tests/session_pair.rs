@@ -471,3 +471,62 @@ fn reincarnated_client_never_receives_the_old_incarnations_data() {
         );
     }
 }
+
+/// A client registered while its session is AWAITING-READY announces itself on the control
+/// link only (behind READY). Once up, its DATA on another link must still not overtake that
+/// announcement: a side going UP re-announces every client on every link first. (This stalled
+/// a loopback-TCP test under load: the receiver dropped the DATA as coming from an unknown
+/// namesake, and nothing replayed it.)
+#[test]
+fn client_registered_during_the_reset_is_announced_on_every_link() {
+    for seed in 1..=300 {
+        let mut p = Pair::new(seed);
+        p.a.register("mirror", spec(SendModel::Async)).unwrap();
+        p.b.register("mirror", spec(SendModel::Async)).unwrap();
+        for _ in 0..3 {
+            p.add_link();
+        }
+        let (mut ca, mut cb) = (None, None);
+        let (mut sent_a, mut sent_b) = (0u64, 0u64);
+        for _ in 0..100_000 {
+            if ca.is_none() && p.a.state() == SessionState::AwaitingReady {
+                ca = Some(p.a.register("config", spec(SendModel::Async)).unwrap());
+            }
+            if cb.is_none() && p.b.state() == SessionState::AwaitingReady {
+                cb = Some(p.b.register("config", spec(SendModel::Async)).unwrap());
+            }
+            // Send the moment a port is up, as a real client does on its Up event.
+            if let Some(id) = ca.filter(|&id| p.a.port_state(id).is_some_and(|s| s.is_up())) {
+                if sent_a < 20 && p.a.send(id, msg(sent_a), SendModel::Async).is_ok() {
+                    sent_a += 1;
+                }
+            }
+            if let Some(id) = cb.filter(|&id| p.b.port_state(id).is_some_and(|s| s.is_up())) {
+                if sent_b < 20 && p.b.send(id, msg(100 + sent_b), SendModel::Async).is_ok() {
+                    sent_b += 1;
+                }
+            }
+            if !p.step() && sent_a == 20 && sent_b == 20 {
+                break;
+            }
+        }
+        let ca = ca.expect("a registered config during AWAITING-READY");
+        let cb = cb.expect("b registered config during AWAITING-READY");
+        assert_eq!(
+            (sent_a, sent_b),
+            (20, 20),
+            "seed {seed}: config never came up"
+        );
+        p.drive();
+        assert_eq!(
+            delivered(&p.b_events, cb),
+            (0..20).map(msg).collect::<Vec<_>>(),
+            "seed {seed}: a->b"
+        );
+        assert_eq!(
+            delivered(&p.a_events, ca),
+            (100..120).map(msg).collect::<Vec<_>>(),
+            "seed {seed}: b->a"
+        );
+    }
+}

@@ -313,6 +313,15 @@ impl Pair {
         }
     }
 
+    /// One step: flush both sides' outputs, collect events, deliver one frame. Returns whether
+    /// anything moved.
+    pub fn step(&mut self) -> bool {
+        let out = self.flush_outputs();
+        self.drain_events();
+        let moved = self.deliver_one();
+        out || moved
+    }
+
     /// Runs until nothing moves (bounded).
     pub fn drive(&mut self) {
         for _ in 0..10_000_000 {
