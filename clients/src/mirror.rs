@@ -53,6 +53,8 @@ pub struct SenderStats {
     pub resent: u64,
     /// Connection-down events seen.
     pub downs: u64,
+    /// Times the manager moved this client to another interconnect (nothing to resend).
+    pub migrations: u64,
 }
 
 /// The production side.
@@ -180,6 +182,7 @@ impl MirrorSender {
                     self.handle.reply(seq, CODE_GAP).await?;
                 }
             }
+            ClientEvent::Migrated { .. } => self.stats.migrations += 1,
             ClientEvent::Transmitted { .. } | ClientEvent::FlowControl { .. } => {}
         }
         Ok(())

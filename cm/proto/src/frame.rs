@@ -65,6 +65,9 @@ pub enum MsgType {
     ClientDown = 24,
     /// Flow-control credit for one client stream.
     Flow = 25,
+    /// Transport setup between the managers (RDMA endpoint offers and answers): an opaque,
+    /// bounded payload the session hands to the runtime unread.
+    Transport = 26,
 }
 
 impl MsgType {
@@ -87,6 +90,7 @@ impl MsgType {
             23 => ClientUp,
             24 => ClientDown,
             25 => Flow,
+            26 => Transport,
             _ => return None,
         })
     }

@@ -13,6 +13,7 @@
 //! - [`auth`]: HMAC-SHA256 challenge-response over the shared cluster secret.
 //! - [`handshake`]: the bootstrap handshake, one struct per expected message.
 //! - [`stream`]: per-client send and receive streams (sequencing, replay, dedup, reordering).
+//! - [`placement`]: the IO-free bandwidth placement policy (which client on which interconnect).
 //! - [`port`]: the client port state machine (IDLE ... CONNECTED <-> STOPPED, DESTROYED).
 //! - [`session`]: one partner session multiplexing all clients over all links.
 
@@ -20,6 +21,7 @@ pub mod auth;
 pub mod control;
 pub mod frame;
 pub mod handshake;
+pub mod placement;
 pub mod port;
 pub mod session;
 pub mod stream;

@@ -29,6 +29,13 @@ use thiserror::Error;
 pub type LinkId = u64;
 /// Local identity of a registered client.
 pub type ClientId = u32;
+/// Which interconnect a link belongs to. The runtime numbers them: [`TCP_INTERCONNECT`] for
+/// every TCP connection, 1.. for the RDMA rails.
+pub type InterconnectId = u32;
+/// The interconnect id of TCP links.
+pub const TCP_INTERCONNECT: InterconnectId = 0;
+/// Largest TRANSPORT payload (RDMA endpoint offers are a few hundred bytes).
+pub const MAX_TRANSPORT_PAYLOAD_BYTES: usize = 4096;
 
 /// Tunables of a session.
 #[derive(Debug, Clone)]
@@ -139,6 +146,15 @@ pub enum ClientEvent {
         /// On or off.
         on: bool,
     },
+    /// The manager moved this client's traffic to another interconnect (adapter failure,
+    /// rebalancing, fallback to TCP or back). Informational: nothing was lost, nothing needs
+    /// resending.
+    Migrated {
+        /// Where its data went before.
+        from: InterconnectId,
+        /// Where it goes now.
+        to: InterconnectId,
+    },
 }
 
 /// The session's own state.
@@ -212,6 +228,18 @@ pub enum ProtocolViolation {
     },
 }
 
+/// A TRANSPORT message could not be queued.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum TransportSendError {
+    /// The session is not up.
+    #[error("the session is {0:?}, not up: transport setup waits for it")]
+    NotUp(SessionState),
+    /// The payload is over [`MAX_TRANSPORT_PAYLOAD_BYTES`].
+    #[error("transport payload of {0} bytes exceeds {MAX_TRANSPORT_PAYLOAD_BYTES}")]
+    TooLarge(usize),
+}
+
 /// A frame to put on a link.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
@@ -253,6 +281,7 @@ struct LinkState {
     last_rx: Instant,
     last_tx: Instant,
     queued_bytes: u64,
+    interconnect: InterconnectId,
     /// The partner's epoch as last announced on this link (by RESET, RESET-ACK or a
     /// heartbeat). Session frames on the link are only taken while it equals ours: anything the
     /// partner sent on the link before it learned of the current reset is stale.
@@ -273,6 +302,8 @@ struct ClientSlot {
     send: SendStream,
     recv: RecvStream,
     flow_on: bool,
+    /// The interconnect the runtime placed this client on; `None` = any link.
+    placed: Option<InterconnectId>,
 }
 
 /// One partner session. See the module docs.
@@ -303,6 +334,8 @@ pub struct Session {
     /// still on its way on the control link), replayed once READY arrives. At most one frame
     /// per client and sequence number within the fresh credit, so bounded by clients x window.
     early: BTreeMap<(ClientId, u64), Frame>,
+    /// TRANSPORT payloads from the partner, for the runtime.
+    transport_in: VecDeque<(LinkId, Bytes)>,
     stats: SessionStats,
 }
 
@@ -330,6 +363,7 @@ impl Session {
             rr_client: 0,
             rr_link: 0,
             early: BTreeMap::new(),
+            transport_in: VecDeque::new(),
             stats: SessionStats::default(),
         }
     }
@@ -354,6 +388,16 @@ impl Session {
     /// Live links.
     pub fn links(&self) -> impl Iterator<Item = LinkId> + '_ {
         self.links.keys().copied()
+    }
+
+    /// The interconnect of a live link.
+    pub fn link_interconnect(&self, link: LinkId) -> Option<InterconnectId> {
+        self.links.get(&link).map(|l| l.interconnect)
+    }
+
+    /// Where a client's data goes (`None`: not placed, any link).
+    pub fn placement(&self, id: ClientId) -> Option<InterconnectId> {
+        self.clients.get(&id).and_then(|c| c.placed)
     }
 
     /// Counters.
@@ -430,6 +474,7 @@ impl Session {
                 send: SendStream::new(window, credit),
                 recv: RecvStream::new(window),
                 flow_on: false,
+                placed: None,
             },
         );
         self.by_name.insert(name.to_string(), id);
@@ -553,6 +598,53 @@ impl Session {
         Ok(())
     }
 
+    /// Places a client's data on `interconnect` (the placement policy's decision). Its frames
+    /// then go on that interconnect's links, or on any link while it has none. Messages already
+    /// in flight on the old path still arrive: the receiver restores order by sequence number,
+    /// so a move needs no drain and loses nothing (make-before-break). A move between two
+    /// interconnects emits [`ClientEvent::Migrated`]; the first placement is silent. Returns
+    /// the previous placement.
+    pub fn place(
+        &mut self,
+        id: ClientId,
+        interconnect: InterconnectId,
+    ) -> Result<Option<InterconnectId>, SessionError> {
+        let c = self
+            .clients
+            .get_mut(&id)
+            .ok_or(SessionError::UnknownClient(id))?;
+        let from = c.placed.replace(interconnect);
+        if let Some(from) = from.filter(|&f| f != interconnect) {
+            self.events.push_back((
+                id,
+                ClientEvent::Migrated {
+                    from,
+                    to: interconnect,
+                },
+            ));
+        }
+        Ok(from)
+    }
+
+    /// Queues a TRANSPORT message (RDMA endpoint offer or answer) for the partner's manager.
+    /// Only while the session is up: transport setup needs a partner past its reset.
+    pub fn send_transport(&mut self, payload: Bytes) -> Result<(), TransportSendError> {
+        if payload.len() > MAX_TRANSPORT_PAYLOAD_BYTES {
+            return Err(TransportSendError::TooLarge(payload.len()));
+        }
+        if self.state != SessionState::Up {
+            return Err(TransportSendError::NotUp(self.state));
+        }
+        self.control_out
+            .push_back((None, Frame::control(MsgType::Transport, payload)));
+        Ok(())
+    }
+
+    /// The next TRANSPORT message from the partner's manager, with the link it came on.
+    pub fn poll_transport(&mut self) -> Option<(LinkId, Bytes)> {
+        self.transport_in.pop_front()
+    }
+
     /// The local client took every message up to `seq` off its queue (grants credit).
     pub fn consumed(&mut self, id: ClientId, seq: u64) {
         if let Some(c) = self.clients.get_mut(&id) {
@@ -564,8 +656,20 @@ impl Session {
 
     // ----- link events -----
 
-    /// An authenticated link to `peer` came up.
+    /// An authenticated TCP link to `peer` came up.
     pub fn handle_link_up(&mut self, link: LinkId, peer: NodeInfo, now: Instant) {
+        self.handle_link_up_on(link, TCP_INTERCONNECT, peer, now);
+    }
+
+    /// A link to `peer` on interconnect `interconnect` came up (an RDMA queue pair set up over
+    /// the bootstrap session, or a TCP connection).
+    pub fn handle_link_up_on(
+        &mut self,
+        link: LinkId,
+        interconnect: InterconnectId,
+        peer: NodeInfo,
+        now: Instant,
+    ) {
         if let Some(old) = &self.peer {
             if old.instance != peer.instance {
                 tracing::warn!(
@@ -589,6 +693,7 @@ impl Session {
                 last_rx: now,
                 last_tx: now,
                 queued_bytes: 0,
+                interconnect,
                 peer_epoch: None,
             },
         );
@@ -1059,6 +1164,25 @@ impl Session {
                 }
                 Ok(())
             }
+            MsgType::Transport => {
+                if frame.payload.len() > MAX_TRANSPORT_PAYLOAD_BYTES {
+                    return Err(ProtocolViolation::Control(
+                        control::ControlError::OutOfBounds {
+                            what: "TRANSPORT payload",
+                            detail: format!(
+                                "{} bytes > {MAX_TRANSPORT_PAYLOAD_BYTES}",
+                                frame.payload.len()
+                            ),
+                        },
+                    ));
+                }
+                if self.state == SessionState::Up {
+                    self.transport_in.push_back((link, frame.payload));
+                } else {
+                    tracing::debug!(link, "TRANSPORT before the session is up dropped");
+                }
+                Ok(())
+            }
         }
     }
 
@@ -1243,6 +1367,22 @@ impl Session {
         self.events.pop_front()
     }
 
+    /// The least-loaded link of `interconnect`, or of any interconnect when it has none.
+    fn pick_link_on(&mut self, interconnect: Option<InterconnectId>) -> Option<LinkId> {
+        if let Some(ic) = interconnect {
+            let best = self
+                .links
+                .iter()
+                .filter(|(_, l)| l.interconnect == ic)
+                .min_by_key(|(_, l)| l.queued_bytes)
+                .map(|(id, _)| *id);
+            if best.is_some() {
+                return best;
+            }
+        }
+        self.pick_link()
+    }
+
     fn pick_link(&mut self) -> Option<LinkId> {
         let n = self.links.len();
         if n == 0 {
@@ -1376,7 +1516,8 @@ impl Session {
         let id = *ids.first()?;
         self.rr_client = id;
         let low = self.cfg.flow_low_water;
-        let link = self.pick_link()?;
+        let placed = self.clients.get(&id)?.placed;
+        let link = self.pick_link_on(placed)?;
         let c = self.clients.get_mut(&id)?;
         let peer = *self.peer_clients.get(&c.name)?;
         let (seq, flags, payload, model) = c.send.next_transmit()?;

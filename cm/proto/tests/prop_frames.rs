@@ -22,7 +22,7 @@ use proptest::prelude::*;
 
 const MAX: u32 = 1024;
 
-const ALL_TYPES: [MsgType; 15] = [
+const ALL_TYPES: [MsgType; 16] = [
     MsgType::Hello,
     MsgType::Challenge,
     MsgType::Auth,
@@ -38,6 +38,7 @@ const ALL_TYPES: [MsgType; 15] = [
     MsgType::ClientUp,
     MsgType::ClientDown,
     MsgType::Flow,
+    MsgType::Transport,
 ];
 
 fn arb_frame(max_payload: usize) -> impl Strategy<Value = Frame> {

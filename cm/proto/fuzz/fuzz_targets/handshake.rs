@@ -17,7 +17,7 @@ use peercm_proto::control::{
 use peercm_proto::frame::{Flags, Frame, MsgType};
 use peercm_proto::handshake::{AcceptorStart, DialerExpectChallenge, DialerStart, HandshakeConfig};
 
-const TYPES: [MsgType; 15] = [
+const TYPES: [MsgType; 16] = [
     MsgType::Hello,
     MsgType::Challenge,
     MsgType::Auth,
@@ -33,6 +33,7 @@ const TYPES: [MsgType; 15] = [
     MsgType::ClientUp,
     MsgType::ClientDown,
     MsgType::Flow,
+    MsgType::Transport,
 ];
 
 const CLUSTER: &str = "fuzz-cluster";

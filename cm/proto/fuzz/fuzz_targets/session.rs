@@ -20,7 +20,7 @@ use peercm_proto::stream::SendModel;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-const TYPES: [MsgType; 15] = [
+const TYPES: [MsgType; 16] = [
     MsgType::Hello,
     MsgType::Challenge,
     MsgType::Auth,
@@ -36,6 +36,7 @@ const TYPES: [MsgType; 15] = [
     MsgType::ClientUp,
     MsgType::ClientDown,
     MsgType::Flow,
+    MsgType::Transport,
 ];
 const NAMES: [&str; 4] = ["mirror", "heartbeat", "bulk", "bad name"];
 const MODELS: [SendModel; 3] = [SendModel::Sync, SendModel::Async, SendModel::Local];

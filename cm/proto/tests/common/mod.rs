@@ -95,6 +95,18 @@ impl Pair {
         id
     }
 
+    /// Adds a link on interconnect `ic` (an RDMA rail in the runtime).
+    pub fn add_link_on(&mut self, ic: peercm_proto::session::InterconnectId) -> LinkId {
+        let id = self.next_link;
+        self.next_link += 1;
+        self.links.insert(id, LinkQ::default());
+        self.a
+            .handle_link_up_on(id, ic, self.b_info.clone(), self.now);
+        self.b
+            .handle_link_up_on(id, ic, self.a_info.clone(), self.now);
+        id
+    }
+
     pub fn kill_link(&mut self, id: LinkId) {
         if self.links.remove(&id).is_some() {
             self.a.handle_link_down(id, self.now);

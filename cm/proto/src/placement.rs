@@ -1,0 +1,1 @@
+//! Bandwidth placement policy (work in progress).

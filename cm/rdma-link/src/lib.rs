@@ -1,0 +1,1 @@
+//! peercm RDMA transport (work in progress).
