@@ -55,6 +55,8 @@ pub struct SenderStats {
     pub downs: u64,
     /// Times the manager moved this client to another interconnect (nothing to resend).
     pub migrations: u64,
+    /// Times the manager switched to a backup partner (it resent what was unacknowledged).
+    pub peer_switches: u64,
 }
 
 /// The production side.
@@ -183,6 +185,7 @@ impl MirrorSender {
                 }
             }
             ClientEvent::Migrated { .. } => self.stats.migrations += 1,
+            ClientEvent::PeerSwitched { .. } => self.stats.peer_switches += 1,
             ClientEvent::Transmitted { .. } | ClientEvent::FlowControl { .. } => {}
         }
         Ok(())

@@ -193,10 +193,7 @@ async fn wrong_cluster_learns_nothing() {
 async fn wrong_secret_never_connects_and_the_real_partner_is_unaffected() {
     let mut w = Witness::start().await;
     let mut cfg = fast_config(NodeConfig::new("intruder", "test"));
-    cfg.peer = Some(peercm_cm::config::PeerConfig {
-        address: w.addr(),
-        connections: 1,
-    });
+    cfg.peer = Some(peercm_cm::config::PeerConfig::new(w.addr(), 1));
     let bad_secret = ClusterSecret::new(b"not-the-cluster-secret-at-all").unwrap();
     let intruder = Node::start(cfg, bad_secret).await.unwrap();
     let mut ci = intruder
@@ -218,10 +215,7 @@ async fn wrong_secret_never_connects_and_the_real_partner_is_unaffected() {
     w.still_served().await;
     // And an insecure node is refused by a secured one too.
     let mut cfg = fast_config(NodeConfig::new("insecure", "test"));
-    cfg.peer = Some(peercm_cm::config::PeerConfig {
-        address: w.addr(),
-        connections: 1,
-    });
+    cfg.peer = Some(peercm_cm::config::PeerConfig::new(w.addr(), 1));
     let insecure = Node::start(cfg, ClusterSecret::insecure()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(insecure.status().await.unwrap().links.is_empty());

@@ -75,10 +75,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         .local_addr()
         .context("node-b has no listen address")?;
     let mut cfg_a = NodeConfig::new("node-a", "demo");
-    cfg_a.peer = Some(PeerConfig {
-        address: addr,
-        connections: args.connections,
-    });
+    cfg_a.peer = Some(PeerConfig::new(addr, args.connections));
     let node_a = Node::start(cfg_a, secret)
         .await
         .context("starting node-a")?;

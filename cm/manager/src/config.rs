@@ -52,9 +52,45 @@ pub struct NodeConfig {
     /// Session tunables.
     #[serde(default)]
     pub session: SessionTunables,
+    /// RDMA interconnects.
+    #[serde(default)]
+    pub verbs: VerbsTunables,
     /// Clients `peercm node` registers and answers for (testing and smoke checks).
     #[serde(default)]
     pub clients: Vec<ClientConfig>,
+}
+
+/// RDMA interconnect settings (`[verbs]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerbsTunables {
+    /// Use RDMA when this host and the partner have it (else TCP only).
+    pub enabled: bool,
+    /// Bytes of each link's receive ring (the partner RDMA-writes frames into it). Must hold
+    /// at least two largest frames.
+    pub ring_bytes: usize,
+    /// Receives posted per RDMA link.
+    pub recv_depth: u32,
+    /// An offer for a rail not answered within this time is abandoned and retried.
+    pub rail_offer_timeout_ms: u64,
+    /// How often rails without a link are offered again.
+    pub rail_retry_interval_ms: u64,
+    /// Per-device capacity overrides in Mb/s (`rxe0 = 10000`): soft-RoCE reports a nominal
+    /// speed that says nothing about what the emulated link carries.
+    pub capacity_mbps: std::collections::BTreeMap<String, u32>,
+}
+
+impl Default for VerbsTunables {
+    fn default() -> Self {
+        VerbsTunables {
+            enabled: true,
+            ring_bytes: 4 << 20,
+            recv_depth: 256,
+            rail_offer_timeout_ms: 3000,
+            rail_retry_interval_ms: 1000,
+            capacity_mbps: Default::default(),
+        }
+    }
 }
 
 /// The partner to dial.
@@ -66,6 +102,54 @@ pub struct PeerConfig {
     /// How many TCP connections to keep open to it (messages are spread over all of them).
     #[serde(default = "default_connections")]
     pub connections: u32,
+    /// Backup partners, tried in this order when the partner fails [CDP].
+    #[serde(default)]
+    pub backups: Vec<SocketAddr>,
+    /// Switch to the next backup by itself (true), or tell clients the partner is down and let
+    /// one of them call `switch_peer()` (false).
+    #[serde(default = "default_true")]
+    pub autoswitch: bool,
+    /// How long the partner may stay unreachable after the last link is lost before the
+    /// manager switches to the next backup (the detection window).
+    #[serde(default = "default_switch_after_ms")]
+    pub switch_after_ms: u64,
+    /// With autoswitch, how long unacknowledged messages are held for a new partner before
+    /// they are NACKed after all.
+    #[serde(default = "default_switch_hold_ms")]
+    pub switch_hold_ms: u64,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_switch_after_ms() -> u64 {
+    500
+}
+
+fn default_switch_hold_ms() -> u64 {
+    10_000
+}
+
+impl PeerConfig {
+    /// A partner at `address` with the default number of connections and no backups.
+    pub fn new(address: SocketAddr, connections: u32) -> Self {
+        PeerConfig {
+            address,
+            connections,
+            backups: Vec::new(),
+            autoswitch: true,
+            switch_after_ms: default_switch_after_ms(),
+            switch_hold_ms: default_switch_hold_ms(),
+        }
+    }
+
+    /// Every partner address in switch order: the partner, then the backups.
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        std::iter::once(self.address)
+            .chain(self.backups.iter().copied())
+            .collect()
+    }
 }
 
 fn default_connections() -> u32 {
@@ -159,6 +243,7 @@ impl NodeConfig {
             peer: None,
             secret_file: None,
             session: SessionTunables::default(),
+            verbs: VerbsTunables::default(),
             clients: Vec::new(),
         }
     }
@@ -201,6 +286,15 @@ impl NodeConfig {
                     p.connections
                 ));
             }
+            if p.backups.contains(&p.address) {
+                return bad(format!(
+                    "peer.backups lists the partner itself ({})",
+                    p.address
+                ));
+            }
+            if p.switch_hold_ms == 0 {
+                return bad("peer.switch_hold_ms must be > 0".into());
+            }
         }
         let s = &self.session;
         if s.window == 0 || s.window > 1 << 20 {
@@ -232,6 +326,29 @@ impl NodeConfig {
         if s.flow_low_water >= s.flow_high_water {
             return bad("session.flow_low_water must be below session.flow_high_water".into());
         }
+        let v = &self.verbs;
+        let max_frame = s.max_payload_bytes as usize + peercm_proto::frame::HEADER_LEN;
+        if v.ring_bytes < 2 * max_frame || v.ring_bytes > 1 << 30 {
+            return bad(format!(
+                "verbs.ring_bytes = {} must hold two largest frames ({} bytes, from session.max_payload_bytes) and be at most 1 GiB",
+                v.ring_bytes,
+                2 * max_frame
+            ));
+        }
+        if !(4..=8192).contains(&v.recv_depth) {
+            return bad(format!(
+                "verbs.recv_depth = {} must be 4..=8192",
+                v.recv_depth
+            ));
+        }
+        if v.rail_offer_timeout_ms == 0 || v.rail_retry_interval_ms == 0 {
+            return bad(
+                "verbs.rail_offer_timeout_ms and verbs.rail_retry_interval_ms must be > 0".into(),
+            );
+        }
+        if let Some((dev, _)) = v.capacity_mbps.iter().find(|(_, c)| **c == 0) {
+            return bad(format!("verbs.capacity_mbps.{dev} must be > 0"));
+        }
         let mut seen = std::collections::HashSet::new();
         for c in &self.clients {
             if let Err(e) = validate_name("clients.name", &c.name) {
@@ -254,6 +371,11 @@ impl NodeConfig {
             flow_high_water: s.flow_high_water,
             flow_low_water: s.flow_low_water,
             max_payload_bytes: s.max_payload_bytes,
+            hold_on_partner_loss: self
+                .peer
+                .as_ref()
+                .filter(|p| p.autoswitch && !p.backups.is_empty())
+                .map(|p| Duration::from_millis(p.switch_hold_ms)),
         }
     }
 }

@@ -4,21 +4,26 @@
 //! The protocol decisions (sequencing, replay, ports, session reset) are made by the IO-free
 //! `peercm_proto::session::Session`; this crate runs it on tokio: one manager task per node
 //! feeds it link input, client commands and timer expiry, and carries out what it asks for
-//! (frames onto links, events to clients, links to close). Transports (`peercm-tcp` now, verbs
-//! later) produce authenticated links.
+//! (frames onto links, events to clients, links to close). Transports produce links: TCP
+//! connections (`peercm-tcp`) and RDMA queue pairs (`peercm-rdma-link`), and the IO-free
+//! placement policy (`peercm_proto::placement`) decides which interconnect each client uses.
 //!
 //! - [`config`]: the node's TOML configuration and its validation.
 //! - [`node`]: [`Node`], the handle an application (or the CLI) holds.
 //! - [`client`]: [`ClientHandle`], one registered client.
-//! - [`manager`]: the manager task.
+//! - [`manager`]: the manager task: session, placement, links, rails.
+//! - `links`: the manager's handle on a TCP or RDMA link.
+//! - [`rails`]: RDMA rails (HCA ports), their setup over the bootstrap session, device events.
 //! - [`status`]: what `peercm status` reports.
 //! - [`error`]: the error type, [`CmError`].
 
 pub mod client;
 pub mod config;
 pub mod error;
+mod links;
 pub mod manager;
 pub mod node;
+pub mod rails;
 pub mod status;
 
 pub use client::ClientHandle;
@@ -30,4 +35,5 @@ pub use peercm_proto::control::NackReason;
 pub use peercm_proto::port::PortState;
 pub use peercm_proto::session::{ClientEvent, ClientSpec, DownReason, LatencyClass, SessionState};
 pub use peercm_proto::stream::SendModel;
+pub use rails::VerbsSource;
 pub use status::NodeStatus;

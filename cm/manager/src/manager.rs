@@ -5,16 +5,24 @@
 
 use crate::config::NodeConfig;
 use crate::error::CmError;
-use crate::status::{ClientStatus, LinkStatus, NodeStatus, TimelineEntry};
+use crate::links::AnyLink;
+use crate::rails::{DeviceInput, ManagerSink, RailAction, Rails, VerbsSource};
+use crate::status::{ClientStatus, InterconnectStatus, LinkStatus, NodeStatus, TimelineEntry};
 use bytes::Bytes;
 use peercm_proto::auth::Role;
-use peercm_proto::control::{NodeInfo, TransportCap};
+use peercm_proto::control::{self, NodeInfo, TransportMsg};
 use peercm_proto::handshake::HandshakeConfig;
+use peercm_proto::placement::{InterconnectInfo, InterconnectKind, Placement, PlacementConfig};
 use peercm_proto::port::PortState;
-use peercm_proto::session::{ClientEvent, ClientId, ClientSpec, LinkId, Session};
+use peercm_proto::session::{
+    ClientEvent, ClientId, ClientSpec, InterconnectId, LinkId, Session, SessionState,
+    TCP_INTERCONNECT,
+};
 use peercm_proto::stream::SendModel;
+use peercm_rdma_link::LinkCloseReason;
 use peercm_tcp::handshake::FramedLink;
-use peercm_tcp::{spawn_link, LinkHandle, LinkInput, Outgoing, TcpHandshakeConfig};
+use peercm_tcp::{spawn_link, LinkInput, Outgoing, TcpHandshakeConfig};
+use peercm_verbs_shim::AsyncEvent;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,6 +31,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
+/// Nominal capacity given to the TCP interconnect for placement (it is only used when no RDMA
+/// rail is, so the figure only matters for utilization reports).
+const TCP_CAPACITY_MBPS: u32 = 10_000;
 /// Timeline entries kept for status output.
 const TIMELINE_MAX: usize = 64;
 /// Capacity of the link -> manager channel (back-pressures readers when the manager lags).
@@ -84,7 +95,15 @@ pub(crate) struct Manager {
     session: Session,
     role: Role,
     started: Instant,
-    links: HashMap<LinkId, LinkHandle>,
+    links: HashMap<LinkId, AnyLink>,
+    rails: Rails,
+    placement: Placement,
+    /// Bytes of each client already fed to the placement policy.
+    bytes_fed: HashMap<ClientId, u64>,
+    dev_tx: mpsc::Sender<DeviceInput>,
+    dev_rx: mpsc::Receiver<DeviceInput>,
+    next_rail_round: Instant,
+    last_session_state: SessionState,
     next_link: Arc<AtomicU64>,
     clients: HashMap<ClientId, mpsc::UnboundedSender<ClientEvent>>,
     node_info: watch::Sender<NodeInfo>,
@@ -98,7 +117,6 @@ pub(crate) struct Manager {
     backoff: Duration,
     timeline: VecDeque<TimelineEntry>,
     listener_task: Option<tokio::task::JoinHandle<()>>,
-    verbs_unavailable: Option<String>,
 }
 
 impl Drop for Manager {
@@ -120,6 +138,7 @@ impl Manager {
         handshake: HandshakeConfig,
         listener: Option<TcpListener>,
         cmd_rx: mpsc::UnboundedReceiver<Command>,
+        verbs: VerbsSource,
     ) -> Self {
         let role = if cfg.peer.is_some() {
             Role::Dialer
@@ -129,6 +148,10 @@ impl Manager {
         let session = Session::new(cfg.session_config(), role);
         let (link_tx, link_rx) = mpsc::channel(LINK_INPUT_CAPACITY);
         let (new_tx, new_rx) = mpsc::channel(64);
+        let (dev_tx, dev_rx) = mpsc::channel(256);
+        let rails = Rails::discover(&verbs, &cfg.verbs, cfg.session.max_payload_bytes);
+        let mut handshake = handshake;
+        handshake.node.capabilities = rails.capabilities();
         let (node_info, _) = watch::channel(handshake.node.clone());
         let hs = TcpHandshakeConfig {
             handshake,
@@ -143,6 +166,13 @@ impl Manager {
             role,
             started: Instant::now(),
             links: HashMap::new(),
+            rails,
+            placement: Placement::new(PlacementConfig::default()),
+            bytes_fed: HashMap::new(),
+            dev_tx,
+            dev_rx,
+            next_rail_round: Instant::now(),
+            last_session_state: SessionState::Down,
             next_link: Arc::new(AtomicU64::new(1)),
             clients: HashMap::new(),
             node_info,
@@ -155,13 +185,44 @@ impl Manager {
             next_dial_at: Instant::now(),
             timeline: VecDeque::new(),
             listener_task: None,
-            verbs_unavailable: None,
         };
         let mut m = m;
-        if let Err(why) = peercm_verbs_shim::real::RealProvider::load() {
-            m.note(format!("verbs unavailable: {why}"));
-            m.verbs_unavailable = Some(why.to_string());
+        if let Some(why) = m.rails.unavailable.clone() {
+            m.note(format!("verbs unavailable, using TCP: {why}"));
+        } else {
+            let now = Instant::now();
+            for r in m.rails.local.clone() {
+                m.note(format!(
+                    "rail {}: {} port {} ({} Mb/s, {})",
+                    r.rail,
+                    r.device,
+                    r.port,
+                    r.capacity_mbps,
+                    if r.active { "ACTIVE" } else { "down" }
+                ));
+                m.placement.upsert_interconnect(
+                    InterconnectInfo {
+                        id: r.rail,
+                        kind: InterconnectKind::Rdma,
+                        capacity_mbps: r.capacity_mbps,
+                        failure_domain: r.device.clone(),
+                        usable: false,
+                    },
+                    now,
+                );
+            }
+            m.rails.spawn_watchers(m.dev_tx.clone());
         }
+        m.placement.upsert_interconnect(
+            InterconnectInfo {
+                id: TCP_INTERCONNECT,
+                kind: InterconnectKind::Tcp,
+                capacity_mbps: TCP_CAPACITY_MBPS,
+                failure_domain: "tcp".into(),
+                usable: false,
+            },
+            Instant::now(),
+        );
         if let Some(l) = listener {
             m.listener_task = Some(m.spawn_listener(l));
         }
@@ -222,13 +283,18 @@ impl Manager {
         self.cfg.peer.as_ref().map_or(0, |p| p.connections)
     }
 
+    fn tcp_links(&self) -> u32 {
+        self.links
+            .values()
+            .filter(|l| matches!(l, AnyLink::Tcp(_)))
+            .count() as u32
+    }
+
     fn maybe_dial(&mut self, now: Instant) {
         let Some(peer) = self.cfg.peer.clone() else {
             return;
         };
-        while (self.links.len() as u32) + self.dialing < self.want_links()
-            && now >= self.next_dial_at
-        {
+        while self.tcp_links() + self.dialing < self.want_links() && now >= self.next_dial_at {
             self.dialing += 1;
             let mut hs = self.handshake.clone();
             hs.handshake.node = self.node_info.borrow().clone();
@@ -252,12 +318,21 @@ impl Manager {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let dial = ((self.links.len() as u32) + self.dialing < self.want_links())
-            .then_some(self.next_dial_at);
-        match (self.session.poll_timeout(), dial) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let dial =
+            (self.tcp_links() + self.dialing < self.want_links()).then_some(self.next_dial_at);
+        let rails = (self.role == Role::Dialer
+            && self.session.state() == SessionState::Up
+            && self.rails.unavailable.is_none())
+        .then_some(self.next_rail_round);
+        [
+            self.session.poll_timeout(),
+            dial,
+            rails,
+            self.placement.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Runs until every handle is dropped.
@@ -297,8 +372,17 @@ impl Manager {
                 new = self.new_rx.recv() => {
                     if let Some(n) = new { self.on_new_link(n); }
                 }
+                dev = self.dev_rx.recv() => {
+                    if let Some(d) = dev { self.on_device_event(d); }
+                }
                 _ = tokio::time::sleep_until(deadline) => {
-                    self.session.handle_timeout(Instant::now());
+                    let now = Instant::now();
+                    self.session.handle_timeout(now);
+                    self.feed_placement(now);
+                    self.placement.handle_timeout(now);
+                    if now >= self.next_rail_round {
+                        self.offer_rails(now);
+                    }
                 }
             }
         }
@@ -344,14 +428,20 @@ impl Manager {
             handle.remote,
             peer.node_id
         ));
-        self.links.insert(id, handle);
+        let peer_rails = Rails::peer_rail_count(&peer.capabilities);
+        self.links.insert(id, AnyLink::Tcp(handle));
         self.session.handle_link_up(id, peer, Instant::now());
+        if peer_rails == 0 && self.rails.unavailable.is_none() {
+            self.note("partner offers no RDMA: using TCP".into());
+        }
+        self.refresh_interconnects(Instant::now());
     }
 
     fn on_link_input(&mut self, input: LinkInput) {
         let now = Instant::now();
         match input {
             LinkInput::Frame { link, frame } => {
+                self.activate_rdma_link(link, now);
                 if let Err(e) = self.session.handle_frame(link, frame, now) {
                     tracing::warn!(link, error = %e, "protocol violation: closing link");
                     self.close_link(link, format!("protocol violation: {e}"));
@@ -365,9 +455,12 @@ impl Manager {
                 self.session.handle_written(link, bytes, &local_done);
             }
             LinkInput::Closed { link, reason } => {
-                if self.links.remove(&link).is_some() {
-                    self.note(format!("link {link} lost: {reason}"));
-                    self.session.handle_link_down(link, now);
+                if let Some(l) = self.links.remove(&link) {
+                    self.note(format!("{} link {link} lost: {reason}", l.transport()));
+                    if l.in_session() {
+                        self.session.handle_link_down(link, now);
+                    }
+                    self.refresh_interconnects(now);
                 }
             }
         }
@@ -377,7 +470,208 @@ impl Manager {
         if let Some(h) = self.links.remove(&link) {
             h.abort();
             self.note(format!("link {link} closed: {reason}"));
-            self.session.handle_link_down(link, Instant::now());
+            if h.in_session() {
+                self.session.handle_link_down(link, Instant::now());
+            }
+            self.refresh_interconnects(Instant::now());
+        }
+    }
+
+    /// Acceptor side: an RDMA link joins the session on its first frame.
+    fn activate_rdma_link(&mut self, link: LinkId, now: Instant) {
+        let Some(AnyLink::Rdma {
+            rail, activated, ..
+        }) = self.links.get_mut(&link)
+        else {
+            return;
+        };
+        if *activated {
+            return;
+        }
+        *activated = true;
+        let rail = *rail;
+        if let Some(peer) = self.session.peer().cloned() {
+            self.session.handle_link_up_on(link, rail, peer, now);
+            self.note(format!("rdma link {link} up on rail {rail}"));
+            self.refresh_interconnects(now);
+        }
+    }
+
+    /// Tells the placement policy which interconnects have live links.
+    fn refresh_interconnects(&mut self, now: Instant) {
+        let mut live: HashMap<InterconnectId, bool> = HashMap::new();
+        for l in self.links.values().filter(|l| l.in_session()) {
+            live.insert(l.interconnect(), true);
+        }
+        let tcp = live.contains_key(&TCP_INTERCONNECT);
+        self.placement.upsert_interconnect(
+            InterconnectInfo {
+                id: TCP_INTERCONNECT,
+                kind: InterconnectKind::Tcp,
+                capacity_mbps: TCP_CAPACITY_MBPS,
+                failure_domain: "tcp".into(),
+                usable: tcp,
+            },
+            now,
+        );
+        for r in self.rails.local.clone() {
+            self.placement.upsert_interconnect(
+                InterconnectInfo {
+                    id: r.rail,
+                    kind: InterconnectKind::Rdma,
+                    capacity_mbps: r.capacity_mbps,
+                    failure_domain: r.device.clone(),
+                    usable: live.contains_key(&r.rail),
+                },
+                now,
+            );
+        }
+    }
+
+    /// Feeds each client's transmitted bytes since the last call to the placement policy.
+    fn feed_placement(&mut self, now: Instant) {
+        let ids: Vec<ClientId> = self.session.client_ids().collect();
+        for id in ids {
+            let total = self.session.client_bytes_out(id);
+            let fed = self.bytes_fed.entry(id).or_insert(0);
+            let delta = total.saturating_sub(*fed);
+            *fed = total;
+            if delta > 0 {
+                self.placement.record_bytes(id, delta, now);
+            }
+        }
+    }
+
+    /// Dialer: offers every rail that has no link yet.
+    fn offer_rails(&mut self, now: Instant) {
+        self.next_rail_round = now + Duration::from_millis(self.cfg.verbs.rail_retry_interval_ms);
+        if self.role != Role::Dialer
+            || self.session.state() != SessionState::Up
+            || self.rails.unavailable.is_some()
+        {
+            return;
+        }
+        let peer_rails = self
+            .session
+            .peer()
+            .map_or(0, |p| Rails::peer_rail_count(&p.capabilities));
+        let linked: Vec<u32> = self
+            .links
+            .values()
+            .filter_map(|l| match l {
+                AnyLink::Rdma { rail, .. } => Some(*rail),
+                AnyLink::Tcp(_) => None,
+            })
+            .collect();
+        for rail in self.rails.rails_to_offer(peer_rails, &linked, now) {
+            let id = self.next_link.fetch_add(1, Ordering::Relaxed);
+            match self.rails.offer(rail, id, now) {
+                Ok(msg) => {
+                    if let Err(e) = self.session.send_transport(control::encode(&msg)) {
+                        tracing::warn!(rail, error = %e, "cannot send rail offer");
+                    }
+                }
+                Err(e) => tracing::warn!(rail, error = %e, "cannot offer rail"),
+            }
+        }
+    }
+
+    /// A TRANSPORT message from the partner's manager.
+    fn on_transport(&mut self, payload: Bytes, now: Instant) {
+        let msg: TransportMsg = match control::decode("TRANSPORT", &payload) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "malformed TRANSPORT message ignored");
+                return;
+            }
+        };
+        if let TransportMsg::Offer { rail, .. } = &msg {
+            // The dialer offers a rail it has no link on: any link we still hold there is dead.
+            let stale: Vec<LinkId> = self
+                .links
+                .iter()
+                .filter(|(_, l)| matches!(l, AnyLink::Rdma { rail: r, .. } if r == rail))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in stale {
+                self.close_link(id, "partner re-offered its rail".into());
+            }
+        }
+        let id = match &msg {
+            TransportMsg::Offer { .. } => self.next_link.fetch_add(1, Ordering::Relaxed),
+            _ => 0,
+        };
+        let tx = self.link_tx.clone();
+        let action = self
+            .rails
+            .handle(msg, id, |link| Box::new(ManagerSink { link, tx }));
+        match action {
+            RailAction::None => {}
+            RailAction::Reply(m) => {
+                let _ = self.session.send_transport(control::encode(&m));
+            }
+            RailAction::Connected { rail, link, reply } => {
+                let id = link.id();
+                let dialer = reply.is_none();
+                if let Some(m) = reply {
+                    let _ = self.session.send_transport(control::encode(&m));
+                }
+                self.links.insert(
+                    id,
+                    AnyLink::Rdma {
+                        link,
+                        rail,
+                        activated: dialer,
+                    },
+                );
+                if dialer {
+                    if let Some(peer) = self.session.peer().cloned() {
+                        self.session.handle_link_up_on(id, rail, peer, now);
+                    }
+                    self.note(format!("rdma link {id} up on rail {rail}"));
+                    self.refresh_interconnects(now);
+                }
+            }
+        }
+    }
+
+    /// An async event from one of our devices.
+    fn on_device_event(&mut self, d: DeviceInput) {
+        let now = Instant::now();
+        let (rails, reason, up) = match d.event {
+            AsyncEvent::PortError { port } => (
+                self.rails.set_port_active(&d.device, port, false),
+                Some(LinkCloseReason::PortDown),
+                false,
+            ),
+            AsyncEvent::PortActive { port } => (
+                self.rails.set_port_active(&d.device, port, true),
+                None,
+                true,
+            ),
+            AsyncEvent::DeviceFatal => (
+                self.rails.rails_of_device(&d.device),
+                Some(LinkCloseReason::DeviceFatal),
+                false,
+            ),
+            other => {
+                tracing::info!(device = %d.device, event = ?other, "device event");
+                return;
+            }
+        };
+        self.note(format!("{}: {:?} (rails {rails:?})", d.device, d.event));
+        if let Some(reason) = reason {
+            for l in self.links.values() {
+                if let AnyLink::Rdma { link, rail, .. } = l {
+                    if rails.contains(rail) {
+                        link.fail(reason.clone());
+                    }
+                }
+            }
+        }
+        if up {
+            // Offer the rail again at once (dialer) rather than at the next round.
+            self.next_rail_round = now;
         }
     }
 
@@ -399,7 +693,13 @@ impl Manager {
                         self.clients.insert(id, tx);
                         (id, rx)
                     });
-                if res.is_ok() {
+                if let Ok((id, _)) = &res {
+                    self.placement.add_client(
+                        *id,
+                        spec.bandwidth_mbps,
+                        spec.latency,
+                        Instant::now(),
+                    );
                     self.publish_node_info();
                 }
                 let _ = reply.send(res);
@@ -417,6 +717,8 @@ impl Manager {
                 self.flush(Instant::now());
                 if matches!(res, Ok(PortState::Destroyed)) {
                     self.clients.remove(&id);
+                    self.placement.remove_client(id);
+                    self.bytes_fed.remove(&id);
                     self.publish_node_info();
                 }
                 let _ = reply.send(res);
@@ -453,12 +755,45 @@ impl Manager {
     }
 
     fn flush(&mut self, now: Instant) {
+        let mut closed_any = false;
         while let Some(link) = self.session.poll_close_link() {
             if let Some(h) = self.links.remove(&link) {
                 h.abort();
+                closed_any = true;
                 self.note(format!(
-                    "link {link} closed: silent for {} ms",
+                    "{} link {link} closed: silent for {} ms",
+                    h.transport(),
                     self.cfg.session.link_timeout_ms
+                ));
+            }
+        }
+        if closed_any {
+            self.refresh_interconnects(now);
+        }
+        let state = self.session.state();
+        if state != self.last_session_state {
+            self.last_session_state = state;
+            if state == SessionState::Up {
+                self.next_rail_round = now;
+            } else if state == SessionState::Down {
+                self.rails.clear_pending();
+            }
+        }
+        while let Some((_, payload)) = self.session.poll_transport() {
+            self.on_transport(payload, now);
+        }
+        while let Some(mv) = self.placement.poll_move() {
+            let name = self
+                .session
+                .client_name(mv.client)
+                .unwrap_or("?")
+                .to_string();
+            if self.session.place(mv.client, mv.to).is_ok() {
+                self.note(format!(
+                    "client {name}: {} -> {} ({:?})",
+                    ic_name(mv.from),
+                    ic_name(Some(mv.to)),
+                    mv.reason
                 ));
             }
         }
@@ -488,11 +823,12 @@ impl Manager {
     fn status(&self) -> NodeStatus {
         let mut links: Vec<LinkStatus> = self
             .links
-            .values()
-            .map(|l| LinkStatus {
-                id: l.id,
-                transport: "tcp",
-                remote: l.remote.clone(),
+            .iter()
+            .map(|(id, l)| LinkStatus {
+                id: *id,
+                transport: l.transport(),
+                interconnect: l.interconnect(),
+                remote: l.remote(),
             })
             .collect();
         links.sort_by_key(|l| l.id);
@@ -504,6 +840,7 @@ impl Manager {
                     name: self.session.client_name(id)?.to_string(),
                     state: self.session.port_state(id)?,
                     unacked: self.session.unacked(id),
+                    interconnect: self.session.placement(id),
                 })
             })
             .collect();
@@ -512,7 +849,9 @@ impl Manager {
             session: self.session.state(),
             epoch: self.session.epoch(),
             peer: self.session.peer().map(|p| p.node_id.clone()),
-            verbs_unavailable: self.verbs_unavailable.clone(),
+            verbs_unavailable: self.rails.unavailable.clone(),
+            fallback: self.fallback_reason(),
+            interconnects: self.interconnects(),
             links,
             clients,
             stats: self.session.stats(),
@@ -521,12 +860,67 @@ impl Manager {
     }
 }
 
-/// The node description offered in handshakes.
+/// The node description offered in handshakes (the manager adds its RDMA capabilities).
 pub(crate) fn local_node_info(cfg: &NodeConfig, instance: u64) -> NodeInfo {
     NodeInfo {
         node_id: cfg.node_id.clone(),
         instance,
-        capabilities: vec![TransportCap::Tcp],
+        capabilities: vec![peercm_proto::control::TransportCap::Tcp],
         clients: Vec::new(),
+    }
+}
+
+/// How an interconnect is named in the timeline.
+fn ic_name(ic: Option<InterconnectId>) -> String {
+    match ic {
+        None => "unplaced".into(),
+        Some(TCP_INTERCONNECT) => "tcp".into(),
+        Some(r) => format!("rail {r}"),
+    }
+}
+
+impl Manager {
+    /// Why clients are on TCP, when they are.
+    fn fallback_reason(&self) -> Option<String> {
+        if let Some(why) = &self.rails.unavailable {
+            return Some(format!("verbs unavailable here: {why}"));
+        }
+        let peer_rails = self
+            .session
+            .peer()
+            .map(|p| Rails::peer_rail_count(&p.capabilities))?;
+        if peer_rails == 0 {
+            return Some("the partner offers no RDMA".into());
+        }
+        self.placement
+            .on_tcp()
+            .then(|| "no RDMA rail is usable (ports down or links failed)".into())
+    }
+
+    fn interconnects(&self) -> Vec<InterconnectStatus> {
+        let now = Instant::now();
+        self.placement
+            .loads(now)
+            .into_iter()
+            .map(|l| {
+                let rail = self.rails.local.iter().find(|r| r.rail == l.id);
+                InterconnectStatus {
+                    id: l.id,
+                    name: ic_name(Some(l.id)),
+                    device: rail.map(|r| format!("{} port {}", r.device, r.port)),
+                    port_active: rail.map(|r| r.active),
+                    capacity_mbps: l.capacity_mbps,
+                    usable: l.usable,
+                    declared_mbytes_per_s: l.declared_mbytes_per_s,
+                    measured_mbytes_per_s: l.measured_mbytes_per_s,
+                    utilization: l.utilization,
+                    clients: l
+                        .clients
+                        .iter()
+                        .filter_map(|c| self.session.client_name(*c).map(str::to_string))
+                        .collect(),
+                }
+            })
+            .collect()
     }
 }

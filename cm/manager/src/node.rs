@@ -4,6 +4,7 @@ use crate::client::ClientHandle;
 use crate::config::NodeConfig;
 use crate::error::CmError;
 use crate::manager::{local_node_info, Command, Manager};
+use crate::rails::VerbsSource;
 use crate::status::NodeStatus;
 use peercm_proto::auth::ClusterSecret;
 use peercm_proto::handshake::HandshakeConfig;
@@ -24,8 +25,19 @@ pub struct Node {
 }
 
 impl Node {
-    /// Validates `cfg`, binds the listener (if any) and starts the manager task.
+    /// Validates `cfg`, binds the listener (if any) and starts the manager task, with RDMA
+    /// through rdma-core when this host has it (TCP otherwise).
     pub async fn start(cfg: NodeConfig, secret: ClusterSecret) -> Result<Node, CmError> {
+        Node::start_with_verbs(cfg, secret, VerbsSource::Real).await
+    }
+
+    /// Like [`Node::start`], with the RDMA devices taken from `verbs` (a simulated fabric's
+    /// node in tests, or none).
+    pub async fn start_with_verbs(
+        cfg: NodeConfig,
+        secret: ClusterSecret,
+        verbs: VerbsSource,
+    ) -> Result<Node, CmError> {
         cfg.validate()?;
         let listener = match cfg.listen {
             Some(addr) => Some(
@@ -50,7 +62,7 @@ impl Node {
         let span = tracing::info_span!("node", id = %node_id);
         let task = {
             let _enter = span.enter();
-            let manager = Manager::new(cfg, handshake, listener, cmd_rx);
+            let manager = Manager::new(cfg, handshake, listener, cmd_rx, verbs);
             tokio::spawn(manager.run().instrument(span.clone()))
         };
         Ok(Node {

@@ -15,8 +15,12 @@ pub struct NodeStatus {
     pub epoch: u64,
     /// The partner's node id, once known.
     pub peer: Option<String>,
-    /// Why the verbs (RDMA) path is not in use, if it is not.
+    /// Why this node cannot use verbs (RDMA) at all, if it cannot.
     pub verbs_unavailable: Option<String>,
+    /// Why clients are on TCP right now, if they are.
+    pub fallback: Option<String>,
+    /// Every interconnect: capacity, state, load and the clients placed on it.
+    pub interconnects: Vec<InterconnectStatus>,
     /// Live links.
     pub links: Vec<LinkStatus>,
     /// Registered clients.
@@ -32,8 +36,10 @@ pub struct NodeStatus {
 pub struct LinkStatus {
     /// Link id.
     pub id: u64,
-    /// Transport.
+    /// Transport (`tcp` or `rdma`).
     pub transport: &'static str,
+    /// Interconnect (0 = TCP, k = RDMA rail k).
+    pub interconnect: u32,
     /// Remote address.
     pub remote: String,
 }
@@ -47,6 +53,33 @@ pub struct ClientStatus {
     pub state: PortState,
     /// Sends not yet completed.
     pub unacked: usize,
+    /// The interconnect its data is placed on.
+    pub interconnect: Option<u32>,
+}
+
+/// One interconnect (TCP, or an RDMA rail).
+#[derive(Debug, Clone, Serialize)]
+pub struct InterconnectStatus {
+    /// Id (0 = TCP, k = rail k).
+    pub id: u32,
+    /// `tcp` or `rail k`.
+    pub name: String,
+    /// The local HCA port of a rail.
+    pub device: Option<String>,
+    /// Whether that port is ACTIVE.
+    pub port_active: Option<bool>,
+    /// Capacity in Mb/s.
+    pub capacity_mbps: u32,
+    /// Has a live link to the partner.
+    pub usable: bool,
+    /// Declared demand of its clients, MB/s.
+    pub declared_mbytes_per_s: f64,
+    /// Measured (smoothed) rate of its clients, MB/s.
+    pub measured_mbytes_per_s: f64,
+    /// Effective demand / capacity.
+    pub utilization: f64,
+    /// Clients placed on it.
+    pub clients: Vec<String>,
 }
 
 /// A notable event.

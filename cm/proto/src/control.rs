@@ -100,6 +100,42 @@ pub enum TransportCap {
     },
 }
 
+/// Transport setup between the two managers, carried in TRANSPORT frames over the bootstrap
+/// session. The dialer offers one RDMA rail at a time; the acceptor answers with its own
+/// endpoint or a refusal. `endpoint` is the transport's own serialized endpoint description
+/// (for RDMA: QP number, PSN, GID, MTU and the receive ring's address, rkey and size); this
+/// crate carries it unread and the runtime decodes it with its own bounds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TransportMsg {
+    /// Dialer -> acceptor: set up rail `rail` with this endpoint.
+    Offer {
+        /// Rail number (1-based; see docs/architecture.md for how rails are paired).
+        rail: u32,
+        /// Distinguishes retries, so a late answer to an abandoned offer is ignored.
+        attempt: u64,
+        /// The offering side's endpoint.
+        endpoint: Vec<u8>,
+    },
+    /// Acceptor -> dialer: the rail is connected on this side; here is its endpoint.
+    Accept {
+        /// Rail number.
+        rail: u32,
+        /// The offer's attempt.
+        attempt: u64,
+        /// The accepting side's endpoint.
+        endpoint: Vec<u8>,
+    },
+    /// Acceptor -> dialer: this rail cannot be set up now.
+    Refuse {
+        /// Rail number.
+        rail: u32,
+        /// The offer's attempt.
+        attempt: u64,
+        /// Why, for the dialer's log and status.
+        reason: String,
+    },
+}
+
 /// A client as announced to the partner.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientAnnounce {

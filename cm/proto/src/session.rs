@@ -52,6 +52,12 @@ pub struct SessionConfig {
     pub flow_low_water: usize,
     /// Largest message payload.
     pub max_payload_bytes: u32,
+    /// Autoswitch (dialer only): when every link to the partner is lost, hold unacknowledged
+    /// messages (and accept new sends) for up to this long instead of NACKing them, so that
+    /// the runtime can connect a backup partner and the session resends them there. The same
+    /// partner coming back instead ends the hold the classic way (NACK, reset). `None`: NACK at
+    /// once.
+    pub hold_on_partner_loss: Option<Duration>,
 }
 
 impl Default for SessionConfig {
@@ -63,6 +69,7 @@ impl Default for SessionConfig {
             flow_high_water: 4096,
             flow_low_water: 1024,
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            hold_on_partner_loss: None,
         }
     }
 }
@@ -140,6 +147,14 @@ pub enum ClientEvent {
     Down {
         /// Why.
         reason: DownReason,
+    },
+    /// The session switched to another partner node (autoswitch): every message not yet
+    /// acknowledged was kept and is being resent to it. Numbers and handles stay valid.
+    PeerSwitched {
+        /// The new partner's node id.
+        node: String,
+        /// The session epoch of the switch (higher than any before it).
+        epoch: u64,
     },
     /// Flow control turned on (throttle) or off.
     FlowControl {
@@ -304,6 +319,8 @@ struct ClientSlot {
     flow_on: bool,
     /// The interconnect the runtime placed this client on; `None` = any link.
     placed: Option<InterconnectId>,
+    /// Payload bytes handed out for transmission (replays included): the measured rate.
+    bytes_out: u64,
 }
 
 /// One partner session. See the module docs.
@@ -336,6 +353,10 @@ pub struct Session {
     early: BTreeMap<(ClientId, u64), Frame>,
     /// TRANSPORT payloads from the partner, for the runtime.
     transport_in: VecDeque<(LinkId, Bytes)>,
+    /// Autoswitch: since when every link is lost and messages are held.
+    holding_since: Option<Instant>,
+    /// A reset towards a new partner node is under way: streams are rebased, not dropped.
+    switching: bool,
     stats: SessionStats,
 }
 
@@ -364,6 +385,8 @@ impl Session {
             rr_link: 0,
             early: BTreeMap::new(),
             transport_in: VecDeque::new(),
+            holding_since: None,
+            switching: false,
             stats: SessionStats::default(),
         }
     }
@@ -398,6 +421,16 @@ impl Session {
     /// Where a client's data goes (`None`: not placed, any link).
     pub fn placement(&self, id: ClientId) -> Option<InterconnectId> {
         self.clients.get(&id).and_then(|c| c.placed)
+    }
+
+    /// Since when the session holds messages for a partner switch (autoswitch), if it does.
+    pub fn holding_since(&self) -> Option<Instant> {
+        self.holding_since
+    }
+
+    /// Payload bytes of a client handed out for transmission so far (for measured rates).
+    pub fn client_bytes_out(&self, id: ClientId) -> u64 {
+        self.clients.get(&id).map_or(0, |c| c.bytes_out)
     }
 
     /// Counters.
@@ -475,6 +508,7 @@ impl Session {
                 recv: RecvStream::new(window),
                 flow_on: false,
                 placed: None,
+                bytes_out: 0,
             },
         );
         self.by_name.insert(name.to_string(), id);
@@ -559,7 +593,8 @@ impl Session {
                 max,
             });
         }
-        if !c.port.state().is_up() || self.state != SessionState::Up {
+        let flowing = self.state == SessionState::Up || self.holding_since.is_some();
+        if !c.port.state().is_up() || !flowing {
             return Err(SessionError::NotConnected {
                 name: c.name.clone(),
                 state: c.port.state(),
@@ -670,6 +705,26 @@ impl Session {
         peer: NodeInfo,
         now: Instant,
     ) {
+        if self.holding_since.is_some() {
+            // A switch whose reset never completed is still a switch, whoever answers.
+            let same = !self.switching
+                && self
+                    .peer
+                    .as_ref()
+                    .is_some_and(|p| p.node_id == peer.node_id);
+            if same {
+                // The partner itself is back: resynchronise the classic way.
+                self.go_down(DownReason::ConnectionLost, NackReason::ConnectionLost);
+            } else {
+                tracing::warn!(
+                    to = %peer.node_id,
+                    "switching partner: unacknowledged messages will be resent there"
+                );
+                self.holding_since = None;
+                self.switching = true;
+                self.peer = None;
+            }
+        }
         if let Some(old) = &self.peer {
             if old.instance != peer.instance {
                 tracing::warn!(
@@ -769,12 +824,19 @@ impl Session {
     }
 
     /// A link was lost (closed by the peer, an IO error, or judged dead by this session).
-    pub fn handle_link_down(&mut self, link: LinkId, _now: Instant) {
+    pub fn handle_link_down(&mut self, link: LinkId, now: Instant) {
         if self.links.remove(&link).is_none() {
             return;
         }
         if self.links.is_empty() {
-            self.go_down(DownReason::ConnectionLost, NackReason::ConnectionLost);
+            let hold = self.role == Role::Dialer
+                && self.cfg.hold_on_partner_loss.is_some()
+                && (self.state == SessionState::Up || self.switching);
+            if hold {
+                self.enter_hold(now);
+            } else {
+                self.go_down(DownReason::ConnectionLost, NackReason::ConnectionLost);
+            }
             return;
         }
         let next = self.links.keys().next().copied();
@@ -827,8 +889,25 @@ impl Session {
         }
     }
 
+    /// Every link is lost and autoswitch is on: keep every client's unacknowledged messages
+    /// and accept new ones until a partner is connected again (see `hold_on_partner_loss`).
+    fn enter_hold(&mut self, now: Instant) {
+        tracing::warn!("every link to the partner lost: holding messages for a partner switch");
+        if self.holding_since.is_none() {
+            self.holding_since = Some(now);
+        }
+        self.state = SessionState::Down;
+        self.control_link = None;
+        self.control_out.clear();
+        self.early.clear();
+        self.ack_due.clear();
+        self.flow_due.clear();
+    }
+
     fn go_down(&mut self, reason: DownReason, nack: NackReason) {
-        let was_up = self.state == SessionState::Up;
+        let held = self.holding_since.take().is_some();
+        let switching = std::mem::take(&mut self.switching);
+        let was_up = self.state == SessionState::Up || held || switching;
         self.state = SessionState::Down;
         self.control_link = None;
         self.control_out.clear();
@@ -859,7 +938,14 @@ impl Session {
         self.stats.resets += 1;
         self.early.clear();
         for c in self.clients.values_mut() {
-            c.send.reset(0);
+            if self.switching {
+                // A new partner: nothing it has seen, so everything unacknowledged goes to it,
+                // renumbered for its fresh receive stream; the client's numbers stay. (Ports
+                // stay up; `switching` ends with the partner's READY.)
+                self.stats.replays += c.send.rebase(0) as u64;
+            } else {
+                c.send.reset(0);
+            }
             c.recv.reset();
         }
         self.peer_clients.clear();
@@ -906,6 +992,9 @@ impl Session {
 
     /// Re-evaluates whether a client's path is up and emits Up/Down on changes.
     fn refresh_path(&mut self, id: ClientId) {
+        if self.holding_since.is_some() || self.switching {
+            return; // ports stay as they are until the switch settles
+        }
         let session_up = self.state == SessionState::Up;
         let Some(c) = self.clients.get_mut(&id) else {
             return;
@@ -1062,6 +1151,21 @@ impl Session {
                 if self.state == SessionState::AwaitingReady {
                     self.state = SessionState::Up;
                     let ids: Vec<ClientId> = self.clients.keys().copied().collect();
+                    if std::mem::take(&mut self.switching) {
+                        let node = self
+                            .peer
+                            .as_ref()
+                            .map_or_else(String::new, |p| p.node_id.clone());
+                        for &id in &ids {
+                            self.events.push_back((
+                                id,
+                                ClientEvent::PeerSwitched {
+                                    node: node.clone(),
+                                    epoch: self.epoch,
+                                },
+                            ));
+                        }
+                    }
                     // Re-announce every client on every link before any DATA can be queued: a
                     // client registered while AWAITING-READY was announced only on the control
                     // link, behind READY, and its first DATA on another link would overtake
@@ -1148,9 +1252,9 @@ impl Session {
                     .map(|(id, _)| *id);
                 if let Some(id) = target {
                     if let Some(c) = self.clients.get_mut(&id) {
-                        if c.send.remove(h.seq) {
+                        if let Some(seq) = c.send.remove(h.seq) {
                             self.events
-                                .push_back((id, ClientEvent::Nacked { seq: h.seq, reason }));
+                                .push_back((id, ClientEvent::Nacked { seq, reason }));
                         }
                     }
                 }
@@ -1325,6 +1429,15 @@ impl Session {
 
     /// Timer input: judges silent links dead. Harmless when nothing is due.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if let (Some(since), Some(hold)) = (self.holding_since, self.cfg.hold_on_partner_loss) {
+            if now.saturating_duration_since(since) >= hold {
+                tracing::warn!(
+                    hold_ms = hold.as_millis() as u64,
+                    "no partner within the hold time: NACKing held messages"
+                );
+                self.go_down(DownReason::ConnectionLost, NackReason::ConnectionLost);
+            }
+        }
         let dead: Vec<LinkId> = self
             .links
             .iter()
@@ -1346,6 +1459,10 @@ impl Session {
 
     /// The next deadline at which [`Session::handle_timeout`] or a heartbeat is due.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        let hold = self
+            .holding_since
+            .zip(self.cfg.hold_on_partner_loss)
+            .map(|(since, hold)| since + hold);
         self.links
             .values()
             .flat_map(|l| {
@@ -1354,6 +1471,7 @@ impl Session {
                     l.last_rx + self.cfg.link_timeout,
                 ]
             })
+            .chain(hold)
             .min()
     }
 
@@ -1521,6 +1639,7 @@ impl Session {
         let c = self.clients.get_mut(&id)?;
         let peer = *self.peer_clients.get(&c.name)?;
         let (seq, flags, payload, model) = c.send.next_transmit()?;
+        c.bytes_out += payload.len() as u64;
         let ack = c.recv.delivered();
         let mut flow_off = false;
         if c.flow_on && c.send.queued() <= low {

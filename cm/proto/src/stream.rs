@@ -7,6 +7,11 @@
 //! unacknowledged is sent again, flagged REPLAY. Transmission is bounded by the partner's credit
 //! (FLOW) and by a local window, so memory is bounded on both ends.
 //!
+//! Sequence numbers on the wire and the numbers the client sees are the same until the session
+//! switches to a backup partner: then [`SendStream::rebase`] renumbers the unacknowledged
+//! messages 1.. for the new partner (whose receive stream starts fresh) while each keeps the
+//! number its client was given, so completions still name what the client sent.
+//!
 //! Receiver ([`RecvStream`]): messages are delivered strictly in sequence order; early ones wait
 //! in a reorder buffer bounded by the window; anything at or below the delivered mark is a
 //! duplicate and dropped. Return codes of recent synchronous messages are remembered so a
@@ -48,6 +53,8 @@ pub enum SendCompletion {
 
 #[derive(Debug)]
 struct Unacked {
+    /// The number the client was given (the wire number differs after a rebase).
+    client_seq: u64,
     payload: Bytes,
     model: SendModel,
     sent: bool,
@@ -58,6 +65,7 @@ struct Unacked {
 #[derive(Debug)]
 pub struct SendStream {
     next_seq: u64,
+    next_client_seq: u64,
     unacked: BTreeMap<u64, Unacked>,
     to_send: BTreeSet<u64>,
     never_sent: usize,
@@ -71,6 +79,7 @@ impl SendStream {
     pub fn new(window: u32, credit: u64) -> Self {
         SendStream {
             next_seq: 1,
+            next_client_seq: 1,
             unacked: BTreeMap::new(),
             to_send: BTreeSet::new(),
             never_sent: 0,
@@ -80,13 +89,16 @@ impl SendStream {
         }
     }
 
-    /// Queues a message and returns its sequence number.
+    /// Queues a message and returns its (client) sequence number.
     pub fn push(&mut self, payload: Bytes, model: SendModel) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
+        let client_seq = self.next_client_seq;
+        self.next_client_seq += 1;
         self.unacked.insert(
             seq,
             Unacked {
+                client_seq,
                 payload,
                 model,
                 sent: false,
@@ -95,7 +107,7 @@ impl SendStream {
         );
         self.to_send.insert(seq);
         self.never_sent += 1;
-        seq
+        client_seq
     }
 
     /// Messages queued that were never transmitted (what flow control watches).
@@ -168,17 +180,21 @@ impl SendStream {
             let Some(u) = self.unacked.get(&seq) else {
                 continue;
             };
+            let client = u.client_seq;
             match u.model {
                 SendModel::Sync => {}
                 SendModel::Async => {
-                    self.remove(seq);
-                    done.push(SendCompletion::Acked { seq, code: None });
+                    self.take(seq);
+                    done.push(SendCompletion::Acked {
+                        seq: client,
+                        code: None,
+                    });
                 }
                 SendModel::Local => {
                     let reported = u.transmit_reported;
-                    self.remove(seq);
+                    self.take(seq);
                     if !reported {
-                        done.push(SendCompletion::Transmitted { seq });
+                        done.push(SendCompletion::Transmitted { seq: client });
                     }
                 }
             }
@@ -186,13 +202,14 @@ impl SendStream {
         done
     }
 
-    /// The partner client returned `code` for `seq`.
+    /// The partner client returned `code` for (wire) `seq`.
     pub fn on_code(&mut self, seq: u64, code: i32) -> Option<SendCompletion> {
         match self.unacked.get(&seq) {
             Some(u) if u.model == SendModel::Sync => {
-                self.remove(seq);
+                let client = u.client_seq;
+                self.take(seq);
                 Some(SendCompletion::Acked {
-                    seq,
+                    seq: client,
                     code: Some(code),
                 })
             }
@@ -205,7 +222,7 @@ impl SendStream {
         let u = self.unacked.get_mut(&seq)?;
         if u.model == SendModel::Local && !u.transmit_reported {
             u.transmit_reported = true;
-            return Some(SendCompletion::Transmitted { seq });
+            return Some(SendCompletion::Transmitted { seq: u.client_seq });
         }
         None
     }
@@ -215,16 +232,21 @@ impl SendStream {
         self.credit = self.credit.max(credit);
     }
 
-    /// Drops one message (NACKed by the partner). Returns whether it was there.
-    pub fn remove(&mut self, seq: u64) -> bool {
+    /// Drops one message (NACKed by the partner, by wire `seq`). Returns the client's number
+    /// for it, if it was there.
+    pub fn remove(&mut self, seq: u64) -> Option<u64> {
+        self.take(seq).map(|u| u.client_seq)
+    }
+
+    fn take(&mut self, seq: u64) -> Option<Unacked> {
         match self.unacked.remove(&seq) {
             Some(u) => {
                 if self.to_send.remove(&seq) && !u.sent {
                     self.never_sent -= 1;
                 }
-                true
+                Some(u)
             }
-            None => false,
+            None => None,
         }
     }
 
@@ -239,9 +261,9 @@ impl SendStream {
         n
     }
 
-    /// Removes and returns every unacknowledged sequence number (to be NACKed to the client).
+    /// Removes and returns every unacknowledged (client) sequence number, to be NACKed.
     pub fn drain_unacked(&mut self) -> Vec<u64> {
-        let seqs = self.unacked.keys().copied().collect();
+        let seqs = self.unacked.values().map(|u| u.client_seq).collect();
         self.unacked.clear();
         self.to_send.clear();
         self.never_sent = 0;
@@ -251,6 +273,28 @@ impl SendStream {
     /// Starts over after a session reset. Callers drain first; anything left is dropped.
     pub fn reset(&mut self, credit: u64) {
         *self = SendStream::new(self.window, credit);
+    }
+
+    /// Starts over with a new partner (a switch to a backup) keeping every unacknowledged
+    /// message: they are renumbered 1.. in their original order for the partner's fresh
+    /// receive stream and all sent again; each keeps its client number, and new messages go on
+    /// numbering from where the client was. Returns how many were kept.
+    pub fn rebase(&mut self, credit: u64) -> usize {
+        let kept = std::mem::take(&mut self.unacked);
+        self.to_send.clear();
+        self.next_seq = 1;
+        self.acked_upto = 0;
+        self.credit = credit;
+        self.never_sent = 0;
+        for (_, mut u) in kept {
+            u.sent = false;
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.unacked.insert(seq, u);
+            self.to_send.insert(seq);
+            self.never_sent += 1;
+        }
+        self.never_sent
     }
 }
 

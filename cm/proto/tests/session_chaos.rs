@@ -379,6 +379,9 @@ impl Chaos {
                 self.to_answer.remove(&(side, c));
             }
             ClientEvent::Up | ClientEvent::FlowControl { .. } => {}
+            ev @ (ClientEvent::Migrated { .. } | ClientEvent::PeerSwitched { .. }) => {
+                panic!("seed {seed}: {ev:?} without placement or autoswitch configured")
+            }
         }
     }
 

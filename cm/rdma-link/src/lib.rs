@@ -1,1 +1,58 @@
-//! peercm RDMA transport (work in progress).
+//! peercm's RDMA transport: one framed, reliable, flow-controlled link per RC queue pair.
+//!
+//! Both sides write frames straight into each other's memory: every frame is one RDMA
+//! WRITE_WITH_IMM into the partner's **receive ring**, the immediate carrying its length;
+//! consumed space comes back as **credit** in zero-length WRITE_WITH_IMMs. A dedicated
+//! CQ-polling thread per link decodes frames out of the ring (with peercm-proto's bounded
+//! [`peercm_proto::frame::FrameDecoder`]) and hands them to a [`LinkSink`]. The crate only
+//! uses the safe verbs traits of `peercm-verbs-shim`, so the same code runs on libibverbs
+//! (rdma_rxe, hardware) and on the simulated fabric.
+//!
+//! # Use
+//!
+//! 1. [`PreparedLink::new`] creates the resources and returns this side's
+//!    [`LocalEndpoint`]; the manager sends it over the authenticated bootstrap session.
+//! 2. [`PreparedLink::connect`] takes the partner's endpoint and a sink and returns a running
+//!    [`RdmaLink`].
+//! 3. [`RdmaLink::send`] queues frames without blocking; the sink gets `frame`, `written`
+//!    and, once, `closed`.
+//! 4. [`RdmaLink::fail`] / [`RdmaLink::close`] / drop close it; [`RdmaLink::fence`]
+//!    deregisters the ring so a zombie partner's writes fail on its side.
+//!
+//! # Wire rules
+//!
+//! - The ring layout and wrap rule: [`ring`].
+//! - Immediates, credit and the data window (half the smaller receive depth, the other half
+//!   reserved for credit messages): [`credit`].
+//! - Liveness probes are zero-length RDMA WRITEs without immediate (they consume nothing at the
+//!   partner): [`RdmaLinkConfig::probe_interval_ms`].
+//!
+//! # Modules
+//!
+//! - [`config`] -- [`RdmaLinkConfig`] and its bounds.
+//! - [`endpoint`] -- [`LocalEndpoint`] and the checks on the partner's.
+//! - [`ring`], [`credit`] -- the pure ring and credit arithmetic.
+//! - [`error`] -- [`RdmaLinkError`], [`EndpointError`], [`SendError`], [`LinkCloseReason`].
+//! - [`sink`] -- [`LinkSink`].
+//! - [`stats`] -- [`LinkStats`].
+//! - `prepare`, `link`, `worker` -- resources and connect, the handle, the thread.
+
+pub mod config;
+pub mod credit;
+pub mod endpoint;
+pub mod error;
+mod link;
+mod prepare;
+pub mod ring;
+pub mod sink;
+pub mod stats;
+mod worker;
+mod wrid;
+
+pub use config::RdmaLinkConfig;
+pub use endpoint::LocalEndpoint;
+pub use error::{EndpointError, LinkCloseReason, RdmaLinkError, RequestKind, SendError};
+pub use link::{LocalDone, RdmaLink};
+pub use prepare::PreparedLink;
+pub use sink::LinkSink;
+pub use stats::LinkStats;

@@ -51,10 +51,7 @@ pub async fn start_b(listen: Option<SocketAddr>) -> Node {
 /// Starts the dialing node a.
 pub async fn start_a(peer: SocketAddr, connections: u32) -> Node {
     let mut cfg = fast_config(NodeConfig::new("node-a", "test"));
-    cfg.peer = Some(PeerConfig {
-        address: peer,
-        connections,
-    });
+    cfg.peer = Some(PeerConfig::new(peer, connections));
     Node::start(cfg, secret()).await.expect("node-a starts")
 }
 

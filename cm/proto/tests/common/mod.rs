@@ -130,6 +130,13 @@ impl Pair {
         self.b_events.clear();
     }
 
+    /// Replaces node b by another node (a backup partner named `node_id`): every link to the
+    /// old b is gone and the new one has nothing registered.
+    pub fn replace_b_with(&mut self, node_id: &str, cfg: SessionConfig) {
+        self.restart_b(cfg);
+        self.b_info.node_id = node_id.to_string();
+    }
+
     /// Replaces node a (the dialer) by a fresh process (new instance, nothing registered).
     pub fn restart_a(&mut self, cfg: SessionConfig) {
         let ids = self.link_ids();

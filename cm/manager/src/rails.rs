@@ -1,0 +1,489 @@
+//! RDMA rails: this node's HCA ports numbered as interconnects, the opened devices and their
+//! async-event watchers, and the offer/accept bookkeeping that turns a rail into an RDMA link.
+//!
+//! Rail numbering: every port of every device the provider lists, sorted by device name then
+//! port number, is rail 1, 2, ... Both partners number their own ports the same way and
+//! announce them, in that order, as `TransportCap::Verbs` capabilities in the bootstrap
+//! handshake, so rail k pairs this node's k-th port with the partner's k-th port (rxe0 with
+//! rxe0, rxe1 with rxe1 on a dual-rail pair). A rail is the placement policy's interconnect id
+//! k; TCP is interconnect 0.
+//!
+//! Setup ("slam connect" over the bootstrap session): the dialer prepares a queue pair and its
+//! receive ring for a rail and sends `TransportMsg::Offer`; the acceptor prepares its own,
+//! connects it to the offer (INIT -> RTR -> RTS) and answers `Accept`; the dialer connects to
+//! the answer. The acceptor hands its link to the session on the first frame that arrives on
+//! it, which proves the dialer's queue pair is ready; the dialer hands its link over at once.
+
+use crate::config::VerbsTunables;
+use peercm_proto::control::{TransportCap, TransportMsg};
+use peercm_proto::session::LinkId;
+use peercm_rdma_link::{LinkCloseReason, LinkSink, LocalEndpoint, PreparedLink, RdmaLinkConfig};
+use peercm_tcp::LinkInput;
+use peercm_verbs_shim::{AsyncEvent, Device, PortState, Provider};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Largest serialized endpoint accepted from the partner.
+const MAX_ENDPOINT_BYTES: usize = 1024;
+
+/// Where the verbs provider comes from.
+#[derive(Clone)]
+pub enum VerbsSource {
+    /// rdma-core's libibverbs, loaded at run time (production).
+    Real,
+    /// A given provider (a node of a simulated fabric in tests).
+    Provider(Arc<dyn Provider>),
+    /// No RDMA: TCP only.
+    Disabled,
+}
+
+impl std::fmt::Debug for VerbsSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            VerbsSource::Real => "Real",
+            VerbsSource::Provider(_) => "Provider",
+            VerbsSource::Disabled => "Disabled",
+        })
+    }
+}
+
+/// One local HCA port.
+#[derive(Debug, Clone)]
+pub(crate) struct LocalRail {
+    pub rail: u32,
+    pub device: String,
+    pub port: u8,
+    pub gid: [u8; 16],
+    pub gid_index: u8,
+    pub capacity_mbps: u32,
+    pub active: bool,
+}
+
+/// A device event for the manager.
+#[derive(Debug)]
+pub(crate) struct DeviceInput {
+    pub device: String,
+    pub event: AsyncEvent,
+}
+
+struct Pending {
+    attempt: u64,
+    link_id: LinkId,
+    prepared: PreparedLink,
+    sent_at: Instant,
+}
+
+/// What the manager should do after a TRANSPORT message.
+pub(crate) enum RailAction {
+    /// Send this answer to the partner.
+    Reply(TransportMsg),
+    /// A link is connected on `rail` (dialer: hand it to the session now; acceptor: on its
+    /// first frame). `reply` is the answer to send (acceptor only).
+    Connected {
+        rail: u32,
+        link: peercm_rdma_link::RdmaLink,
+        reply: Option<TransportMsg>,
+    },
+    /// Nothing to do (logged).
+    None,
+}
+
+/// The node's RDMA side. See the module docs.
+pub(crate) struct Rails {
+    pub unavailable: Option<String>,
+    devices: BTreeMap<String, Arc<dyn Device>>,
+    pub local: Vec<LocalRail>,
+    pending: BTreeMap<u32, Pending>,
+    next_attempt: u64,
+    tunables: VerbsTunables,
+    max_payload_bytes: u32,
+}
+
+/// The GID index to address a port by: the RoCEv2 IPv4-mapped entry (`::ffff:a.b.c.d`) when
+/// there is one, else entry 0 (InfiniBand, or RoCE without an IPv4 address).
+fn pick_gid(gids: &[[u8; 16]]) -> (u8, [u8; 16]) {
+    let mapped = |g: &[u8; 16]| g[..10].iter().all(|b| *b == 0) && g[10] == 0xff && g[11] == 0xff;
+    gids.iter()
+        .enumerate()
+        .find(|(_, g)| mapped(g))
+        .or_else(|| gids.iter().enumerate().next())
+        .map(|(i, g)| (i.min(255) as u8, *g))
+        .unwrap_or((0, [0; 16]))
+}
+
+impl Rails {
+    /// Lists and opens the devices. Never fails: a reason is kept when RDMA is unusable.
+    pub fn discover(source: &VerbsSource, tunables: &VerbsTunables, max_payload: u32) -> Rails {
+        let mut rails = Rails {
+            unavailable: None,
+            devices: BTreeMap::new(),
+            local: Vec::new(),
+            pending: BTreeMap::new(),
+            next_attempt: 1,
+            tunables: tunables.clone(),
+            max_payload_bytes: max_payload,
+        };
+        let provider: Arc<dyn Provider> = match source {
+            _ if !tunables.enabled => {
+                rails.unavailable =
+                    Some("RDMA disabled in the configuration (verbs.enabled = false)".into());
+                return rails;
+            }
+            VerbsSource::Disabled => {
+                rails.unavailable = Some("RDMA disabled for this node".into());
+                return rails;
+            }
+            VerbsSource::Real => match peercm_verbs_shim::real::RealProvider::load() {
+                Ok(p) => Arc::new(p),
+                Err(why) => {
+                    rails.unavailable = Some(why.to_string());
+                    return rails;
+                }
+            },
+            VerbsSource::Provider(p) => p.clone(),
+        };
+        let mut infos = match provider.devices() {
+            Ok(d) => d,
+            Err(why) => {
+                rails.unavailable = Some(why.to_string());
+                return rails;
+            }
+        };
+        infos.sort_by(|a, b| a.name.cmp(&b.name));
+        for info in infos {
+            let dev = match provider.open(&info.name) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(device = %info.name, error = %e, "cannot open RDMA device: skipped");
+                    continue;
+                }
+            };
+            let mut ports = info.ports.clone();
+            ports.sort_by_key(|p| p.port);
+            for p in ports {
+                let (gid_index, gid) = pick_gid(&p.gids);
+                let capacity = tunables
+                    .capacity_mbps
+                    .get(&info.name)
+                    .copied()
+                    .unwrap_or(p.capacity_mbps);
+                rails.local.push(LocalRail {
+                    rail: rails.local.len() as u32 + 1,
+                    device: info.name.clone(),
+                    port: p.port,
+                    gid,
+                    gid_index,
+                    capacity_mbps: capacity,
+                    active: p.state == PortState::Active,
+                });
+            }
+            rails.devices.insert(info.name.clone(), dev);
+        }
+        if rails.local.is_empty() {
+            rails.unavailable = Some("no RDMA device could be opened".into());
+        }
+        rails
+    }
+
+    /// The capabilities to announce: TCP, then every rail in order.
+    pub fn capabilities(&self) -> Vec<TransportCap> {
+        let mut caps = vec![TransportCap::Tcp];
+        caps.extend(self.local.iter().map(|r| TransportCap::Verbs {
+            device: r.device.clone(),
+            port: r.port,
+            gid: r.gid,
+            capacity_mbps: r.capacity_mbps,
+        }));
+        caps
+    }
+
+    /// The partner's rails (its Verbs capabilities in order, numbered from 1).
+    pub fn peer_rail_count(caps: &[TransportCap]) -> u32 {
+        caps.iter()
+            .filter(|c| matches!(c, TransportCap::Verbs { .. }))
+            .count() as u32
+    }
+
+    /// Starts one thread per device that forwards its async events to the manager.
+    pub fn spawn_watchers(&self, tx: mpsc::Sender<DeviceInput>) {
+        for (name, dev) in &self.devices {
+            let dev = dev.clone();
+            let name = name.clone();
+            let tx = tx.clone();
+            let thread_name = format!("peercm-events-{name}");
+            let spawned = std::thread::Builder::new()
+                .name(thread_name.clone())
+                .spawn(move || {
+                    while !tx.is_closed() {
+                        match dev.next_async_event(Duration::from_millis(200)) {
+                            Ok(Some(event)) => {
+                                let input = DeviceInput {
+                                    device: name.clone(),
+                                    event,
+                                };
+                                if tx.blocking_send(input).is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(None) => {}
+                            Err(e) => {
+                                tracing::warn!(device = %name, error = %e, "reading async events failed");
+                                std::thread::sleep(Duration::from_millis(500));
+                            }
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(thread = %thread_name, error = %e, "cannot start the event watcher");
+            }
+        }
+    }
+
+    /// Marks a port active or not; returns the rails it carries.
+    pub fn set_port_active(&mut self, device: &str, port: u8, active: bool) -> Vec<u32> {
+        let mut hit = Vec::new();
+        for r in self
+            .local
+            .iter_mut()
+            .filter(|r| r.device == device && r.port == port)
+        {
+            r.active = active;
+            hit.push(r.rail);
+        }
+        hit
+    }
+
+    /// Rails of a device (for DEVICE_FATAL).
+    pub fn rails_of_device(&mut self, device: &str) -> Vec<u32> {
+        self.local
+            .iter_mut()
+            .filter(|r| r.device == device)
+            .map(|r| {
+                r.active = false;
+                r.rail
+            })
+            .collect()
+    }
+
+    fn link_config(&self, rail: &LocalRail, link_id: u64) -> RdmaLinkConfig {
+        RdmaLinkConfig {
+            link_id,
+            port: rail.port,
+            gid_index: rail.gid_index,
+            ring_bytes: self.tunables.ring_bytes,
+            recv_depth: self.tunables.recv_depth,
+            max_payload_bytes: self.max_payload_bytes,
+            ..RdmaLinkConfig::default()
+        }
+    }
+
+    fn prepare(&self, rail: u32, link_id: u64) -> Result<(PreparedLink, Vec<u8>), String> {
+        let r = self
+            .local
+            .get(rail.wrapping_sub(1) as usize)
+            .ok_or_else(|| format!("this node has no rail {rail}"))?;
+        if !r.active {
+            return Err(format!(
+                "rail {rail} ({} port {}) is not ACTIVE",
+                r.device, r.port
+            ));
+        }
+        let dev = self
+            .devices
+            .get(&r.device)
+            .ok_or_else(|| format!("device {} is not open", r.device))?
+            .clone();
+        let (prepared, ep) = PreparedLink::new(dev, self.link_config(r, link_id))
+            .map_err(|e| format!("preparing rail {rail}: {e}"))?;
+        let bytes = postcard::to_stdvec(&ep).map_err(|e| format!("encoding endpoint: {e}"))?;
+        Ok((prepared, bytes))
+    }
+
+    /// Dialer: rails to offer now (local port active, partner has the rail, no link, no offer
+    /// in flight). Expired offers are dropped first.
+    pub fn rails_to_offer(&mut self, peer_rails: u32, linked: &[u32], now: Instant) -> Vec<u32> {
+        let timeout = Duration::from_millis(self.tunables.rail_offer_timeout_ms);
+        self.pending.retain(|rail, p| {
+            let keep = now.saturating_duration_since(p.sent_at) < timeout;
+            if !keep {
+                tracing::warn!(rail, "rail offer unanswered: abandoned, will retry");
+            }
+            keep
+        });
+        self.local
+            .iter()
+            .filter(|r| r.active && r.rail <= peer_rails)
+            .filter(|r| !linked.contains(&r.rail) && !self.pending.contains_key(&r.rail))
+            .map(|r| r.rail)
+            .collect()
+    }
+
+    /// Dialer: prepares a queue pair for `rail` and builds the offer.
+    pub fn offer(&mut self, rail: u32, link_id: u64, now: Instant) -> Result<TransportMsg, String> {
+        let (prepared, endpoint) = self.prepare(rail, link_id)?;
+        let attempt = self.next_attempt;
+        self.next_attempt += 1;
+        self.pending.insert(
+            rail,
+            Pending {
+                attempt,
+                link_id,
+                prepared,
+                sent_at: now,
+            },
+        );
+        Ok(TransportMsg::Offer {
+            rail,
+            attempt,
+            endpoint,
+        })
+    }
+
+    /// Handles a TRANSPORT message from the partner. `link_id` names the link an offer creates;
+    /// `sink` makes the sink of a link being connected, given its id.
+    pub fn handle(
+        &mut self,
+        msg: TransportMsg,
+        link_id: LinkId,
+        sink: impl FnOnce(LinkId) -> Box<dyn LinkSink>,
+    ) -> RailAction {
+        match msg {
+            TransportMsg::Offer {
+                rail,
+                attempt,
+                endpoint,
+            } => {
+                let refuse = |reason: String| {
+                    tracing::warn!(rail, %reason, "refusing rail offer");
+                    RailAction::Reply(TransportMsg::Refuse {
+                        rail,
+                        attempt,
+                        reason,
+                    })
+                };
+                let remote = match decode_endpoint(&endpoint) {
+                    Ok(e) => e,
+                    Err(e) => return refuse(e),
+                };
+                let (prepared, mine) = match self.prepare(rail, link_id) {
+                    Ok(x) => x,
+                    Err(e) => return refuse(e),
+                };
+                match prepared.connect(&remote, sink(link_id)) {
+                    Ok(link) => RailAction::Connected {
+                        rail,
+                        link,
+                        reply: Some(TransportMsg::Accept {
+                            rail,
+                            attempt,
+                            endpoint: mine,
+                        }),
+                    },
+                    Err(e) => refuse(format!("connecting rail {rail}: {e}")),
+                }
+            }
+            TransportMsg::Accept {
+                rail,
+                attempt,
+                endpoint,
+            } => {
+                let Some(p) = self.pending.remove(&rail) else {
+                    tracing::debug!(rail, attempt, "answer to no pending offer ignored");
+                    return RailAction::None;
+                };
+                if p.attempt != attempt {
+                    tracing::debug!(rail, attempt, "answer to an abandoned offer ignored");
+                    self.pending.insert(rail, p);
+                    return RailAction::None;
+                }
+                let remote = match decode_endpoint(&endpoint) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        tracing::warn!(rail, error = %e, "bad rail answer");
+                        return RailAction::None;
+                    }
+                };
+                match p.prepared.connect(&remote, sink(p.link_id)) {
+                    Ok(link) => RailAction::Connected {
+                        rail,
+                        link,
+                        reply: None,
+                    },
+                    Err(e) => {
+                        tracing::warn!(rail, error = %e, "connecting rail failed");
+                        RailAction::None
+                    }
+                }
+            }
+            TransportMsg::Refuse {
+                rail,
+                attempt,
+                reason,
+            } => {
+                if self
+                    .pending
+                    .get(&rail)
+                    .is_some_and(|p| p.attempt == attempt)
+                {
+                    self.pending.remove(&rail);
+                    tracing::warn!(rail, %reason, "partner refused rail");
+                }
+                RailAction::None
+            }
+        }
+    }
+
+    /// Forgets offers in flight (the session went down).
+    pub fn clear_pending(&mut self) {
+        self.pending.clear();
+    }
+}
+
+fn decode_endpoint(bytes: &[u8]) -> Result<LocalEndpoint, String> {
+    if bytes.len() > MAX_ENDPOINT_BYTES {
+        return Err(format!(
+            "endpoint of {} bytes exceeds {MAX_ENDPOINT_BYTES}",
+            bytes.len()
+        ));
+    }
+    match postcard::take_from_bytes::<LocalEndpoint>(bytes) {
+        Ok((ep, [])) => Ok(ep),
+        Ok(_) => Err("trailing bytes after the endpoint".into()),
+        Err(e) => Err(format!("malformed endpoint: {e}")),
+    }
+}
+
+/// Hands an RDMA link's frames, completions and close to the manager task. Called on the
+/// link's own thread, so it may block on the manager's bounded channel (back-pressure).
+pub(crate) struct ManagerSink {
+    pub link: LinkId,
+    pub tx: mpsc::Sender<LinkInput>,
+}
+
+impl LinkSink for ManagerSink {
+    fn frame(&mut self, frame: peercm_proto::Frame) -> bool {
+        self.tx
+            .blocking_send(LinkInput::Frame {
+                link: self.link,
+                frame,
+            })
+            .is_ok()
+    }
+
+    fn written(&mut self, bytes: u64, local_done: Vec<(u32, u64)>) {
+        let _ = self.tx.blocking_send(LinkInput::Written {
+            link: self.link,
+            bytes,
+            local_done,
+        });
+    }
+
+    fn closed(&mut self, reason: LinkCloseReason) {
+        let _ = self.tx.blocking_send(LinkInput::Closed {
+            link: self.link,
+            reason: reason.to_string(),
+        });
+    }
+}

@@ -1,0 +1,454 @@
+//! [`RdmaLink`], the manager's handle on a connected link, and the state it shares with the
+//! link's CQ-polling thread ([`crate::worker`]).
+//!
+//! Sending never blocks: [`RdmaLink::send`] encodes the frame, then, under the short send
+//! lock, queues it behind any frames already waiting and posts as many queued frames as the
+//! credit window, the partner's ring and the send queue allow. Each one is copied into the
+//! staging region at the offset it will have in the partner's ring and written from there
+//! with one WRITE_WITH_IMM, in order. Frames that must wait are posted by the link thread as
+//! credit comes back. All posting of data happens under that one lock, so the ring layout and
+//! the queue pair's order are the same.
+
+use crate::credit::{Imm, SendWindow};
+use crate::endpoint::LocalEndpoint;
+use crate::error::{LinkCloseReason, RdmaLinkError, RequestKind, SendError};
+use crate::stats::{bump, Counters, LinkStats};
+use crate::wrid;
+use bytes::{Bytes, BytesMut};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use peercm_proto::Frame;
+use peercm_verbs_shim::{MemoryRegion, QueuePair, RemoteMr, SendWr, Sge};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
+
+/// A local-model mark reported through [`crate::LinkSink::written`]: (client, sequence).
+pub type LocalDone = Option<(u32, u64)>;
+
+/// An encoded frame waiting for credit.
+pub(crate) struct Pending {
+    bytes: Bytes,
+    local_done: LocalDone,
+}
+
+/// The send side's books, under the send lock.
+pub(crate) struct Core {
+    /// Data messages in flight and the partner's ring.
+    pub window: SendWindow<LocalDone>,
+    /// Frames waiting for credit, in order.
+    pub pending: VecDeque<Pending>,
+    /// Credit and probe WRITEs not completed yet.
+    pub other_outstanding: u32,
+    /// Counter for credit and probe request ids.
+    pub next_other: u64,
+    /// Whether the head of `pending` is waiting for credit (for counting stalls).
+    pub stalled: bool,
+    /// When anything was last posted (for probes).
+    pub last_post: Instant,
+    /// No more posting.
+    pub closed: bool,
+}
+
+impl Core {
+    pub(crate) fn new(window: SendWindow<LocalDone>) -> Self {
+        Core {
+            window,
+            pending: VecDeque::new(),
+            other_outstanding: 0,
+            next_other: 0,
+            stalled: false,
+            last_post: Instant::now(),
+            closed: false,
+        }
+    }
+
+    /// Send-queue entries in use.
+    pub(crate) fn sq_used(&self) -> u32 {
+        u32::try_from(self.window.uncompleted())
+            .unwrap_or(u32::MAX)
+            .saturating_add(self.other_outstanding)
+    }
+}
+
+/// What the handle and the link thread share.
+pub(crate) struct Shared {
+    pub id: u64,
+    pub device: String,
+    pub core: Mutex<Core>,
+    pub qp: RwLock<Box<dyn QueuePair>>,
+    /// Our receive ring (the partner writes into it).
+    pub ring: Arc<dyn MemoryRegion>,
+    /// Our staging copy of the partner's ring.
+    pub staging: Arc<dyn MemoryRegion>,
+    pub remote: LocalEndpoint,
+    pub max_frame_bytes: usize,
+    pub max_send_wr: u32,
+    /// Set once a close is requested or under way: sends are refused.
+    pub closing: AtomicBool,
+    /// Set once the receive ring has been fenced.
+    pub fenced: AtomicBool,
+    requested: Mutex<Option<LinkCloseReason>>,
+    /// The reason reported to the sink, once it has been.
+    pub final_reason: Mutex<Option<LinkCloseReason>>,
+    pub stats: Counters,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves the books consistent before it can panic (panics are
+    // bugs anyway); keep going rather than poison the whole link.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn verbs_reason(what: &str, e: impl std::fmt::Display) -> LinkCloseReason {
+    LinkCloseReason::Verbs(format!("{what}: {e}"))
+}
+
+impl Shared {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        id: u64,
+        device: String,
+        core: Core,
+        qp: Box<dyn QueuePair>,
+        ring: Arc<dyn MemoryRegion>,
+        staging: Arc<dyn MemoryRegion>,
+        remote: LocalEndpoint,
+        max_frame_bytes: usize,
+        max_send_wr: u32,
+    ) -> Self {
+        Shared {
+            id,
+            device,
+            core: Mutex::new(core),
+            qp: RwLock::new(qp),
+            ring,
+            staging,
+            remote,
+            max_frame_bytes,
+            max_send_wr,
+            closing: AtomicBool::new(false),
+            fenced: AtomicBool::new(false),
+            requested: Mutex::new(None),
+            final_reason: Mutex::new(None),
+            stats: Counters::default(),
+        }
+    }
+
+    pub(crate) fn lock_core(&self) -> MutexGuard<'_, Core> {
+        lock(&self.core)
+    }
+
+    pub(crate) fn qp(&self) -> RwLockReadGuard<'_, Box<dyn QueuePair>> {
+        self.qp.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn remote_ring(&self) -> RemoteMr {
+        self.remote.ring
+    }
+
+    /// The close reason requested so far, if any.
+    pub(crate) fn requested(&self) -> Option<LinkCloseReason> {
+        lock(&self.requested).clone()
+    }
+
+    /// Records `reason` unless a reason is already recorded; returns the one that stands
+    /// (the first cause wins).
+    pub(crate) fn settle(&self, reason: LinkCloseReason) -> LinkCloseReason {
+        lock(&self.requested).get_or_insert(reason).clone()
+    }
+
+    /// Stops sending and moves the queue pair to the error state: everything posted flushes,
+    /// which wakes the link thread at once; it then closes with the first recorded reason.
+    pub(crate) fn request_close(&self, reason: LinkCloseReason) {
+        let reason = self.settle(reason);
+        if self.closing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        tracing::debug!(link = self.id, %reason, "close requested");
+        lock(&self.core).closed = true;
+        let mut qp = self.qp.write().unwrap_or_else(PoisonError::into_inner);
+        if let Err(e) = qp.to_error() {
+            tracing::debug!(link = self.id, error = %e, "moving the QP to ERR");
+        }
+    }
+
+    fn post(&self, wr: SendWr) -> Result<(), LinkCloseReason> {
+        self.qp()
+            .post_send(wr)
+            .map_err(|e| verbs_reason("posting a send", e))
+    }
+
+    /// Posts queued frames while the window, the ring and the send queue allow.
+    pub(crate) fn pump(&self, core: &mut Core) -> Result<(), LinkCloseReason> {
+        while !core.closed && core.sq_used() < self.max_send_wr {
+            let Some(p) = core.pending.pop_front() else {
+                core.stalled = false;
+                break;
+            };
+            let len = p.bytes.len() as u64;
+            let (seq, at) = match core.window.try_push(len, p.local_done) {
+                Ok(placed) => placed,
+                Err((_, local_done)) => {
+                    core.pending.push_front(Pending {
+                        bytes: p.bytes,
+                        local_done,
+                    });
+                    if !core.stalled {
+                        core.stalled = true;
+                        bump(&self.stats.credit_stalls, 1);
+                    }
+                    break;
+                }
+            };
+            core.stalled = false;
+            let len32 = u32::try_from(len).unwrap_or(u32::MAX);
+            let imm = Imm::Data { len: len32 }
+                .encode()
+                .map_err(|e| LinkCloseReason::Protocol(format!("data immediate: {e}")))?;
+            let offset = usize::try_from(at.offset).unwrap_or(usize::MAX);
+            self.staging
+                .write(offset, &p.bytes)
+                .map_err(|e| verbs_reason("copying a frame into the staging region", e))?;
+            self.post(SendWr::Write {
+                wr_id: wrid::encode(RequestKind::Data, seq),
+                local: Sge {
+                    mr: self.staging.clone(),
+                    offset: at.offset,
+                    len: len32,
+                },
+                remote: self.remote_ring(),
+                remote_offset: at.offset,
+                imm: Some(imm),
+            })?;
+            core.last_post = Instant::now();
+            if at.wrapped {
+                bump(&self.stats.ring_wraps_sent, 1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Posts a zero-length WRITE_WITH_IMM returning credit for `msgs` data messages; false if
+    /// the send queue is full (try again after a send completion).
+    pub(crate) fn post_credit(&self, core: &mut Core, msgs: u32) -> Result<bool, LinkCloseReason> {
+        if core.closed || core.sq_used() >= self.max_send_wr {
+            return Ok(false);
+        }
+        let imm = Imm::Credit { msgs }
+            .encode()
+            .map_err(|e| LinkCloseReason::Protocol(format!("credit immediate: {e}")))?;
+        let n = core.next_other;
+        core.next_other += 1;
+        self.post(SendWr::Write {
+            wr_id: wrid::encode(RequestKind::Credit, n),
+            local: Sge {
+                mr: self.staging.clone(),
+                offset: 0,
+                len: 0,
+            },
+            remote: self.remote_ring(),
+            remote_offset: 0,
+            imm: Some(imm),
+        })?;
+        core.other_outstanding += 1;
+        core.last_post = Instant::now();
+        bump(&self.stats.credit_msgs_sent, 1);
+        Ok(true)
+    }
+
+    /// Posts a zero-length RDMA WRITE (no immediate, consumes nothing at the partner) so a
+    /// silent partner surfaces as a completion error.
+    pub(crate) fn post_probe(&self, core: &mut Core) -> Result<(), LinkCloseReason> {
+        if core.closed || core.sq_used() >= self.max_send_wr {
+            return Ok(());
+        }
+        let n = core.next_other;
+        core.next_other += 1;
+        self.post(SendWr::Write {
+            wr_id: wrid::encode(RequestKind::Probe, n),
+            local: Sge {
+                mr: self.staging.clone(),
+                offset: 0,
+                len: 0,
+            },
+            remote: self.remote_ring(),
+            remote_offset: 0,
+            imm: None,
+        })?;
+        core.other_outstanding += 1;
+        core.last_post = Instant::now();
+        bump(&self.stats.probes_sent, 1);
+        Ok(())
+    }
+}
+
+/// A connected RDMA link: one RC queue pair carrying frames both ways, served by its own
+/// CQ-polling thread that reports to the [`crate::LinkSink`] given to
+/// [`crate::PreparedLink::connect`].
+///
+/// Dropping the handle closes the link (like [`RdmaLink::close`]) without waiting for the
+/// thread.
+pub struct RdmaLink {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) done: Receiver<()>,
+}
+
+impl std::fmt::Debug for RdmaLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RdmaLink")
+            .field("id", &self.shared.id)
+            .field("device", &self.shared.device)
+            .field("closing", &self.is_closed())
+            .finish()
+    }
+}
+
+impl RdmaLink {
+    /// The link id (from the config).
+    pub fn id(&self) -> u64 {
+        self.shared.id
+    }
+
+    /// The local device's name.
+    pub fn device(&self) -> &str {
+        &self.shared.device
+    }
+
+    /// The partner's endpoint this link is connected to.
+    pub fn remote(&self) -> &LocalEndpoint {
+        &self.shared.remote
+    }
+
+    /// The largest encoded frame this link sends: the header plus the smaller of both sides'
+    /// `max_payload_bytes`.
+    pub fn max_frame_bytes(&self) -> usize {
+        self.shared.max_frame_bytes
+    }
+
+    /// Queues `frame` for sending, never blocking. `local_done` is reported through
+    /// [`crate::LinkSink::written`] once the frame's WRITE has completed.
+    ///
+    /// Returns false if the link is closed (the sink's `closed` is on its way) -- or if the
+    /// frame is larger than [`Self::max_frame_bytes`], which is refused and logged; use
+    /// [`Self::try_send`] to tell the two apart.
+    pub fn send(&self, frame: Frame, local_done: Option<(u32, u64)>) -> bool {
+        match self.try_send(frame, local_done) {
+            Ok(()) => true,
+            Err(SendError::Closed) => false,
+            Err(e) => {
+                tracing::warn!(link = self.shared.id, error = %e, "frame refused");
+                false
+            }
+        }
+    }
+
+    /// [`Self::send`] with the reason for a refusal: [`SendError::TooLarge`] for a frame above
+    /// [`Self::max_frame_bytes`] (checked before anything is posted; frames are never split),
+    /// [`SendError::Closed`] once the link is closing.
+    pub fn try_send(&self, frame: Frame, local_done: Option<(u32, u64)>) -> Result<(), SendError> {
+        let sh = &self.shared;
+        if sh.closing.load(Ordering::SeqCst) {
+            return Err(SendError::Closed);
+        }
+        let frame_bytes = frame.encoded_len();
+        if frame_bytes > sh.max_frame_bytes {
+            return Err(SendError::TooLarge {
+                frame_bytes: frame_bytes as u64,
+                max_frame_bytes: sh.max_frame_bytes as u64,
+            });
+        }
+        let mut buf = BytesMut::with_capacity(frame_bytes);
+        frame.encode(&mut buf);
+        let failed = {
+            let mut core = sh.lock_core();
+            if core.closed || sh.closing.load(Ordering::SeqCst) {
+                return Err(SendError::Closed);
+            }
+            core.pending.push_back(Pending {
+                bytes: buf.freeze(),
+                local_done,
+            });
+            sh.pump(&mut core).err()
+        };
+        if let Some(reason) = failed {
+            // The frame was accepted; the link is failing and `closed` will say why.
+            sh.request_close(reason);
+        }
+        Ok(())
+    }
+
+    /// Closes the link for `reason` (e.g. [`LinkCloseReason::PortDown`] when the manager sees
+    /// PORT_ERR, [`LinkCloseReason::DeviceFatal`]): the queue pair goes to ERR, the thread
+    /// reports `closed` once (with the first reason recorded, if the link was already failing)
+    /// and exits. Does not wait.
+    pub fn fail(&self, reason: LinkCloseReason) {
+        self.shared.request_close(reason);
+    }
+
+    /// Closes the link ([`LinkCloseReason::Closed`]); see [`Self::fail`].
+    pub fn close(&self) {
+        self.fail(LinkCloseReason::Closed);
+    }
+
+    /// Fences the receive ring: deregisters it at once, so any later RDMA WRITE into it by the
+    /// partner -- a zombie still using this link -- fails with a remote access error on the
+    /// partner's side. The link is not closed by this call; it can still send, and it closes
+    /// with [`LinkCloseReason::Fenced`] when the queue pair fails (a WRITE into the fenced ring
+    /// moves both queue pairs to the error state) or when closed. Closing deregisters the
+    /// ring too. Idempotent.
+    pub fn fence(&self) -> Result<(), RdmaLinkError> {
+        self.shared.fenced.store(true, Ordering::SeqCst);
+        self.shared
+            .ring
+            .deregister()
+            .map_err(|e| RdmaLinkError::verbs("deregistering the receive ring (fence)", e))?;
+        tracing::info!(link = self.shared.id, "receive ring fenced");
+        Ok(())
+    }
+
+    /// Whether the link is closed or closing (sends are refused).
+    pub fn is_closed(&self) -> bool {
+        self.shared.closing.load(Ordering::SeqCst)
+    }
+
+    /// The reason given to the sink, once `closed` has been called.
+    pub fn close_reason(&self) -> Option<LinkCloseReason> {
+        lock(&self.shared.final_reason).clone()
+    }
+
+    /// Waits up to `timeout` for the link thread to finish (after `closed` was called);
+    /// returns the close reason, or `None` on timeout.
+    pub fn wait_closed(&self, timeout: Duration) -> Option<LinkCloseReason> {
+        match self.done.recv_timeout(timeout) {
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => self.close_reason(),
+            Err(RecvTimeoutError::Timeout) => None,
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> LinkStats {
+        let queued = self.shared.lock_core().pending.len() as u64;
+        self.shared.stats.snapshot(queued)
+    }
+}
+
+impl Drop for RdmaLink {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_can_move_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<RdmaLink>();
+        send_sync::<Shared>();
+        fn send<T: Send>() {}
+        send::<crate::PreparedLink>();
+    }
+}

@@ -1,0 +1,19 @@
+//! [`LinkSink`]: how a link hands what it receives and completes to its consumer (the
+//! manager), always from the link's own thread.
+
+use crate::error::LinkCloseReason;
+use peercm_proto::Frame;
+
+/// The consumer of one link's events. Every method is called from the link's CQ-polling
+/// thread only, in order; [`LinkSink::closed`] exactly once, last. A sink may call back into
+/// the [`crate::RdmaLink`] (for example `send`) -- the link holds no lock while calling it.
+pub trait LinkSink: Send {
+    /// A frame arrived (in the partner's send order). Return false if the consumer is gone:
+    /// the link then closes with [`LinkCloseReason::SinkGone`].
+    fn frame(&mut self, frame: Frame) -> bool;
+    /// WRITEs of frames totalling `bytes` encoded bytes completed (the partner's HCA has them);
+    /// `local_done` are the marks passed to `send` with those frames, in order.
+    fn written(&mut self, bytes: u64, local_done: Vec<(u32, u64)>);
+    /// The link is closed; nothing is delivered after this.
+    fn closed(&mut self, reason: LinkCloseReason);
+}

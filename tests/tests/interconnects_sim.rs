@@ -1,0 +1,379 @@
+//! The manager over several interconnects, on the simulated HCA fabric (two nodes, two HCAs
+//! each, one cable per HCA pair) plus real loopback TCP: rails come up over the bootstrap
+//! session, clients are placed by bandwidth, a cable cut migrates clients to the surviving rail,
+//! losing every rail continues on TCP mid-stream and comes back, and a partner without RDMA
+//! means TCP from the start. Every scenario checks message-level outcomes: counts, order and
+//! content.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use peercm_cm::config::PeerConfig;
+use peercm_cm::status::NodeStatus;
+use peercm_cm::{
+    ClientEvent, ClientHandle, ClientSpec, LatencyClass, Node, NodeConfig, SendModel, VerbsSource,
+};
+use peercm_verbs_shim::sim::harness::seed_from_env;
+use peercm_verbs_shim::sim::SimFabric;
+use std::time::Duration;
+
+const HCAS: [&str; 2] = ["hca0", "hca1"];
+
+fn fabric(seed: u64) -> SimFabric {
+    let f = SimFabric::new(seed);
+    for node in ["a", "b"] {
+        f.add_node(node).unwrap();
+        for h in HCAS {
+            f.add_device(node, h, 25).unwrap();
+        }
+    }
+    for h in HCAS {
+        f.cable(("a", h, 1), ("b", h, 1)).unwrap();
+    }
+    f
+}
+
+async fn start(f: &SimFabric, b_verbs: bool) -> (Node, Node) {
+    init_tracing();
+    let mut cb = fast_config(NodeConfig::new("node-b", "test"));
+    cb.listen = Some("127.0.0.1:0".parse().unwrap());
+    let vb = if b_verbs {
+        VerbsSource::Provider(f.provider("b"))
+    } else {
+        VerbsSource::Disabled
+    };
+    let b = Node::start_with_verbs(cb, secret(), vb).await.unwrap();
+    let mut ca = fast_config(NodeConfig::new("node-a", "test"));
+    ca.peer = Some(PeerConfig::new(b.local_addr().unwrap(), 2));
+    let a = Node::start_with_verbs(ca, secret(), VerbsSource::Provider(f.provider("a")))
+        .await
+        .unwrap();
+    (a, b)
+}
+
+fn client_spec(mbytes: u32, latency: LatencyClass, model: SendModel) -> ClientSpec {
+    ClientSpec {
+        bandwidth_mbps: mbytes,
+        latency,
+        model,
+    }
+}
+
+/// Waits until `pred` holds on the node's status, or fails naming `what` with the last status.
+async fn wait_status(node: &Node, what: &str, pred: impl Fn(&NodeStatus) -> bool) -> NodeStatus {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let s = node.status().await.unwrap();
+        if pred(&s) {
+            return s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}: timed out waiting for {what}; status: {s:#?}",
+            node.node_id()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn rdma_links(s: &NodeStatus) -> usize {
+    s.links.iter().filter(|l| l.transport == "rdma").count()
+}
+
+fn placed(s: &NodeStatus, client: &str) -> Option<u32> {
+    s.clients
+        .iter()
+        .find(|c| c.name == client)
+        .and_then(|c| c.interconnect)
+}
+
+/// The policy's steady state on two rails: the heavy mirror alone on one rail, the light
+/// clients (heartbeat included) on the other. Reached once both rails have been usable for the
+/// failback hold (the first rail up takes everyone at first).
+/// Drops the events a handle has queued so far (placement moves while converging).
+fn settle(h: &mut ClientHandle) -> Vec<ClientEvent> {
+    std::iter::from_fn(|| h.try_next_event()).collect()
+}
+
+fn separated(s: &NodeStatus) -> bool {
+    let m = placed(s, "mirror");
+    rdma_links(s) == 2
+        && matches!(m, Some(1 | 2))
+        && matches!(placed(s, "heartbeat"), Some(1 | 2))
+        && placed(s, "heartbeat") != m
+        && placed(s, "config") != m
+}
+
+/// The three clients of a storage pair, registered and connected on both nodes.
+struct Clients {
+    mirror: (ClientHandle, ClientHandle),
+    config: (ClientHandle, ClientHandle),
+    heartbeat: (ClientHandle, ClientHandle),
+}
+
+async fn clients(a: &Node, b: &Node) -> Clients {
+    let mut out = Vec::new();
+    for (name, spec) in [
+        (
+            "mirror",
+            client_spec(2000, LatencyClass::Bulk, SendModel::Sync),
+        ),
+        (
+            "config",
+            client_spec(50, LatencyClass::Normal, SendModel::Async),
+        ),
+        (
+            "heartbeat",
+            client_spec(1, LatencyClass::Critical, SendModel::Async),
+        ),
+    ] {
+        let mut ha = a.register(name, spec).await.unwrap();
+        let mut hb = b.register(name, spec).await.unwrap();
+        ha.connect().await.unwrap();
+        wait_up(&mut ha).await;
+        wait_up(&mut hb).await;
+        out.push((ha, hb));
+    }
+    let heartbeat = out.pop().unwrap();
+    let config = out.pop().unwrap();
+    let mirror = out.pop().unwrap();
+    Clients {
+        mirror,
+        config,
+        heartbeat,
+    }
+}
+
+/// The receiving half: takes `n` messages of `name` in order, answering sync ones with code 0.
+/// Panics on a gap, a duplicate or corrupted content.
+fn receive(h: ClientHandle, name: &'static str, n: u64) -> tokio::task::JoinHandle<ClientHandle> {
+    receive_from(h, name, 1, n)
+}
+
+/// Like [`receive`], for messages `first..=n`.
+fn receive_from(
+    mut h: ClientHandle,
+    name: &'static str,
+    first: u64,
+    n: u64,
+) -> tokio::task::JoinHandle<ClientHandle> {
+    tokio::spawn(async move {
+        let mut expected = first;
+        while expected <= n {
+            if let ClientEvent::Data {
+                payload,
+                seq,
+                reply_needed,
+            } = next(&mut h, "data").await
+            {
+                assert_eq!(payload, msg(name, expected), "{name}: message {expected}");
+                if reply_needed {
+                    h.reply(seq, 0).await.unwrap();
+                }
+                expected += 1;
+            }
+        }
+        h
+    })
+}
+
+/// Sends `range` of `name` and waits for all their acks. Returns the Migrated events seen.
+async fn send_all(
+    h: &mut ClientHandle,
+    name: &str,
+    range: std::ops::RangeInclusive<u64>,
+) -> Vec<(u32, u32)> {
+    let n = range.clone().count() as u64;
+    let mut migrated = Vec::new();
+    let mut acked = 0u64;
+    let mut note = |ev: ClientEvent, acked: &mut u64| match ev {
+        ClientEvent::Acked { code, .. } => {
+            assert!(matches!(code, None | Some(0)), "{name}: ack code {code:?}");
+            *acked += 1;
+        }
+        ClientEvent::Migrated { from, to } => migrated.push((from, to)),
+        ClientEvent::Nacked { seq, reason } => panic!("{name}: seq {seq} nacked: {reason:?}"),
+        ClientEvent::Down { reason } => panic!("{name}: down: {reason:?}"),
+        _ => {}
+    };
+    for i in range {
+        h.send(msg(name, i)).await.unwrap();
+        while let Some(ev) = h.try_next_event() {
+            note(ev, &mut acked);
+        }
+    }
+    while acked < n {
+        let ev = next(h, "acks").await;
+        note(ev, &mut acked);
+    }
+    migrated
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rails_come_up_and_clients_are_placed_by_bandwidth() {
+    let seed = seed_from_env(0x5eed_0001);
+    let f = fabric(seed);
+    let (a, b) = start(&f, true).await;
+    let mut c = clients(&a, &b).await;
+    let s = wait_status(
+        &a,
+        "mirror alone on one rail, the others on the other",
+        separated,
+    )
+    .await;
+    let early = settle(&mut c.mirror.0);
+    assert!(
+        early
+            .iter()
+            .all(|e| matches!(e, ClientEvent::Migrated { .. })),
+        "only placement moves before traffic: {early:?}"
+    );
+    assert_eq!(s.fallback, None, "RDMA in use: no fallback reason");
+    let mirror = placed(&s, "mirror").unwrap();
+    let hb = placed(&s, "heartbeat").unwrap();
+    let config = placed(&s, "config").unwrap();
+    assert_ne!(mirror, hb, "heartbeat never shares the heavy client's HCA");
+    assert_ne!(mirror, config, "the heavy client gets its rail to itself");
+
+    // Traffic flows over the rails, in order, acknowledged with the partner's code.
+    const N: u64 = 3000;
+    let rx = receive(c.mirror.1, "mirror", N);
+    let moved = send_all(&mut c.mirror.0, "mirror", 1..=N).await;
+    let _ = rx.await.unwrap();
+    assert!(moved.is_empty(), "no migration without a fault: {moved:?}");
+    let rx = receive(c.config.1, "config", 500);
+    send_all(&mut c.config.0, "config", 1..=500).await;
+    rx.await.unwrap();
+    let rx = receive(c.heartbeat.1, "heartbeat", 50);
+    send_all(&mut c.heartbeat.0, "heartbeat", 1..=50).await;
+    rx.await.unwrap();
+    let sb = b.status().await.unwrap();
+    assert_eq!(sb.stats.delivered, N + 550);
+    assert_eq!(rdma_links(&sb), 2, "the partner holds both rails too");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cable_cut_under_load_migrates_to_the_surviving_rail_then_fails_back() {
+    let seed = seed_from_env(0x5eed_0002);
+    let f = fabric(seed);
+    let (a, b) = start(&f, true).await;
+    let mut c = clients(&a, &b).await;
+    let s = wait_status(&a, "the steady placement", separated).await;
+    settle(&mut c.mirror.0);
+    let rail = placed(&s, "mirror").unwrap();
+    let hca = HCAS[(rail - 1) as usize];
+
+    const N: u64 = 4000;
+    let rx = receive(c.mirror.1, "mirror", N);
+    let first = send_all(&mut c.mirror.0, "mirror", 1..=N / 2).await;
+    assert!(first.is_empty());
+    f.cut_cable(("a", hca, 1)).unwrap();
+    let cut_at = std::time::Instant::now();
+    let mut moved = send_all(&mut c.mirror.0, "mirror", N / 2 + 1..=N).await;
+    let h = rx.await.unwrap();
+    assert!(
+        moved.contains(&(rail, 3 - rail)) || moved.iter().any(|m| m.0 == rail),
+        "mirror told it migrated off rail {rail}: {moved:?}"
+    );
+    let s = wait_status(&a, "mirror off the cut rail", |s| {
+        rdma_links(s) == 1 && placed(s, "mirror") == Some(3 - rail)
+    })
+    .await;
+    eprintln!(
+        "sim: cable cut -> mirror on rail {} after {:?}",
+        3 - rail,
+        cut_at.elapsed()
+    );
+    assert!(s.fallback.is_none());
+
+    // Restore: the rail comes back and the light clients spread out again.
+    f.restore_cable(("a", hca, 1)).unwrap();
+    wait_status(&a, "rail restored", |s| rdma_links(s) == 2).await;
+    let rx = receive_from(h, "mirror", N + 1, 2 * N);
+    moved.extend(send_all(&mut c.mirror.0, "mirror", N + 1..=2 * N).await);
+    rx.await.unwrap();
+    wait_status(&a, "clients spread over both rails again", separated).await;
+    let sb = b.status().await.unwrap();
+    assert_eq!(sb.stats.delivered, 2 * N, "every message exactly once");
+    drop(c.config);
+    drop(c.heartbeat);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_rails_down_continues_on_tcp_mid_stream_and_returns_to_rdma() {
+    let seed = seed_from_env(0x5eed_0003);
+    let f = fabric(seed);
+    let (a, b) = start(&f, true).await;
+    let mut c = clients(&a, &b).await;
+    wait_status(&a, "two rails", |s| {
+        rdma_links(s) == 2 && matches!(placed(s, "mirror"), Some(1 | 2))
+    })
+    .await;
+    const N: u64 = 3000;
+    let rx = receive(c.mirror.1, "mirror", 3 * N);
+    send_all(&mut c.mirror.0, "mirror", 1..=N).await;
+    for h in HCAS {
+        f.cut_cable(("a", h, 1)).unwrap();
+    }
+    let moved = send_all(&mut c.mirror.0, "mirror", N + 1..=2 * N).await;
+    let s = wait_status(&a, "everything on TCP", |s| {
+        rdma_links(s) == 0 && s.clients.iter().all(|c| c.interconnect == Some(0))
+    })
+    .await;
+    assert!(
+        s.fallback
+            .as_deref()
+            .is_some_and(|r| r.contains("no RDMA rail")),
+        "fallback reason reported: {:?}",
+        s.fallback
+    );
+    assert!(
+        moved.iter().any(|m| m.1 == 0) || placed(&s, "mirror") == Some(0),
+        "mirror moved to TCP: {moved:?}"
+    );
+    for h in HCAS {
+        f.restore_cable(("a", h, 1)).unwrap();
+    }
+    let s = wait_status(&a, "back on RDMA", |s| {
+        rdma_links(s) == 2 && matches!(placed(s, "mirror"), Some(1 | 2))
+    })
+    .await;
+    assert!(s.fallback.is_none(), "no fallback once RDMA is back");
+    send_all(&mut c.mirror.0, "mirror", 2 * N + 1..=3 * N).await;
+    rx.await.unwrap();
+    let sb = b.status().await.unwrap();
+    assert_eq!(sb.stats.delivered, 3 * N, "every message exactly once");
+    assert!(
+        s.timeline.iter().any(|t| t.what.contains("FallbackToTcp")),
+        "the timeline records the fallback"
+    );
+    drop(c.config);
+    drop(c.heartbeat);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_without_rdma_means_tcp_with_the_reason_reported() {
+    let seed = seed_from_env(0x5eed_0004);
+    let f = fabric(seed);
+    let (a, b) = start(&f, false).await;
+    let mut c = clients(&a, &b).await;
+    let s = wait_status(&a, "clients placed on TCP", |s| {
+        s.clients.iter().all(|c| c.interconnect == Some(0))
+    })
+    .await;
+    assert_eq!(rdma_links(&s), 0);
+    assert_eq!(
+        s.fallback.as_deref(),
+        Some("the partner offers no RDMA"),
+        "reason reported"
+    );
+    let sb = b.status().await.unwrap();
+    assert!(sb.verbs_unavailable.is_some(), "b says why it has no RDMA");
+    let rx = receive(c.mirror.1, "mirror", 1000);
+    send_all(&mut c.mirror.0, "mirror", 1..=1000).await;
+    rx.await.unwrap();
+    drop(c.config);
+    drop(c.heartbeat);
+}
