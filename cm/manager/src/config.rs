@@ -9,11 +9,20 @@
 //! [peer]                             # dial the partner (the source side)
 //! address = "10.0.0.2:7700"
 //! connections = 4
+//! backups = ["10.0.0.3:7700"]        # tried in order when the partner fails
+//! autoswitch = true                  # switch by itself (false: clients call switch_peer)
+//! switch_after_ms = 500              # partner unreachable this long -> next backup
+//! switch_hold_ms = 10000             # unacknowledged messages held for the new partner
 //!
 //! [session]
 //! window = 256
 //! heartbeat_interval_ms = 100
-//! link_timeout_ms = 1500
+//! link_timeout_ms = 500
+//!
+//! [verbs]                            # RDMA rails (HCA ports); TCP when unavailable
+//! enabled = true
+//! ring_bytes = 4194304
+//! capacity_mbps = { rxe0 = 10000 }   # override what the port reports
 //!
 //! [[clients]]                        # clients `peercm node` exposes for testing
 //! name = "echo"

@@ -38,6 +38,14 @@ impl AnyLink {
         }
     }
 
+    /// The link id.
+    pub fn id(&self) -> u64 {
+        match self {
+            AnyLink::Tcp(h) => h.id,
+            AnyLink::Rdma { link, .. } => link.id(),
+        }
+    }
+
     /// The interconnect it belongs to.
     pub fn interconnect(&self) -> InterconnectId {
         match self {

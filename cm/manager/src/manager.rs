@@ -34,6 +34,8 @@ use tracing::Instrument;
 /// Nominal capacity given to the TCP interconnect for placement (it is only used when no RDMA
 /// rail is, so the figure only matters for utilization reports).
 const TCP_CAPACITY_MBPS: u32 = 10_000;
+/// How long a fenced RDMA link is kept before it is closed anyway.
+const FENCE_PARK: Duration = Duration::from_secs(30);
 /// Timeline entries kept for status output.
 const TIMELINE_MAX: usize = 64;
 /// Capacity of the link -> manager channel (back-pressures readers when the manager lags).
@@ -81,11 +83,19 @@ pub(crate) enum Command {
         link: Option<LinkId>,
         reply: Reply<Option<LinkId>>,
     },
+    SwitchPeer {
+        reply: Reply<String>,
+    },
+    Freeze {
+        duration: Duration,
+        reply: Reply<()>,
+    },
 }
 
 /// A link produced by the dialer or the listener, after a successful handshake.
 pub(crate) enum NewLink {
-    Dialed(Result<(FramedLink, NodeInfo), String>),
+    /// A dial to the partner address at this index of the switch order finished.
+    Dialed(usize, Result<(FramedLink, NodeInfo), String>),
     Accepted(FramedLink, NodeInfo),
 }
 
@@ -104,6 +114,19 @@ pub(crate) struct Manager {
     dev_rx: mpsc::Receiver<DeviceInput>,
     next_rail_round: Instant,
     last_session_state: SessionState,
+    /// Index into the partner addresses (partner, then backups) currently dialed.
+    peer_index: usize,
+    /// When the last link to the partner was lost (partner-failure detection).
+    lost_all_at: Option<Instant>,
+    /// When anything last arrived from the partner, on any link.
+    last_partner_rx: Option<Instant>,
+    /// RDMA links judged dead, fenced (their receive rings deregistered) and kept until they
+    /// close, so that a zombie partner's RDMA WRITEs fail with a remote access error.
+    fenced: Vec<(Instant, AnyLink)>,
+    /// Fault injection: process nothing until then (a hung process).
+    frozen_until: Option<Instant>,
+    /// The same deadline for the listener, which then stalls inbound handshakes too.
+    frozen_tx: watch::Sender<Option<Instant>>,
     next_link: Arc<AtomicU64>,
     clients: HashMap<ClientId, mpsc::UnboundedSender<ClientEvent>>,
     node_info: watch::Sender<NodeInfo>,
@@ -173,6 +196,12 @@ impl Manager {
             dev_rx,
             next_rail_round: Instant::now(),
             last_session_state: SessionState::Down,
+            peer_index: 0,
+            lost_all_at: None,
+            last_partner_rx: None,
+            fenced: Vec::new(),
+            frozen_until: None,
+            frozen_tx: watch::channel(None).0,
             next_link: Arc::new(AtomicU64::new(1)),
             clients: HashMap::new(),
             node_info,
@@ -244,6 +273,7 @@ impl Manager {
         let new_tx = self.new_tx.clone();
         let base = self.handshake.clone();
         let info = self.node_info.subscribe();
+        let frozen = self.frozen_tx.subscribe();
         tokio::spawn(
             async move {
                 let mut handshakes = tokio::task::JoinSet::new();
@@ -257,6 +287,11 @@ impl Manager {
                             continue;
                         }
                     };
+                    let hung = *frozen.borrow();
+                    if let Some(until) = hung.filter(|u| *u > Instant::now()) {
+                        // Fault injection (a hung process): the connection waits unanswered.
+                        tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
+                    }
                     let mut hs = base.clone();
                     hs.handshake.node = info.borrow().clone();
                     let new_tx = new_tx.clone();
@@ -299,7 +334,9 @@ impl Manager {
             let mut hs = self.handshake.clone();
             hs.handshake.node = self.node_info.borrow().clone();
             let new_tx = self.new_tx.clone();
-            let addr = peer.address;
+            let addrs = peer.addresses();
+            let target = self.peer_index % addrs.len().max(1);
+            let addr = addrs.get(target).copied().unwrap_or(peer.address);
             tokio::spawn(
                 async move {
                     let res = match tokio::time::timeout(hs.timeout, TcpStream::connect(addr)).await
@@ -310,7 +347,7 @@ impl Manager {
                         Ok(Err(e)) => Err(format!("connect to {addr}: {e}")),
                         Err(_) => Err(format!("connect to {addr}: timed out")),
                     };
-                    let _ = new_tx.send(NewLink::Dialed(res)).await;
+                    let _ = new_tx.send(NewLink::Dialed(target, res)).await;
                 }
                 .in_current_span(),
             );
@@ -324,11 +361,15 @@ impl Manager {
             && self.session.state() == SessionState::Up
             && self.rails.unavailable.is_none())
         .then_some(self.next_rail_round);
+        let switch = self.switch_deadline();
+        let unpark = self.fenced.first().map(|(at, _)| *at + FENCE_PARK);
         [
             self.session.poll_timeout(),
             dial,
             rails,
             self.placement.poll_timeout(),
+            switch,
+            unpark,
         ]
         .into_iter()
         .flatten()
@@ -338,7 +379,11 @@ impl Manager {
     /// Runs until every handle is dropped.
     pub(crate) async fn run(mut self) {
         loop {
+            if let Some(until) = self.frozen_until.take() {
+                tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
+            }
             let now = Instant::now();
+            self.detect_partner_failure(now);
             self.maybe_dial(now);
             self.flush(now);
             let deadline = self
@@ -390,12 +435,16 @@ impl Manager {
 
     fn on_new_link(&mut self, new: NewLink) {
         let (framed, peer, dialed) = match new {
-            NewLink::Dialed(Ok((f, p))) => {
+            NewLink::Dialed(target, _) if target != self.peer_index => {
+                // A dial to the partner we switched away from (no longer counted): drop it.
+                return;
+            }
+            NewLink::Dialed(_, Ok((f, p))) => {
                 self.dialing = self.dialing.saturating_sub(1);
                 self.backoff = Duration::from_millis(self.cfg.session.reconnect_backoff_min_ms);
                 (f, p, true)
             }
-            NewLink::Dialed(Err(e)) => {
+            NewLink::Dialed(_, Err(e)) => {
                 self.dialing = self.dialing.saturating_sub(1);
                 tracing::warn!(error = %e, retry_in_ms = self.backoff.as_millis() as u64, "dial failed");
                 self.next_dial_at = Instant::now() + self.backoff;
@@ -441,6 +490,10 @@ impl Manager {
         let now = Instant::now();
         match input {
             LinkInput::Frame { link, frame } => {
+                if !self.links.contains_key(&link) {
+                    return; // a fenced or closed link's last frames
+                }
+                self.last_partner_rx = Some(now);
                 self.activate_rdma_link(link, now);
                 if let Err(e) = self.session.handle_frame(link, frame, now) {
                     tracing::warn!(link, error = %e, "protocol violation: closing link");
@@ -455,6 +508,11 @@ impl Manager {
                 self.session.handle_written(link, bytes, &local_done);
             }
             LinkInput::Closed { link, reason } => {
+                if let Some(i) = self.fenced.iter().position(|(_, l)| l.id() == link) {
+                    self.fenced.remove(i);
+                    self.note(format!("fenced rdma link {link} closed: {reason}"));
+                    return;
+                }
                 if let Some(l) = self.links.remove(&link) {
                     self.note(format!("{} link {link} lost: {reason}", l.transport()));
                     if l.in_session() {
@@ -464,6 +522,93 @@ impl Manager {
                 }
             }
         }
+    }
+
+    /// Takes a link out of service. A TCP link is dropped; an RDMA link is fenced first (its
+    /// receive ring deregistered, so the partner can no longer write into this node's memory)
+    /// and parked until it closes, which a zombie partner's next WRITE causes.
+    fn retire_link(&mut self, l: AnyLink, now: Instant) {
+        match l {
+            AnyLink::Rdma { ref link, .. } => {
+                if let Err(e) = link.fence() {
+                    tracing::warn!(link = link.id(), error = %e, "fencing failed: closing");
+                    l.abort();
+                    return;
+                }
+                self.note(format!("rdma link {} fenced", link.id()));
+                self.fenced.push((now, l));
+            }
+            AnyLink::Tcp(_) => l.abort(),
+        }
+    }
+
+    /// When the switch to the next partner is due (autoswitch, partner unreachable).
+    fn switch_deadline(&self) -> Option<Instant> {
+        let peer = self.cfg.peer.as_ref()?;
+        if !peer.autoswitch || peer.backups.is_empty() {
+            return None;
+        }
+        // The detection window runs from the partner's last sign of life (a process crash
+        // closes TCP at once while RDMA links only go silent), but never ends before every
+        // link is gone.
+        let window = Duration::from_millis(peer.switch_after_ms);
+        self.lost_all_at
+            .map(|lost| lost.max(self.last_partner_rx.unwrap_or(lost) + window))
+    }
+
+    /// Tracks when the last link was lost, and switches partner when the detection window
+    /// has passed without one.
+    fn detect_partner_failure(&mut self, now: Instant) {
+        if self.role != Role::Dialer {
+            return;
+        }
+        let live = self.links.values().any(|l| l.in_session());
+        if live {
+            self.lost_all_at = None;
+            return;
+        }
+        if self.session.peer().is_none() {
+            return; // never connected: keep dialing the first partner
+        }
+        let since = *self.lost_all_at.get_or_insert(now);
+        if self.switch_deadline().is_some_and(|d| now >= d) {
+            self.note(format!(
+                "partner unreachable for {} ms",
+                now.saturating_duration_since(since).as_millis()
+            ));
+            self.switch_peer(now);
+        }
+    }
+
+    /// Moves to the next partner in the configured order: fences every RDMA link to the old
+    /// one and dials the new one at once. Returns its address.
+    fn switch_peer(&mut self, now: Instant) -> Option<String> {
+        let addrs = self.cfg.peer.as_ref()?.addresses();
+        if addrs.len() < 2 {
+            return None;
+        }
+        self.peer_index = (self.peer_index + 1) % addrs.len();
+        let to = addrs[self.peer_index];
+        let old: Vec<LinkId> = self.links.keys().copied().collect();
+        for id in old {
+            if let Some(l) = self.links.remove(&id) {
+                if l.in_session() {
+                    self.session.handle_link_down(id, now);
+                }
+                self.retire_link(l, now);
+            }
+        }
+        self.rails.clear_pending();
+        self.refresh_interconnects(now);
+        self.lost_all_at = None;
+        self.dialing = 0; // dials to the old partner finish unheeded
+        self.next_dial_at = now;
+        self.backoff = Duration::from_millis(self.cfg.session.reconnect_backoff_min_ms);
+        self.note(format!(
+            "switching partner to {to} (epoch after {})",
+            self.session.epoch()
+        ));
+        Some(to.to_string())
     }
 
     fn close_link(&mut self, link: LinkId, reason: String) {
@@ -743,6 +888,24 @@ impl Manager {
             Command::Status { reply } => {
                 let _ = reply.send(Ok(self.status()));
             }
+            Command::SwitchPeer { reply } => {
+                let res = if self.role != Role::Dialer {
+                    Err(CmError::Config(
+                        "only the dialing node (with [peer]) switches partners".into(),
+                    ))
+                } else {
+                    self.switch_peer(Instant::now()).ok_or_else(|| {
+                        CmError::Config("no backup partner configured ([peer] backups)".into())
+                    })
+                };
+                let _ = reply.send(res);
+            }
+            Command::Freeze { duration, reply } => {
+                let until = Instant::now() + duration;
+                self.frozen_until = Some(until);
+                self.frozen_tx.send_replace(Some(until));
+                let _ = reply.send(Ok(()));
+            }
             Command::KillLink { link, reply } => {
                 let victim = link.or_else(|| self.links.keys().min().copied());
                 let found = victim.filter(|v| self.links.contains_key(v));
@@ -758,14 +921,22 @@ impl Manager {
         let mut closed_any = false;
         while let Some(link) = self.session.poll_close_link() {
             if let Some(h) = self.links.remove(&link) {
-                h.abort();
                 closed_any = true;
                 self.note(format!(
                     "{} link {link} closed: silent for {} ms",
                     h.transport(),
                     self.cfg.session.link_timeout_ms
                 ));
+                self.retire_link(h, now);
             }
+        }
+        while self
+            .fenced
+            .first()
+            .is_some_and(|(at, _)| now >= *at + FENCE_PARK)
+        {
+            let (_, l) = self.fenced.remove(0);
+            l.abort();
         }
         if closed_any {
             self.refresh_interconnects(now);

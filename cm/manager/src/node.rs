@@ -120,6 +120,18 @@ impl Node {
         self.ask(|reply| Command::KillLink { link, reply }).await
     }
 
+    /// Switches to the next partner in the configured order (see
+    /// [`ClientHandle::switch_peer`]). Returns the new partner's address.
+    pub async fn switch_peer(&self) -> Result<String, CmError> {
+        self.ask(|reply| Command::SwitchPeer { reply }).await
+    }
+
+    /// Fault injection: the manager processes nothing for `duration`, as a hung process would
+    /// (its links go silent; its RDMA threads keep running).
+    pub async fn freeze(&self, duration: std::time::Duration) -> Result<(), CmError> {
+        self.ask(|reply| Command::Freeze { duration, reply }).await
+    }
+
     /// Stops the node at once: every link is dropped, as if the process died.
     pub fn shutdown(self) {
         self.task.abort();

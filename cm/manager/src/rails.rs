@@ -19,12 +19,19 @@ use peercm_proto::control::{TransportCap, TransportMsg};
 use peercm_proto::session::LinkId;
 use peercm_rdma_link::{LinkCloseReason, LinkSink, LocalEndpoint, PreparedLink, RdmaLinkConfig};
 use peercm_tcp::LinkInput;
-use peercm_verbs_shim::{AsyncEvent, Device, PortState, Provider};
+use peercm_verbs_shim::{AsyncEvent, Device, PortState, Provider, QpParams};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
+/// QP local ACK timeout: exponent 15, 4.096 us x 2^15 = 134 ms. With [`QP_RETRY_COUNT`]
+/// retries the hardware gives up after at least (6 + 1) x 134 ms = 0.94 s of silence, well
+/// after the session's 500 ms heartbeat verdict: the manager, not the HCA, decides that a
+/// partner is gone (docs/operations.md, "Detection").
+const QP_ACK_TIMEOUT_US: u64 = 134_000;
+/// QP transport retries (rdma_rxe treats 7 as "forever", so 6).
+const QP_RETRY_COUNT: u8 = 6;
 /// Largest serialized endpoint accepted from the partner.
 const MAX_ENDPOINT_BYTES: usize = 1024;
 
@@ -275,6 +282,11 @@ impl Rails {
             ring_bytes: self.tunables.ring_bytes,
             recv_depth: self.tunables.recv_depth,
             max_payload_bytes: self.max_payload_bytes,
+            qp: QpParams {
+                ack_timeout_us: QP_ACK_TIMEOUT_US,
+                retry_count: QP_RETRY_COUNT,
+                ..QpParams::default()
+            },
             ..RdmaLinkConfig::default()
         }
     }

@@ -65,7 +65,9 @@ impl Default for SessionConfig {
         SessionConfig {
             window: 256,
             heartbeat_interval: Duration::from_millis(100),
-            link_timeout: Duration::from_millis(1500),
+            // A silent partner is detected within 500 ms: heartbeats every 100 ms on quiet links,
+            // so the last frame is at most 100 ms older than the failure (docs/operations.md).
+            link_timeout: Duration::from_millis(500),
             flow_high_water: 4096,
             flow_low_water: 1024,
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
