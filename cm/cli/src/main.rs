@@ -1,5 +1,6 @@
 //! The `peercm` command: `peercm demo` runs two nodes on this machine and proves delivery;
-//! `peercm node --config FILE` runs one node as a long-lived process.
+//! `peercm node --config FILE` runs one node as a long-lived process; `peercm status` shows
+//! a running node's interconnects and events; `peercm devices` lists RDMA devices.
 //!
 //! Logging follows `RUST_LOG` (tracing-subscriber's env filter), e.g.
 //! `RUST_LOG=peercm_cm=debug peercm node --config a.toml`.
@@ -7,6 +8,7 @@
 mod demo;
 mod devices;
 mod node_cmd;
+mod status_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -30,6 +32,9 @@ enum Command {
     /// List this host's RDMA devices and ports (like ibv_devinfo), or say why verbs are
     /// unavailable and that TCP will be used.
     Devices(devices::DevicesArgs),
+    /// Show a running node's interconnects (capacity, utilization, clients placed on each),
+    /// partner and epoch, fallback reason and recent events. Reads the node's status_socket.
+    Status(status_cmd::StatusArgs),
 }
 
 fn init_tracing(default: &str) {
@@ -61,6 +66,10 @@ fn main() -> ExitCode {
         Command::Devices(args) => {
             init_tracing("warn");
             devices::run(args)
+        }
+        Command::Status(args) => {
+            init_tracing("warn");
+            runtime.block_on(status_cmd::run(args))
         }
         Command::Node(args) => {
             init_tracing("info");

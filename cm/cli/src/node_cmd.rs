@@ -43,10 +43,22 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<bool> {
     };
     let dials = cfg.peer.is_some();
     let clients = cfg.clients.clone();
-    let node = Node::start(cfg, secret).await?;
+    let status_socket = cfg.status_socket.clone();
+    if let Some(path) = &status_socket {
+        crate::status_cmd::check_socket_path(path)?;
+    }
+    let node = std::sync::Arc::new(Node::start(cfg, secret).await?);
     if let Some(addr) = node.local_addr() {
         println!("listening on {addr}");
     }
+    let _status_task = match &status_socket {
+        Some(path) => {
+            let task = crate::status_cmd::serve(node.clone(), path).await?;
+            println!("status on {}", path.display());
+            Some(task)
+        }
+        None => None,
+    };
     for c in clients {
         let mut handle = node.register(&c.name, c.spec()).await?;
         if dials {
@@ -74,6 +86,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<bool> {
     wait_for_signal().await;
     let status = node.status().await?;
     println!("{}", serde_json::to_string_pretty(&status)?);
+    if let Some(path) = &status_socket {
+        let _ = std::fs::remove_file(path);
+    }
     Ok(true)
 }
 

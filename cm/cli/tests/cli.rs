@@ -30,10 +30,10 @@ fn help_lists_the_commands() {
     let out = peercm().arg("--help").output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for cmd in ["demo", "node", "devices"] {
+    for cmd in ["demo", "node", "devices", "status"] {
         assert!(text.contains(cmd), "--help lacks {cmd}: {text}");
     }
-    for cmd in ["demo", "node", "devices"] {
+    for cmd in ["demo", "node", "devices", "status"] {
         let out = peercm().args([cmd, "--help"]).output().unwrap();
         assert!(out.status.success(), "{cmd} --help");
     }
@@ -160,8 +160,9 @@ fn two_node_processes_connect_and_report_status() {
         &d,
         "a.toml",
         &format!(
-            "node_id = \"ctrl-a\"\ncluster_id = \"pair\"\nsecret_file = {:?}\n[peer]\naddress = \"{addr}\"\nconnections = 3\n[[clients]]\nname = \"echo\"\n",
-            secret
+            "node_id = \"ctrl-a\"\ncluster_id = \"pair\"\nsecret_file = {:?}\nstatus_socket = {:?}\n[peer]\naddress = \"{addr}\"\nconnections = 3\n[[clients]]\nname = \"echo\"\n",
+            secret,
+            d.join("a.sock")
         ),
     );
     let mut a = Proc(
@@ -190,9 +191,42 @@ fn two_node_processes_connect_and_report_status() {
     });
     rx.recv_timeout(Duration::from_secs(30))
         .expect("node a reported 3 links and client Up within 30 s");
+    // `peercm status` reads the running node.
+    let out = peercm()
+        .args(["status", "--socket"])
+        .arg(d.join("a.sock"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("node ctrl-a  partner ctrl-b  session up"),
+        "{text}"
+    );
+    assert!(
+        text.contains("TCP fallback (verbs unavailable here"),
+        "{text}"
+    );
+    assert!(text.contains("echo"), "{text}");
+    assert!(text.contains("link 1 up"), "{text}");
+    let out = peercm()
+        .args(["status", "--json", "--socket"])
+        .arg(d.join("a.sock"))
+        .output()
+        .unwrap();
+    let live: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
+    assert_eq!(live["interconnects"][0]["name"], "tcp", "{live}");
+    assert_eq!(live["interconnects"][0]["clients"][0], "echo", "{live}");
+    assert_eq!(live["clients"][0]["interconnect"], 0, "{live}");
     let a_out = terminate(&mut a);
+    assert!(a_out.starts_with("status on "), "{a_out}");
+    let json = &a_out[a_out.find('{').unwrap_or(0)..];
     let status: serde_json::Value =
-        serde_json::from_str(&a_out).expect("a prints its status as JSON");
+        serde_json::from_str(json).expect("a prints its status as JSON");
     assert_eq!(status["session"], "up", "{status}");
     assert_eq!(status["peer"], "ctrl-b");
     assert_eq!(status["links"].as_array().unwrap().len(), 3);
@@ -200,6 +234,19 @@ fn two_node_processes_connect_and_report_status() {
     assert_eq!(status["clients"][0]["state"], "CONNECTED");
     let b_out = terminate(&mut b);
     assert!(b_out.contains("\"node_id\": \"ctrl-b\""), "{b_out}");
+}
+
+#[test]
+fn status_without_a_running_node_says_so() {
+    let d = tmpdir("status-none");
+    let out = peercm()
+        .args(["status", "--socket"])
+        .arg(d.join("nothing.sock"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot reach a peercm node"), "{err}");
 }
 
 #[test]

@@ -5,6 +5,7 @@
 //! cluster_id = "pair-1"
 //! listen = "0.0.0.0:7700"          # accept the partner's links (the target side)
 //! secret_file = "/etc/peercm/secret"
+//! status_socket = "/run/peercm/ctrl-a.sock"   # `peercm status --socket ...` reads it
 //!
 //! [peer]                             # dial the partner (the source side)
 //! address = "10.0.0.2:7700"
@@ -64,6 +65,9 @@ pub struct NodeConfig {
     /// RDMA interconnects.
     #[serde(default)]
     pub verbs: VerbsTunables,
+    /// Unix socket where `peercm node` serves its status to `peercm status`.
+    #[serde(default)]
+    pub status_socket: Option<PathBuf>,
     /// Clients `peercm node` registers and answers for (testing and smoke checks).
     #[serde(default)]
     pub clients: Vec<ClientConfig>,
@@ -253,6 +257,7 @@ impl NodeConfig {
             secret_file: None,
             session: SessionTunables::default(),
             verbs: VerbsTunables::default(),
+            status_socket: None,
             clients: Vec::new(),
         }
     }
