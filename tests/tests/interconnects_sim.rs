@@ -22,14 +22,19 @@ use std::time::Duration;
 const HCAS: [&str; 2] = ["hca0", "hca1"];
 
 fn fabric(seed: u64) -> SimFabric {
+    fabric_with(seed, &HCAS)
+}
+
+/// Nodes a and b with the given HCAs (25 Gb/s each), one cable per HCA pair.
+fn fabric_with(seed: u64, hcas: &[&str]) -> SimFabric {
     let f = SimFabric::new(seed);
     for node in ["a", "b"] {
         f.add_node(node).unwrap();
-        for h in HCAS {
+        for h in hcas {
             f.add_device(node, h, 25).unwrap();
         }
     }
-    for h in HCAS {
+    for h in hcas {
         f.cable(("a", h, 1), ("b", h, 1)).unwrap();
     }
     f
@@ -374,6 +379,48 @@ async fn a_partner_without_rdma_means_tcp_with_the_reason_reported() {
     let rx = receive(c.mirror.1, "mirror", 1000);
     send_all(&mut c.mirror.0, "mirror", 1..=1000).await;
     rx.await.unwrap();
+    drop(c.config);
+    drop(c.heartbeat);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_rails_heavy_client_alone_light_clients_spread_heartbeat_apart() {
+    let seed = seed_from_env(0x5eed_0005);
+    let f = fabric_with(seed, &["hca0", "hca1", "hca2"]);
+    let (a, b) = start(&f, true).await;
+    let mut c = clients(&a, &b).await;
+    // Steady state on three rails: the mirror alone; config and heartbeat on the other two
+    // rails (neither with the mirror). Reached once every rail has been usable for the hold.
+    let s = wait_status(
+        &a,
+        "mirror alone, the light clients on the other rails",
+        |s| {
+            let m = placed(s, "mirror");
+            let h = placed(s, "heartbeat");
+            let k = placed(s, "config");
+            rdma_links(s) == 3
+                && matches!(m, Some(1..=3))
+                && matches!(h, Some(1..=3))
+                && matches!(k, Some(1..=3))
+                && h != m
+                && k != m
+        },
+    )
+    .await;
+    let loads: Vec<(u32, Vec<String>)> = s
+        .interconnects
+        .iter()
+        .map(|i| (i.id, i.clients.clone()))
+        .collect();
+    eprintln!("sim 3 rails: {loads:?}");
+    settle(&mut c.mirror.0);
+    let rx = receive(c.mirror.1, "mirror", 2000);
+    let moved = send_all(&mut c.mirror.0, "mirror", 1..=2000).await;
+    rx.await.unwrap();
+    assert!(moved.is_empty(), "no migration without a fault: {moved:?}");
+    let sb = b.status().await.unwrap();
+    assert_eq!(rdma_links(&sb), 3);
+    assert_eq!(sb.stats.delivered, 2000);
     drop(c.config);
     drop(c.heartbeat);
 }
