@@ -1,11 +1,15 @@
 //! `peercm demo`: the built-in demonstration on an embedded default configuration.
 //!
 //! Two nodes on 127.0.0.1 (node-b listens on an ephemeral port, node-a dials it with several
-//! TCP connections), authenticated with a fresh random secret. A mirroring client (sync, high
-//! bandwidth) copies log records from node-a into node-b's memory while a heartbeat client beats
-//! both ways; halfway through, one TCP connection is killed. The demo then checks, record by
-//! record, that node-b stored every record exactly once and in order (count, LSN range, chained
-//! CRC32C digest) and prints a summary.
+//! TCP connections), authenticated with a fresh random secret, each with two simulated HCAs
+//! (an in-process fabric, one cable per HCA pair) unless `--hcas 0`. The manager brings up one
+//! RDMA rail per HCA pair over the TCP bootstrap session and places the clients by bandwidth.
+//! A mirroring client (sync, high bandwidth) copies log records from node-a into node-b's
+//! memory while a heartbeat client beats both ways. A third of the way through, the cable of the
+//! mirror's rail is cut (the mirror migrates); halfway, one TCP connection is killed; at two
+//! thirds the cable is restored. The demo then checks, record by record, that node-b stored
+//! every record exactly once and in order (count, LSN range, chained CRC32C digest) and prints
+//! a summary.
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
@@ -13,7 +17,11 @@ use clap::Args;
 use peercm_clients::heartbeat::Heartbeat;
 use peercm_clients::mirror::{digest_of, MirrorReceiver, MirrorSender};
 use peercm_cm::config::PeerConfig;
-use peercm_cm::{ClientSpec, ClusterSecret, LatencyClass, Node, NodeConfig, SendModel};
+use peercm_cm::status::NodeStatus;
+use peercm_cm::{
+    ClientSpec, ClusterSecret, LatencyClass, Node, NodeConfig, SendModel, VerbsSource,
+};
+use peercm_verbs_shim::sim::SimFabric;
 use std::time::{Duration, Instant};
 
 /// Options of `peercm demo`.
@@ -28,9 +36,13 @@ pub struct DemoArgs {
     /// TCP connections between the nodes.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub connections: u32,
-    /// Do not kill a connection halfway.
+    /// Do not inject faults (no cable cut, no killed connection).
     #[arg(long)]
     pub no_kill: bool,
+    /// Simulated HCAs per node (an in-process fabric, 25 Gb/s each, one cable per pair); 0
+    /// runs over TCP only.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=4))]
+    pub hcas: u32,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 120)]
     pub timeout_secs: u64,
@@ -66,9 +78,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     let secret_bytes: [u8; 32] = rand::random();
     let secret = ClusterSecret::new(hex::encode(secret_bytes).as_bytes()).context("demo secret")?;
 
+    let hcas: Vec<String> = (0..args.hcas).map(|i| format!("hca{i}")).collect();
+    let fabric = (!hcas.is_empty())
+        .then(|| demo_fabric(&hcas))
+        .transpose()
+        .context("building the simulated fabric")?;
+    let verbs = |node: &str| match &fabric {
+        Some(f) => VerbsSource::Provider(f.provider(node)),
+        None => VerbsSource::Disabled,
+    };
     let mut cfg_b = NodeConfig::new("node-b", "demo");
     cfg_b.listen = Some("127.0.0.1:0".parse()?);
-    let node_b = Node::start(cfg_b, secret.clone())
+    let node_b = Node::start_with_verbs(cfg_b, secret.clone(), verbs("b"))
         .await
         .context("starting node-b")?;
     let addr = node_b
@@ -76,7 +97,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         .context("node-b has no listen address")?;
     let mut cfg_a = NodeConfig::new("node-a", "demo");
     cfg_a.peer = Some(PeerConfig::new(addr, args.connections));
-    let node_a = Node::start(cfg_a, secret)
+    let node_a = Node::start_with_verbs(cfg_a, secret, verbs("a"))
         .await
         .context("starting node-a")?;
 
@@ -88,8 +109,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     hb_a.connect().await?;
 
     println!(
-        "peercm demo: node-a -> node-b on {addr} over TCP ({} connections, HMAC-authenticated)",
-        args.connections
+        "peercm demo: node-a -> node-b on {addr}: {} TCP connections (HMAC-authenticated){}",
+        args.connections,
+        if hcas.is_empty() {
+            String::new()
+        } else {
+            format!(" + {} simulated HCAs per node", hcas.len())
+        }
     );
     let n = args.records;
     let len = args.record_bytes as usize;
@@ -117,9 +143,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     tokio::time::timeout(deadline, sender.wait_up())
         .await
         .context("the nodes did not connect in time")??;
+    let mut cut_rail = None;
+    if !hcas.is_empty() {
+        let s = settle_rails(&node_a, hcas.len()).await?;
+        println!("placement (node-a) before traffic:");
+        print_placement(&s);
+        cut_rail = placed(&s, "mirror").filter(|r| *r >= 1);
+    }
 
     let start = Instant::now();
     let mut killed = None;
+    let mut killed_at = 0;
+    let mut cut = None;
+    let mut restored = None;
     let work = async {
         for lsn in 1..=n {
             sender.append(record_data(lsn, len)).await?;
@@ -127,8 +163,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
                 sender.poll().await?;
                 tokio::task::yield_now().await;
             }
+            if let (false, Some(rail), Some(f)) = (args.no_kill, cut_rail, &fabric) {
+                let hca = hcas[(rail - 1) as usize].as_str();
+                if lsn == (n / 3).max(1) {
+                    f.cut_cable(("a", hca, 1)).context("cutting the cable")?;
+                    cut = Some((rail, lsn));
+                }
+                if lsn == (2 * n / 3).max(1) {
+                    f.restore_cable(("a", hca, 1))
+                        .context("restoring the cable")?;
+                    restored = Some(lsn);
+                }
+            }
             if !args.no_kill && lsn == n / 2 {
-                killed = node_a.kill_link(None).await?.map(|l| (l, lsn));
+                killed = node_a.kill_link(None).await?;
+                killed_at = lsn;
             }
         }
         sender.wait_mirrored(n).await?;
@@ -177,11 +226,25 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         receiver.digest(),
         expected_digest
     );
+    if let Some((rail, at)) = cut {
+        println!(
+            "fault     cut the cable of rail {rail} (the mirror's) after record {at}{}",
+            restored.map_or(String::new(), |r| format!(", restored after record {r}"))
+        );
+    }
     match killed {
-        Some((link, at)) => {
-            println!("fault     killed TCP link {link} of node-a after record {at}")
+        Some(link) => {
+            println!("fault     killed TCP link {link} of node-a after record {killed_at}")
         }
         None => println!("fault     none (--no-kill)"),
+    }
+    if !hcas.is_empty() {
+        println!(
+            "mirror    moved between interconnects {} times, never NACKed or resent ({} resent)",
+            ss.migrations, ss.resent
+        );
+        println!("placement (node-a) at the end:");
+        print_placement(&status_a);
     }
     println!(
         "transport frames replayed {} / duplicates dropped by receivers {} (a) {} (b); links lost {} (a) {} (b); resets {}",
@@ -234,8 +297,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     if !args.no_kill && killed.is_none() {
         bail!("could not kill a link: none was up");
     }
+    if cut.is_some() && ss.migrations == 0 {
+        failures.push("the mirror was not migrated off the cut rail".into());
+    }
     if failures.is_empty() {
-        println!("\nRESULT    PASS: every record delivered exactly once, in order, across the killed connection");
+        println!(
+            "\nRESULT    PASS: every record delivered exactly once, in order, across {}",
+            if cut.is_some() {
+                "the cut cable and the killed connection"
+            } else {
+                "the killed connection"
+            }
+        );
         Ok(true)
     } else {
         println!("\nRESULT    FAIL:");
@@ -243,5 +316,57 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
             println!("          - {f}");
         }
         Ok(false)
+    }
+}
+
+/// Nodes a and b with one simulated HCA per name each, cabled pairwise.
+fn demo_fabric(hcas: &[String]) -> anyhow::Result<SimFabric> {
+    let f = SimFabric::new(rand::random());
+    for node in ["a", "b"] {
+        f.add_node(node)?;
+        for h in hcas {
+            f.add_device(node, h, 25)?;
+        }
+    }
+    for h in hcas {
+        f.cable(("a", h, 1), ("b", h, 1))?;
+    }
+    Ok(f)
+}
+
+fn placed(s: &NodeStatus, client: &str) -> Option<u32> {
+    s.clients
+        .iter()
+        .find(|c| c.name == client)
+        .and_then(|c| c.interconnect)
+}
+
+/// Waits (up to 15 s) for every rail to be up and the placement to settle: the mirror alone on
+/// a rail, the heartbeat elsewhere. Returns the status either way.
+async fn settle_rails(node: &Node, rails: usize) -> anyhow::Result<NodeStatus> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = node.status().await?;
+        let rdma = s.links.iter().filter(|l| l.transport == "rdma").count();
+        let m = placed(&s, "mirror");
+        let h = placed(&s, "heartbeat");
+        let settled = rdma == rails && m.is_some_and(|r| r >= 1) && (rails < 2 || h != m);
+        if settled || Instant::now() >= deadline {
+            return Ok(s);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn print_placement(s: &NodeStatus) {
+    for ic in &s.interconnects {
+        println!(
+            "          {:<7} {:<12} {:>6} Mb/s  {:<3}  {}",
+            ic.name,
+            ic.device.as_deref().unwrap_or("loopback"),
+            ic.capacity_mbps,
+            if ic.usable { "up" } else { "-" },
+            ic.clients.join(", ")
+        );
     }
 }

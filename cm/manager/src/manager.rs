@@ -907,7 +907,13 @@ impl Manager {
                 let _ = reply.send(Ok(()));
             }
             Command::KillLink { link, reply } => {
-                let victim = link.or_else(|| self.links.keys().min().copied());
+                let victim = link.or_else(|| {
+                    self.links
+                        .iter()
+                        .filter(|(_, l)| matches!(l, AnyLink::Tcp(_)))
+                        .map(|(id, _)| *id)
+                        .min()
+                });
                 let found = victim.filter(|v| self.links.contains_key(v));
                 if let Some(v) = found {
                     self.close_link(v, "killed on request (fault injection)".into());

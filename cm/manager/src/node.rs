@@ -115,7 +115,8 @@ impl Node {
         self.ask(|reply| Command::Status { reply }).await
     }
 
-    /// Fault injection: closes one link (the given one, or the oldest). Returns which.
+    /// Fault injection: closes one link (the given one, or the oldest TCP connection).
+    /// Returns which.
     pub async fn kill_link(&self, link: Option<LinkId>) -> Result<Option<LinkId>, CmError> {
         self.ask(|reply| Command::KillLink { link, reply }).await
     }
