@@ -499,3 +499,64 @@ impl LinkSink for ManagerSink {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use peercm_verbs_shim::{QpEndpoint, RemoteMr};
+
+    fn endpoint() -> LocalEndpoint {
+        LocalEndpoint {
+            qp: QpEndpoint {
+                qpn: 0x11,
+                psn: 0x1234,
+                gid: [7; 16],
+                mtu_bytes: 1024,
+                lid: 0,
+            },
+            ring: RemoteMr {
+                addr: 0x7f00_0000_0000,
+                rkey: 0xabcd,
+                len: 4 << 20,
+            },
+            ring_bytes: 4 << 20,
+            recv_depth: 256,
+            max_payload_bytes: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn endpoints_round_trip_and_bad_bytes_are_refused_without_panic() {
+        let good = postcard::to_stdvec(&endpoint()).unwrap();
+        assert_eq!(decode_endpoint(&good).unwrap(), endpoint());
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert!(decode_endpoint(&trailing).unwrap_err().contains("trailing"));
+        assert!(decode_endpoint(&vec![0u8; MAX_ENDPOINT_BYTES + 1])
+            .unwrap_err()
+            .contains("exceeds"));
+        // Every truncation and many mutations: an error or some endpoint, never a panic.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for cut in 0..good.len() {
+            assert!(decode_endpoint(&good[..cut]).is_err(), "truncated at {cut}");
+        }
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mut m = good.clone();
+            let i = (x as usize) % m.len();
+            m[i] ^= (x >> 32) as u8 | 1;
+            let _ = decode_endpoint(&m);
+        }
+    }
+
+    #[test]
+    fn the_ipv4_mapped_gid_is_preferred() {
+        let link_local = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+        let mapped = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 1];
+        assert_eq!(pick_gid(&[link_local, mapped]), (1, mapped));
+        assert_eq!(pick_gid(&[link_local]), (0, link_local));
+        assert_eq!(pick_gid(&[]), (0, [0; 16]));
+    }
+}

@@ -12,7 +12,8 @@ use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use peercm_proto::auth::{self, ClusterSecret, Role};
 use peercm_proto::control::{
-    self, Auth, Challenge, ClientAnnounce, Hello, NodeInfo, RefuseReason, TransportCap, Welcome,
+    self, Auth, Challenge, ClientAnnounce, Hello, NodeInfo, RefuseReason, TransportCap,
+    TransportMsg, Welcome,
 };
 use peercm_proto::frame::{Flags, Frame, MsgType};
 use peercm_proto::handshake::{AcceptorStart, DialerExpectChallenge, DialerStart, HandshakeConfig};
@@ -88,6 +89,7 @@ fuzz_target!(|data: &[u8]| {
     check_decode!(RefuseReason, "REFUSE", raw);
     check_decode!(ClientAnnounce, "CLIENT-UP", raw);
     check_decode!(String, "CLIENT-DOWN", raw);
+    check_decode!(TransportMsg, "TRANSPORT", raw);
     if let Ok(node) = control::decode::<NodeInfo>("NODE", raw) {
         let _ = node.validate();
     }
