@@ -327,3 +327,60 @@ async fn a_partner_declared_dead_is_fenced_and_its_rdma_writes_fail() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_backup_is_skipped_for_the_next_one_in_order() {
+    let seed = seed_from_env(0x5717_0004);
+    let f = fabric(seed);
+    init_tracing();
+    let b = listener("node-b", VerbsSource::Provider(f.provider("b"))).await;
+    let c = listener("node-c", VerbsSource::Disabled).await;
+    // A backup address where nothing listens, ahead of c.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut cfg = fast_config(NodeConfig::new("node-a", "test"));
+    let mut peer = PeerConfig::new(b.local_addr().unwrap(), 2);
+    peer.backups = vec![dead, c.local_addr().unwrap()];
+    cfg.peer = Some(peer);
+    let a = Node::start_with_verbs(cfg, secret(), VerbsSource::Provider(f.provider("a")))
+        .await
+        .unwrap();
+    let mut ma = a.register("mirror", MIRROR).await.unwrap();
+    let mb = b.register("mirror", MIRROR).await.unwrap();
+    let mc = c.register("mirror", MIRROR).await.unwrap();
+    ma.connect().await.unwrap();
+    wait_up(&mut ma).await;
+    let rb = answer(mb);
+    let rc = answer(mc);
+    for i in 1..=200 {
+        ma.send(msg("mirror", i)).await.unwrap();
+    }
+    b.shutdown();
+    for i in 201..=400 {
+        ma.send(msg("mirror", i)).await.unwrap();
+    }
+    let mut acked = BTreeSet::new();
+    let (mut sw, mut first) = (None, None);
+    while acked.len() < 400 {
+        let ev = next(&mut ma, "acks via the second backup").await;
+        note(&ev, &mut acked, &mut sw, &mut first);
+    }
+    let s = a.status().await.unwrap();
+    assert_eq!(s.peer.as_deref(), Some("node-c"));
+    assert!(
+        s.timeline
+            .iter()
+            .any(|e| e.what.contains(&format!("switching partner to {dead}"))),
+        "tried the dead backup first: {:#?}",
+        s.timeline
+    );
+    drop(ma);
+    c.shutdown();
+    let got_b = rb.await.unwrap();
+    let got_c = rc.await.unwrap();
+    assert_increasing("c", &got_c);
+    let all: BTreeSet<u64> = got_b.iter().chain(got_c.iter()).copied().collect();
+    assert_eq!(all, (1..=400).collect());
+}

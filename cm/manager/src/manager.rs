@@ -600,7 +600,9 @@ impl Manager {
         }
         self.rails.clear_pending();
         self.refresh_interconnects(now);
+        // The new partner gets a full detection window to answer.
         self.lost_all_at = None;
+        self.last_partner_rx = None;
         self.dialing = 0; // dials to the old partner finish unheeded
         self.next_dial_at = now;
         self.backoff = Duration::from_millis(self.cfg.session.reconnect_backoff_min_ms);
