@@ -106,6 +106,9 @@ bitflags! {
         const REPLAY = 1 << 1;
         /// ACK: a cumulative receipt ack (no return code), `seq` = highest in-order seq received.
         const CUMULATIVE = 1 << 2;
+        /// HEARTBEAT from an acceptor: it has no session in the epoch `seq` (it lost every
+        /// link on its side); a dialer still up in that epoch resets.
+        const RESET_REQUEST = 1 << 3;
     }
 }
 

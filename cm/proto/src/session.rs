@@ -779,17 +779,22 @@ impl Session {
     /// Queues a heartbeat carrying our epoch on `link`: everything we send on the link after
     /// it belongs to this epoch.
     fn fence(&mut self, link: LinkId) {
-        self.control_out.push_back((
-            Some(link),
-            Frame::new(
-                MsgType::Heartbeat,
-                Flags::empty(),
-                0,
-                self.epoch,
-                0,
-                Bytes::new(),
-            ),
-        ));
+        let hb = self.heartbeat();
+        self.control_out.push_back((Some(link), hb));
+    }
+
+    /// A heartbeat: our epoch in `seq`, and, from an acceptor that has no session in that
+    /// epoch (it lost every link while the dialer kept one it believes in), RESET-REQUEST, so
+    /// the dialer starts a reset instead of sending into a session that no longer exists.
+    fn heartbeat(&self) -> Frame {
+        let lost = self.role == Role::Acceptor
+            && matches!(self.state, SessionState::Down | SessionState::Resetting);
+        let flags = if lost {
+            Flags::RESET_REQUEST
+        } else {
+            Flags::empty()
+        };
+        Frame::new(MsgType::Heartbeat, flags, 0, self.epoch, 0, Bytes::new())
     }
 
     fn fence_all(&mut self) {
@@ -887,6 +892,25 @@ impl Session {
             if c.port.state().is_up() {
                 self.ack_due.insert(*id);
                 self.flow_due.insert(*id);
+                // Return codes too: an ACK carrying one may have died with the link, and the
+                // partner's replay (if any) came before the code existed. Duplicates are
+                // ignored by the sender.
+                if let Some(peer) = self.peer_clients.get(&c.name) {
+                    let ack = c.recv.delivered();
+                    for (seq, code) in c.recv.codes() {
+                        self.control_out.push_back((
+                            None,
+                            Frame::new(
+                                MsgType::Ack,
+                                Flags::empty(),
+                                peer.id,
+                                seq,
+                                ack,
+                                control::encode_code(code),
+                            ),
+                        ));
+                    }
+                }
             }
         }
     }
@@ -1113,6 +1137,17 @@ impl Session {
             | MsgType::Refuse => Err(ProtocolViolation::Unexpected(h.msg_type)),
             MsgType::Heartbeat => {
                 self.set_peer_epoch(link, h.seq);
+                let lost_by_partner = self.role == Role::Dialer
+                    && h.flags.contains(Flags::RESET_REQUEST)
+                    && h.seq == self.epoch
+                    && matches!(self.state, SessionState::Up | SessionState::AwaitingReady);
+                if lost_by_partner {
+                    // The partner lost this epoch's session (every link, on its side) while
+                    // we kept one: what we sent since may be gone. Start over.
+                    tracing::warn!(link, epoch = h.seq, "partner lost the session: resetting");
+                    self.go_down(DownReason::PeerReset, NackReason::ConnectionLost);
+                    self.begin_reset(link);
+                }
                 Ok(())
             }
             MsgType::Reset => {
@@ -1137,6 +1172,8 @@ impl Session {
                         Bytes::new(),
                     ),
                 ));
+                // The reset is adopted: the fences below must not ask for another one.
+                self.state = SessionState::AwaitingReady;
                 self.fence_all();
                 self.queue_ready();
                 Ok(())
@@ -1565,22 +1602,8 @@ impl Session {
             .find(|(_, l)| now.saturating_duration_since(l.last_tx) >= self.cfg.heartbeat_interval)
             .map(|(id, _)| *id);
         // Heartbeats carry the epoch: each one is also a fence (see `LinkState::peer_epoch`).
-        let epoch = self.epoch;
-        quiet.map(|link| {
-            self.emit(
-                link,
-                Frame::new(
-                    MsgType::Heartbeat,
-                    Flags::empty(),
-                    0,
-                    epoch,
-                    0,
-                    Bytes::new(),
-                ),
-                None,
-                now,
-            )
-        })
+        let hb = self.heartbeat();
+        quiet.map(|link| self.emit(link, hb, None, now))
     }
 
     fn poll_ack_or_flow(&mut self, now: Instant) -> Option<Transmit> {

@@ -460,6 +460,12 @@ impl RecvStream {
         }
     }
 
+    /// The remembered return codes, by sequence number (to send again after a link loss:
+    /// their first ACK may have died with the link; the sender ignores duplicates).
+    pub fn codes(&self) -> impl Iterator<Item = (u64, i32)> + '_ {
+        self.codes.iter().map(|(s, c)| (*s, *c))
+    }
+
     /// Marks the current credit as announced (after a re-announce on link loss).
     pub fn regrant(&mut self) -> u64 {
         self.granted = self.granted.max(self.credit());

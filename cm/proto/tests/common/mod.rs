@@ -137,6 +137,47 @@ impl Pair {
         self.b_info.node_id = node_id.to_string();
     }
 
+    /// Replaces node b by a fresh process of node `node_id` (new instance, nothing registered)
+    /// while the links in `silent` stay up on a's side: an RDMA link to a crashed process goes
+    /// silent instead of closing. Every other link is closed at once (TCP sees the crash). What
+    /// a queued on a silent link is lost and whatever a sends on it from now on is swallowed
+    /// (the new process does not know the link); what the old b sent before it crashed still
+    /// arrives. a closes silent links when it judges them dead (link timeout) or when it learns
+    /// that the partner restarted.
+    pub fn crash_b_leaving_silent(&mut self, silent: &[LinkId], node_id: &str, cfg: SessionConfig) {
+        let ids = self.link_ids();
+        for id in ids {
+            if silent.contains(&id) {
+                if let Some(q) = self.links.get_mut(&id) {
+                    q.a_to_b.clear();
+                }
+            } else {
+                self.links.remove(&id);
+                self.a.handle_link_down(id, self.now);
+            }
+        }
+        self.b = Session::new(cfg, Role::Acceptor);
+        self.b_info.instance += 100;
+        self.b_info.node_id = node_id.to_string();
+        self.b_events.clear();
+    }
+
+    /// One end sees link `id` fail before the other (a QP error or a reset noticed on one side
+    /// only): that end (`a` when `on_a`, else `b`) drops the link at once and what it had queued
+    /// on it is lost; the other end keeps sending into it, unanswered (the frames are dropped on
+    /// arrival), until it judges the link dead (link timeout) and closes it.
+    pub fn fail_link_on_one_side(&mut self, id: LinkId, on_a: bool) {
+        if let Some(q) = self.links.get_mut(&id) {
+            if on_a {
+                q.a_to_b.clear();
+                self.a.handle_link_down(id, self.now);
+            } else {
+                q.b_to_a.clear();
+                self.b.handle_link_down(id, self.now);
+            }
+        }
+    }
+
     /// Replaces node a (the dialer) by a fresh process (new instance, nothing registered).
     pub fn restart_a(&mut self, cfg: SessionConfig) {
         let ids = self.link_ids();
@@ -312,6 +353,15 @@ impl Pair {
                     .map(|f| (f.header.msg_type, f.header.seq))
                     .collect()
             })
+            .unwrap_or_default()
+    }
+
+    /// Headers of the frames queued on one link and direction, oldest first.
+    pub fn queued_headers(&self, link: LinkId, to_b: bool) -> Vec<peercm_proto::Header> {
+        self.links
+            .get(&link)
+            .map(|q| if to_b { &q.a_to_b } else { &q.b_to_a })
+            .map(|q| q.iter().map(|f| f.header).collect())
             .unwrap_or_default()
     }
 
