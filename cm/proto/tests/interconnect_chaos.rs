@@ -943,6 +943,10 @@ impl<'a> Chaos<'a> {
                 );
                 self.went_down(Who::A, c);
                 self.to_answer.remove(&(Side::A, c));
+                // Going down ends any switch under way: what it held was NACKed, and the next
+                // link to the same node is that partner returning, not a switch.
+                self.switch_pending = false;
+                self.switch_seen.clear();
             }
             ClientEvent::Up | ClientEvent::FlowControl { .. } => {}
             ClientEvent::Migrated { from, to } => {
