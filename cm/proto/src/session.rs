@@ -595,7 +595,10 @@ impl Session {
                 max,
             });
         }
-        let flowing = self.state == SessionState::Up || self.holding_since.is_some();
+        // While holding for a switch, and while the switch's reset runs, sends queue: they go
+        // to the new partner with the rest (the client saw no Down, so it must not fail).
+        let flowing =
+            self.state == SessionState::Up || self.holding_since.is_some() || self.switching;
         if !c.port.state().is_up() || !flowing {
             return Err(SessionError::NotConnected {
                 name: c.name.clone(),

@@ -240,3 +240,32 @@ fn without_autoswitch_losing_every_link_nacks_at_once() {
         10
     );
 }
+
+#[test]
+fn sends_are_accepted_between_the_backups_first_link_and_its_ready() {
+    let mut p = Pair::with_config(1, hold_cfg());
+    let ca = p.a.register("mirror", spec()).unwrap();
+    let _cb = p.b.register("mirror", spec()).unwrap();
+    p.a.connect(ca).unwrap();
+    p.add_link();
+    p.drive();
+    for l in p.link_ids() {
+        p.kill_link(l);
+    }
+    p.flush();
+    p.a.send(ca, msg(1), SendModel::Sync)
+        .expect("accepted while holding");
+    p.replace_b_with("c", SessionConfig::default());
+    let cc = p.b.register("mirror", spec()).unwrap();
+    p.add_link();
+    // The switch's reset is under way (no READY from c yet): still accepted, never refused.
+    assert_ne!(p.a.state(), SessionState::Up);
+    p.a.send(ca, msg(2), SendModel::Sync)
+        .expect("accepted while switching");
+    for _ in 0..10 {
+        p.drive();
+        p.b_reply_all(code);
+    }
+    assert_eq!(delivered(&p.b_events, cc), vec![msg(1), msg(2)]);
+    assert_eq!(acked(&p, ca).len(), 2);
+}
