@@ -5,16 +5,18 @@
 #   2. cargo fmt --check                     7. peercm demo (the main job) must pass
 #   3. cargo clippy -D warnings              8. no `unsafe` outside verbs-shim
 #   4. cargo test (unit, property, chaos, loopback-TCP integration)
-#   5. soft-RoCE lane: the verbs scenario suite on rdma_rxe in two QEMU/TCG VMs, plus
-#      `peercm devices` in and outside the VMs (scripts/softroce/verbs-lane.sh,
+#   5. soft-RoCE lanes: the verbs scenario suite on rdma_rxe in two QEMU/TCG VMs, plus
+#      `peercm devices` in and outside the VMs (scripts/softroce/verbs-lane.sh), then the
+#      connection manager's scenarios on rxe in three VMs (scripts/softroce/manager-lane.sh;
 #      docs/softroce-lane.md). Needs root; scripts/softroce/setup.sh installs QEMU and Debian's
-#      kernel once. If the lane cannot run here the suite FAILS, unless PEERCM_SKIP_SOFTROCE=1.
+#      kernel once. If the lanes cannot run here the suite FAILS, unless PEERCM_SKIP_SOFTROCE=1.
 #
 # Ends with one line "peercm: N passed, N failed" counting every test run (each lane scenario
 # that passed on both sides counts once).
 # Environment: PEERCM_FUZZ_SECONDS (per target, default 15), PEERCM_SKIP_FUZZ=1 (local only;
 # CI never sets it), PEERCM_CHAOS_SEEDS (seeds for the randomized session test),
-# PEERCM_SKIP_SOFTROCE=1 (skip the soft-RoCE lane; local only, refused when CI=true).
+# PEERCM_IC_CHAOS_SEEDS (seeds for the randomized interconnect test, default 300),
+# PEERCM_SKIP_SOFTROCE=1 (skip the soft-RoCE lanes; local only, refused when CI=true).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -71,16 +73,28 @@ else
     echo "peercm: $passed passed, $((failed + 1)) failed"
     exit 1
   fi
-  set +e
-  bash scripts/softroce/verbs-lane.sh 2>&1 | tee "$log_dir/softroce.log"
-  lane_rc=${PIPESTATUS[0]}
-  set -e
-  lane_counts=$(sed -n 's/^soft-RoCE lane: \([0-9]*\) passed, \([0-9]*\) failed.*/\1 \2/p' "$log_dir/softroce.log" | tail -n1)
-  lane_passed=${lane_counts% *} lane_failed=${lane_counts#* }
-  passed=$((passed + ${lane_passed:-0}))
-  if [ "$lane_rc" -ne 0 ] || [ -z "$lane_counts" ] || [ "${lane_failed:-1}" -ne 0 ]; then
-    echo "test: the soft-RoCE lane failed (exit $lane_rc); logs under target/softroce/lanes/verbs/out/" >&2
-    echo "peercm: $passed passed, $((failed + (${lane_failed:-0} > 0 ? ${lane_failed:-0} : 1))) failed"
+  # Both lanes run even if the first fails; each closing line "<lane>: N passed, M failed" is
+  # added to the count, and a lane that printed none (or exited non-zero) counts as 1 failure.
+  lanes_failed=0
+  for lane in verbs manager; do
+    case "$lane" in
+      verbs) label="soft-RoCE lane" ;;
+      manager) step "soft-RoCE manager lane"; label="soft-RoCE manager lane" ;;
+    esac
+    set +e
+    bash "scripts/softroce/$lane-lane.sh" 2>&1 | tee "$log_dir/softroce-$lane.log"
+    lane_rc=${PIPESTATUS[0]}
+    set -e
+    lane_counts=$(sed -n "s/^$label: \([0-9]*\) passed, \([0-9]*\) failed.*/\1 \2/p" "$log_dir/softroce-$lane.log" | tail -n1)
+    lane_passed=${lane_counts% *} lane_failed=${lane_counts#* }
+    passed=$((passed + ${lane_passed:-0}))
+    if [ "$lane_rc" -ne 0 ] || [ -z "$lane_counts" ] || [ "${lane_failed:-1}" -ne 0 ]; then
+      echo "test: the $label failed (exit $lane_rc); logs under target/softroce/lanes/$lane/out/" >&2
+      lanes_failed=$((lanes_failed + (${lane_failed:-0} > 0 ? ${lane_failed:-0} : 1)))
+    fi
+  done
+  if [ "$lanes_failed" -gt 0 ]; then
+    echo "peercm: $passed passed, $((failed + lanes_failed)) failed"
     exit 1
   fi
 fi

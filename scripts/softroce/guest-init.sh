@@ -92,12 +92,14 @@ nic_by_mac() {
   done
   return 1
 }
-# Optional management NIC (run-lane.sh --mgmt): plain IP, no rxe, named mgmt0. Renamed first,
-# so the cable NICs below can take the ethK names it may have had.
-if [ -n "${MGMT_MAC:-}" ]; then
-  cur=$(nic_by_mac "$MGMT_MAC") || fail "no management NIC with MAC $MGMT_MAC"
-  if [ "$cur" != mgmt0 ]; then timeout 5 ip link set dev "$cur" name mgmt0 || fail "rename $cur to mgmt0"; fi
-fi
+# Optional management NICs (run-lane.sh --mgmt): plain IP, no rxe, named mgmt0, mgmt1, ... Renamed
+# first, so the cable NICs below can take the ethK names they may have had.
+MGMT_NICS=${MGMT_NICS:-0}
+for ((k = 0; k < MGMT_NICS; k++)); do
+  mac_var=MGMT_MAC_$k
+  cur=$(nic_by_mac "${!mac_var}") || fail "no management NIC with MAC ${!mac_var}"
+  if [ "$cur" != "mgmt$k" ]; then timeout 5 ip link set dev "$cur" name "mgmt$k" || fail "rename $cur to mgmt$k"; fi
+done
 renames=0
 for ((k = 0; k < NICS; k++)); do
   mac_var=NIC_MAC_$k
@@ -121,21 +123,24 @@ for ((k = 0; k < NICS; k++)); do
   ip_var=NIC_IP_$k
   ipcmds+="addr add ${!ip_var}/24 dev eth$k"$'\n'"link set eth$k up"$'\n'
 done
-if [ -n "${MGMT_MAC:-}" ]; then
-  ipcmds+="addr add $MGMT_IP/24 dev mgmt0"$'\n'"link set mgmt0 up"$'\n'
-fi
+for ((k = 0; k < MGMT_NICS; k++)); do
+  ip_var=MGMT_IP_$k
+  ipcmds+="addr add ${!ip_var}/24 dev mgmt$k"$'\n'"link set mgmt$k up"$'\n'
+done
 printf '%s' "$ipcmds" | timeout 10 ip -batch - || fail "ip -batch failed: $ipcmds"
 log "nics up"
 
-# --- soft-RoCE devices ---------------------------------------------------------------------
-timeout 30 modprobe -a rdma_rxe rdma_ucm ||
-  fail "modprobe rdma_rxe rdma_ucm (modules come from the host's /lib/modules/$(uname -r) over 9p)"
-log "modules loaded"
-rdmacmds=""
-for ((k = 0; k < NICS; k++)); do
-  rdmacmds+="link add rxe$k type rxe netdev eth$k"$'\n'
-done
-printf '%s' "$rdmacmds" | timeout 20 rdma -b - || fail "rdma link add failed: $rdmacmds"
+# --- soft-RoCE devices (none on a node without cables, e.g. n3 with run-lane.sh --tcp-backup) --
+if [ "$NICS" -gt 0 ]; then
+  timeout 30 modprobe -a rdma_rxe rdma_ucm ||
+    fail "modprobe rdma_rxe rdma_ucm (modules come from the host's /lib/modules/$(uname -r) over 9p)"
+  log "modules loaded"
+  rdmacmds=""
+  for ((k = 0; k < NICS; k++)); do
+    rdmacmds+="link add rxe$k type rxe netdev eth$k"$'\n'
+  done
+  printf '%s' "$rdmacmds" | timeout 20 rdma -b - || fail "rdma link add failed: $rdmacmds"
+fi
 
 # Fork-free helpers: every process spawned under TCG costs milliseconds of the single vCPU.
 mkfifo /tmp/.guest-init-sleep.$$ && exec 7<>/tmp/.guest-init-sleep.$$ && rm -f /tmp/.guest-init-sleep.$$
@@ -186,10 +191,19 @@ envf=$LANE/out/$NODE.env
   echo "LANE_SCRIPT_NODES=\"$LANE_SCRIPT_NODES\""
   echo "NODE_TIMEOUT=$NODE_TIMEOUT"
   echo "KERNEL=$(uname -r)"
-  if [ -n "${MGMT_MAC:-}" ]; then
+  if [ "$MGMT_NICS" -gt 0 ]; then
     echo "MGMT_NETDEV=mgmt0"
-    echo "MGMT_IP=$MGMT_IP"
-    echo "PEER_MGMT_IP=$MGMT_PEER_IP"
+    echo "MGMT_IP=$MGMT_IP_0"
+    echo "PEER_MGMT_IP=$MGMT_PEER_IP_0"
+    peers=""
+    for ((k = 0; k < MGMT_NICS; k++)); do
+      ip_var=MGMT_IP_$k peer_ip_var=MGMT_PEER_IP_$k peer_var=MGMT_PEER_NODE_$k
+      peers="${peers:+$peers }${!peer_var}"
+      echo "MGMT_NETDEV_${!peer_var}=mgmt$k"
+      echo "MGMT_IP_TO_${!peer_var}=${!ip_var}"
+      echo "PEER_MGMT_IP_${!peer_var}=${!peer_ip_var}"
+    done
+    echo "MGMT_PEERS=\"$peers\""
   fi
 } >"$envf.tmp"
 cables=""

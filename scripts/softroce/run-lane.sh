@@ -2,24 +2,31 @@
 # Generic soft-RoCE lane runner: boots 2 or 3 QEMU/TCG VMs (Debian kernel with rdma_rxe), cables
 # them point to point, runs one script per node and collects the results.
 #
-#   scripts/softroce/run-lane.sh [--nodes 2|3] [--timeout SECS] [--mgmt] LANE_DIR
+#   scripts/softroce/run-lane.sh [--nodes 2|3] [--timeout SECS] [--mgmt] [--tcp-backup] LANE_DIR
 #
 # LANE_DIR (outside /tmp: the guests cover the host's /tmp with tmpfs) holds n1.sh, n2.sh and,
 # with --nodes 3, optionally n3.sh (without it n3 idles until n1 and n2 are done). Each runs
 # under bash inside its VM with NODE, LANE, LANE_LIB, LANE_NODES, CABLES and, per cable <c>,
 # DEV_<c> NETDEV_<c> IP_<c> PEER_IP_<c> PEER_NODE_<c> GID_IDX_<c> GID_<c>. --timeout (default
-# 120 s) bounds each VM; node scripts get 15 s less. --mgmt (2 nodes only) adds a management
-# link n1.mgmt0 <-> n2.mgmt0 (10.77.99.<node>/24, no rxe on it, never cut by lane_cable) for
-# bootstrap/control traffic that must survive cable cuts; node scripts get MGMT_NETDEV, MGMT_IP
-# and PEER_MGMT_IP. Env: PEERCM_SOFTROCE_CACHE (guest image cache), PEERCM_LANE_ABORT_GRACE
-# (s, default 15: how long the others may run after a failure).
+# 120 s) bounds each VM; node scripts get 15 s less. --mgmt adds management links (plain IP, no
+# rxe on them, never cut by lane_cable) for bootstrap/control traffic that must survive cable
+# cuts: n1.mgmt0 <-> n2.mgmt0 (10.77.99.<node>/24) and, with --nodes 3, n1.mgmt1 <-> n3.mgmt0
+# (10.77.98.<node>/24) and n2.mgmt1 <-> n3.mgmt1 (10.77.97.<node>/24). Node scripts get
+# MGMT_NETDEV, MGMT_IP and PEER_MGMT_IP (their first management link), MGMT_PEERS, and per
+# management peer <p> MGMT_NETDEV_<p>, MGMT_IP_TO_<p> and PEER_MGMT_IP_<p>. --tcp-backup (needs
+# --nodes 3 --mgmt) leaves out cables 2 and 3: n3 has no rxe device at all and reaches n1 and n2
+# over the management links only (a TCP-only backup partner). Env: PEERCM_SOFTROCE_CACHE (guest
+# image cache), PEERCM_LANE_ABORT_GRACE (s, default 15: how long the others may run after a
+# failure).
 #
 # Topology (cable numbers; IPs are 10.77.<cable>.<node number>/24):
 #     n1.eth0 <-- cable 0 --> n2.eth0
 #     n1.eth1 <-- cable 1 --> n2.eth1
-#     n1.eth2 <-- cable 2 --> n3.eth0      (--nodes 3 only)
-#     n2.eth2 <-- cable 3 --> n3.eth1      (--nodes 3 only)
+#     n1.eth2 <-- cable 2 --> n3.eth0      (--nodes 3 only, not with --tcp-backup)
+#     n2.eth2 <-- cable 3 --> n3.eth1      (--nodes 3 only, not with --tcp-backup)
 #     n1.mgmt0 <-- mgmt ---> n2.mgmt0      (--mgmt only; plain IP, no rxe)
+#     n1.mgmt1 <-- mgmt ---> n3.mgmt0      (--mgmt --nodes 3)
+#     n2.mgmt1 <-- mgmt ---> n3.mgmt1      (--mgmt --nodes 3)
 # rxeK sits on ethK. Cables are QEMU `-netdev dgram` over host unix datagram sockets (no host IP
 # traffic at all). Each VM has a QEMU monitor on a unix socket for fault injection, which node
 # scripts request through "$LANE/ctl/" (see lane-lib.sh and docs/softroce-lane.md).
@@ -31,17 +38,19 @@ set -euo pipefail
 # shellcheck source=common.sh
 . "$(dirname "$0")/common.sh"
 
-usage() { sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; }
 
 nodes=2
 vm_timeout=120
 mgmt=0
+tcp_backup=0
 lane=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --nodes) nodes=${2:?--nodes needs 2 or 3}; shift 2 ;;
     --timeout) vm_timeout=${2:?--timeout needs seconds}; shift 2 ;;
     --mgmt) mgmt=1; shift ;;
+    --tcp-backup) tcp_backup=1; shift ;;
     -h | --help) usage; exit 0 ;;
     -*) die "unknown option $1 (see --help)" ;;
     *) [ -z "$lane" ] || die "only one LANE_DIR allowed"; lane=$1; shift ;;
@@ -49,7 +58,9 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$lane" ] || { usage >&2; exit 2; }
 case "$nodes" in 2 | 3) ;; *) die "--nodes must be 2 or 3, not '$nodes'" ;; esac
-if [ "$mgmt" = 1 ] && [ "$nodes" != 2 ]; then die "--mgmt needs --nodes 2 (the management link is point to point)"; fi
+if [ "$tcp_backup" = 1 ] && { [ "$nodes" != 3 ] || [ "$mgmt" != 1 ]; }; then
+  die "--tcp-backup needs --nodes 3 --mgmt (n3 is then reachable over the management links only)"
+fi
 if ! [[ "$vm_timeout" =~ ^[0-9]+$ ]] || [ "$vm_timeout" -lt 20 ]; then die "--timeout must be an integer >= 20 (seconds)"; fi
 [ -d "$lane" ] || die "lane dir $lane does not exist"
 lane=$(abs_dir "$lane")
@@ -86,10 +97,16 @@ if [ ! -s "$KERNEL" ] || [ ! -s "$INITRD" ]; then die "guest image missing under
 CA_NODE=(n1 n1 n1 n2) CA_NIC=(0 1 2 2)
 CB_NODE=(n2 n2 n3 n3) CB_NIC=(0 1 0 1)
 ncables=2
-[ "$nodes" = 3 ] && ncables=4
+if [ "$nodes" = 3 ] && [ "$tcp_backup" = 0 ]; then ncables=4; fi
 node_num() { echo "${1#n}"; }
 mac_of() { printf '52:54:00:77:%02x:%02x' "$1" "$(node_num "$2")"; } # mac_of CABLE NODE
-MGMT_NET=99 # management link (--mgmt): 10.77.99.<node>/24, MAC 52:54:00:77:63:<node>, netdev id m0
+# Management links (--mgmt): link j joins MA_NODE[j] and MB_NODE[j] on 10.77.<MGMT_NET[j]>.<node>/24,
+# MAC 52:54:00:77:<MGMT_NET[j] in hex>:<node>, QEMU netdev id m<j>. A node names its management
+# NICs mgmt0, mgmt1, ... in link order.
+MA_NODE=(n1 n1 n2) MB_NODE=(n2 n3 n3) MGMT_NET=(99 98 97)
+nmgmt=0
+if [ "$mgmt" = 1 ]; then nmgmt=$((nodes == 3 ? 3 : 1)); fi
+declare -A MGMT_LINKS # node -> "0 1 ..." management link numbers
 
 # --- lane dir ------------------------------------------------------------------------------
 rm -rf "$lane/out" "$lane/sync" "$lane/ctl" "$lane/nodes"
@@ -131,15 +148,25 @@ for n in "${node_list[@]}"; do
     nics=$((nics + 1))
   done
   echo "NICS=$nics" >>"$conf"
-  if [ "$mgmt" = 1 ]; then
-    peer=n1
-    [ "$n" = n1 ] && peer=n2
+  k=0
+  for ((j = 0; j < nmgmt; j++)); do
+    if [ "${MA_NODE[j]}" = "$n" ]; then
+      peer=${MB_NODE[j]}
+    elif [ "${MB_NODE[j]}" = "$n" ]; then
+      peer=${MA_NODE[j]}
+    else
+      continue
+    fi
     {
-      echo "MGMT_MAC=$(mac_of "$MGMT_NET" "$n")"
-      echo "MGMT_IP=10.77.$MGMT_NET.$(node_num "$n")"
-      echo "MGMT_PEER_IP=10.77.$MGMT_NET.$(node_num "$peer")"
+      echo "MGMT_MAC_$k=$(mac_of "${MGMT_NET[j]}" "$n")"
+      echo "MGMT_IP_$k=10.77.${MGMT_NET[j]}.$(node_num "$n")"
+      echo "MGMT_PEER_IP_$k=10.77.${MGMT_NET[j]}.$(node_num "$peer")"
+      echo "MGMT_PEER_NODE_$k=$peer"
     } >>"$conf"
-  fi
+    MGMT_LINKS[$n]="${MGMT_LINKS[$n]:-} $j"
+    k=$((k + 1))
+  done
+  echo "MGMT_NICS=$k" >>"$conf"
 done
 
 # --- host-only runtime dir (sockets, monitors) ---------------------------------------------
@@ -169,17 +196,17 @@ start_vm() {
     -device "virtio-9p-pci,fsdev=fsh,mount_tag=host"
     -fsdev "local,id=fsl,path=$lane,security_model=none"
     -device "virtio-9p-pci,fsdev=fsl,mount_tag=lane")
-  for c in ${NETDEVS[$n]}; do
+  for c in ${NETDEVS[$n]:-}; do
     c=${c#c}
     if [ "${CA_NODE[c]}" = "$n" ]; then peer=${CB_NODE[c]}; else peer=${CA_NODE[c]}; fi
     args+=(-netdev "dgram,id=c$c,local.type=unix,local.path=$run/c$c-$n.sock,remote.type=unix,remote.path=$run/c$c-$peer.sock"
       -device "virtio-net-pci,netdev=c$c,mac=$(mac_of "$c" "$n")")
   done
-  if [ "$mgmt" = 1 ]; then
-    if [ "$n" = n1 ]; then peer=n2; else peer=n1; fi
-    args+=(-netdev "dgram,id=m0,local.type=unix,local.path=$run/m0-$n.sock,remote.type=unix,remote.path=$run/m0-$peer.sock"
-      -device "virtio-net-pci,netdev=m0,mac=$(mac_of "$MGMT_NET" "$n")")
-  fi
+  for j in ${MGMT_LINKS[$n]:-}; do
+    if [ "${MA_NODE[j]}" = "$n" ]; then peer=${MB_NODE[j]}; else peer=${MA_NODE[j]}; fi
+    args+=(-netdev "dgram,id=m$j,local.type=unix,local.path=$run/m$j-$n.sock,remote.type=unix,remote.path=$run/m$j-$peer.sock"
+      -device "virtio-net-pci,netdev=m$j,mac=$(mac_of "${MGMT_NET[j]}" "$n")")
+  done
   args+=(-monitor "unix:$run/$n.mon,server,nowait" -serial "file:$lane/out/$n.console")
   VM_START[$n]=$(now_ms)
   timeout -k 5 "$vm_timeout" qemu-system-x86_64 "${args[@]}" </dev/null >"$lane/out/$n.qemu.log" 2>&1 &
@@ -304,7 +331,7 @@ summary=$lane/out/summary
     if [ -f "$lane/out/$n.env" ]; then
       ready=$(sed -n 's/^T_READY=//p' "$lane/out/$n.env")
       devs=$(awk -F= '/^CABLES=/{gsub(/"/,"",$2); nc=split($2,cs," ")} /^DEV_|^NETDEV_|^IP_|^GID_IDX_/{v[$1]=$2}
-        END{for(i=1;i<=nc;i++){c=cs[i]; printf "%scable%s:%s/%s/%s/gid%s", (i>1?" ":""), c, v["DEV_" c], v["NETDEV_" c], v["IP_" c], v["GID_IDX_" c]}}' "$lane/out/$n.env")
+        END{if(nc==0) printf "no rxe (management links only)"; for(i=1;i<=nc;i++){c=cs[i]; printf "%scable%s:%s/%s/%s/gid%s", (i>1?" ":""), c, v["DEV_" c], v["NETDEV_" c], v["IP_" c], v["GID_IDX_" c]}}' "$lane/out/$n.env")
     fi
     printf '%-4s %-8s %-7s %8s %8s  %s\n' "$n" "$vm" "$rc" "$wall" "$ready" "$devs"
   done

@@ -108,16 +108,31 @@ pub(crate) struct Rails {
     max_payload_bytes: u32,
 }
 
-/// The GID index to address a port by: the RoCEv2 IPv4-mapped entry (`::ffff:a.b.c.d`) when
-/// there is one, else entry 0 (InfiniBand, or RoCE without an IPv4 address).
+/// The GID index to address a port by, given its GID table by index (empty entries zero): the
+/// RoCEv2 IPv4-mapped entry (`::ffff:a.b.c.d`) when there is one, else the first non-empty
+/// entry (InfiniBand, or RoCE without an IPv4 address).
 fn pick_gid(gids: &[[u8; 16]]) -> (u8, [u8; 16]) {
     let mapped = |g: &[u8; 16]| g[..10].iter().all(|b| *b == 0) && g[10] == 0xff && g[11] == 0xff;
     gids.iter()
         .enumerate()
         .find(|(_, g)| mapped(g))
-        .or_else(|| gids.iter().enumerate().next())
+        .or_else(|| gids.iter().enumerate().find(|(_, g)| **g != [0; 16]))
         .map(|(i, g)| (i.min(255) as u8, *g))
         .unwrap_or((0, [0; 16]))
+}
+
+/// A port's GID table by index: its first 16 entries, an empty or unreadable one as zeros,
+/// trailing empty ones left out. `PortInfo::gids` skips empty entries, so a position in it is
+/// not a GID index once the table has a hole before the entry wanted (an address removed, or
+/// not re-added yet); `sgid_index` must be the real index.
+fn gid_table(dev: &dyn Device, port: u8) -> Vec<[u8; 16]> {
+    let mut table: Vec<[u8; 16]> = (0..16u8)
+        .map(|i| dev.gid(port, i).unwrap_or([0; 16]))
+        .collect();
+    while table.last() == Some(&[0; 16]) {
+        table.pop();
+    }
+    table
 }
 
 impl Rails {
@@ -170,7 +185,8 @@ impl Rails {
             let mut ports = info.ports.clone();
             ports.sort_by_key(|p| p.port);
             for p in ports {
-                let (gid_index, gid) = pick_gid(&p.gids);
+                let table = gid_table(dev.as_ref(), p.port);
+                let (gid_index, gid) = pick_gid(if table.is_empty() { &p.gids } else { &table });
                 let capacity = tunables
                     .capacity_mbps
                     .get(&info.name)
@@ -558,5 +574,9 @@ mod tests {
         assert_eq!(pick_gid(&[link_local, mapped]), (1, mapped));
         assert_eq!(pick_gid(&[link_local]), (0, link_local));
         assert_eq!(pick_gid(&[]), (0, [0; 16]));
+        // Indices are table indices: holes (empty entries) count.
+        let empty = [0u8; 16];
+        assert_eq!(pick_gid(&[link_local, empty, mapped]), (2, mapped));
+        assert_eq!(pick_gid(&[empty, link_local]), (1, link_local));
     }
 }
