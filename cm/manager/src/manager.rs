@@ -6,7 +6,7 @@
 use crate::config::NodeConfig;
 use crate::error::CmError;
 use crate::links::AnyLink;
-use crate::rails::{DeviceInput, ManagerSink, RailAction, Rails, VerbsSource};
+use crate::rails::{DeviceInput, ManagerSink, RailAction, RailDone, Rails, VerbsSource};
 use crate::status::{ClientStatus, InterconnectStatus, LinkStatus, NodeStatus, TimelineEntry};
 use bytes::Bytes;
 use peercm_proto::auth::Role;
@@ -112,6 +112,9 @@ pub(crate) struct Manager {
     bytes_fed: HashMap<ClientId, u64>,
     dev_tx: mpsc::Sender<DeviceInput>,
     dev_rx: mpsc::Receiver<DeviceInput>,
+    /// Results of rail setup work done on blocking threads.
+    rail_tx: mpsc::UnboundedSender<RailDone>,
+    rail_rx: mpsc::UnboundedReceiver<RailDone>,
     next_rail_round: Instant,
     last_session_state: SessionState,
     /// Index into the partner addresses (partner, then backups) currently dialed.
@@ -172,6 +175,7 @@ impl Manager {
         let (link_tx, link_rx) = mpsc::channel(LINK_INPUT_CAPACITY);
         let (new_tx, new_rx) = mpsc::channel(64);
         let (dev_tx, dev_rx) = mpsc::channel(256);
+        let (rail_tx, rail_rx) = mpsc::unbounded_channel();
         let rails = Rails::discover(&verbs, &cfg.verbs, cfg.session.max_payload_bytes);
         let mut handshake = handshake;
         handshake.node.capabilities = rails.capabilities();
@@ -194,6 +198,8 @@ impl Manager {
             bytes_fed: HashMap::new(),
             dev_tx,
             dev_rx,
+            rail_tx,
+            rail_rx,
             next_rail_round: Instant::now(),
             last_session_state: SessionState::Down,
             peer_index: 0,
@@ -419,6 +425,9 @@ impl Manager {
                 }
                 dev = self.dev_rx.recv() => {
                     if let Some(d) = dev { self.on_device_event(d); }
+                }
+                done = self.rail_rx.recv() => {
+                    if let Some(d) = done { self.on_rail_done(d); }
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     let now = Instant::now();
@@ -711,20 +720,81 @@ impl Manager {
             })
             .collect();
         for rail in self.rails.rails_to_offer(peer_rails, &linked, now) {
-            let id = self.next_link.fetch_add(1, Ordering::Relaxed);
-            match self.rails.offer(rail, id, now) {
-                Ok(msg) => {
-                    if let Err(e) = self.session.send_transport(control::encode(&msg)) {
-                        tracing::warn!(rail, error = %e, "cannot send rail offer");
-                    }
+            let link_id = self.next_link.fetch_add(1, Ordering::Relaxed);
+            match self.rails.begin_offer(rail, link_id, now) {
+                Ok(job) => {
+                    let tx = self.rail_tx.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let res = job.prepare();
+                        let _ = tx.send(RailDone::Prepared { rail, link_id, res });
+                    });
                 }
                 Err(e) => tracing::warn!(rail, error = %e, "cannot offer rail"),
             }
         }
     }
 
+    /// Blocking rail work finished.
+    fn on_rail_done(&mut self, done: RailDone) {
+        let now = Instant::now();
+        match done {
+            RailDone::Prepared { rail, link_id, res } => {
+                if let Some(msg) = self.rails.prepared(rail, link_id, res, now) {
+                    if let Err(e) = self.session.send_transport(control::encode(&msg)) {
+                        tracing::warn!(rail, error = %e, "cannot send rail offer");
+                    }
+                }
+            }
+            RailDone::Connected {
+                rail,
+                link_id,
+                res,
+                reply,
+            } => {
+                let dialer = reply.is_none();
+                if let Some(m) = &reply {
+                    let _ = self.session.send_transport(control::encode(m));
+                }
+                let link = match res {
+                    Ok(link) => link,
+                    Err(e) => {
+                        tracing::warn!(rail, error = %e, "rail setup failed");
+                        if dialer {
+                            self.rails.connected(rail, link_id);
+                        }
+                        return;
+                    }
+                };
+                let wanted = if dialer {
+                    self.rails.connected(rail, link_id) && self.session.state() == SessionState::Up
+                } else {
+                    self.session.state() == SessionState::Up
+                };
+                if !wanted {
+                    link.close(); // abandoned meanwhile (session down, offer expired)
+                    return;
+                }
+                self.links.insert(
+                    link_id,
+                    AnyLink::Rdma {
+                        link,
+                        rail,
+                        activated: dialer,
+                    },
+                );
+                if dialer {
+                    if let Some(peer) = self.session.peer().cloned() {
+                        self.session.handle_link_up_on(link_id, rail, peer, now);
+                    }
+                    self.note(format!("rdma link {link_id} up on rail {rail}"));
+                    self.refresh_interconnects(now);
+                }
+            }
+        }
+    }
+
     /// A TRANSPORT message from the partner's manager.
-    fn on_transport(&mut self, payload: Bytes, now: Instant) {
+    fn on_transport(&mut self, payload: Bytes) {
         let msg: TransportMsg = match control::decode("TRANSPORT", &payload) {
             Ok(m) => m,
             Err(e) => {
@@ -748,36 +818,84 @@ impl Manager {
             TransportMsg::Offer { .. } => self.next_link.fetch_add(1, Ordering::Relaxed),
             _ => 0,
         };
-        let tx = self.link_tx.clone();
-        let action = self
-            .rails
-            .handle(msg, id, |link| Box::new(ManagerSink { link, tx }));
-        match action {
+        let sink = |link| -> Box<dyn peercm_rdma_link::LinkSink> {
+            Box::new(ManagerSink {
+                link,
+                tx: self.link_tx.clone(),
+            })
+        };
+        let tx = self.rail_tx.clone();
+        match self.rails.handle(msg, id) {
             RailAction::None => {}
             RailAction::Reply(m) => {
                 let _ = self.session.send_transport(control::encode(&m));
             }
-            RailAction::Connected { rail, link, reply } => {
-                let id = link.id();
-                let dialer = reply.is_none();
-                if let Some(m) = reply {
-                    let _ = self.session.send_transport(control::encode(&m));
-                }
-                self.links.insert(
-                    id,
-                    AnyLink::Rdma {
-                        link,
+            RailAction::Accept {
+                rail,
+                attempt,
+                link_id,
+                job,
+                remote,
+            } => {
+                let sink = sink(link_id);
+                tokio::task::spawn_blocking(move || {
+                    let (res, reply) = match job.prepare() {
+                        Ok((prepared, endpoint)) => match prepared.connect(&remote, sink) {
+                            Ok(link) => (
+                                Ok(link),
+                                TransportMsg::Accept {
+                                    rail,
+                                    attempt,
+                                    endpoint,
+                                },
+                            ),
+                            Err(e) => {
+                                let reason = format!("connecting rail {rail}: {e}");
+                                (
+                                    Err(reason.clone()),
+                                    TransportMsg::Refuse {
+                                        rail,
+                                        attempt,
+                                        reason,
+                                    },
+                                )
+                            }
+                        },
+                        Err(reason) => (
+                            Err(reason.clone()),
+                            TransportMsg::Refuse {
+                                rail,
+                                attempt,
+                                reason,
+                            },
+                        ),
+                    };
+                    let _ = tx.send(RailDone::Connected {
                         rail,
-                        activated: dialer,
-                    },
-                );
-                if dialer {
-                    if let Some(peer) = self.session.peer().cloned() {
-                        self.session.handle_link_up_on(id, rail, peer, now);
-                    }
-                    self.note(format!("rdma link {id} up on rail {rail}"));
-                    self.refresh_interconnects(now);
-                }
+                        link_id,
+                        res,
+                        reply: Some(reply),
+                    });
+                });
+            }
+            RailAction::Connect {
+                rail,
+                link_id,
+                prepared,
+                remote,
+            } => {
+                let sink = sink(link_id);
+                tokio::task::spawn_blocking(move || {
+                    let res = prepared
+                        .connect(&remote, sink)
+                        .map_err(|e| format!("connecting rail {rail}: {e}"));
+                    let _ = tx.send(RailDone::Connected {
+                        rail,
+                        link_id,
+                        res,
+                        reply: None,
+                    });
+                });
             }
         }
     }
@@ -959,7 +1077,7 @@ impl Manager {
             }
         }
         while let Some((_, payload)) = self.session.poll_transport() {
-            self.on_transport(payload, now);
+            self.on_transport(payload);
         }
         while let Some(mv) = self.placement.poll_move() {
             let name = self

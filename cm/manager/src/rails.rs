@@ -75,26 +75,83 @@ pub(crate) struct DeviceInput {
     pub event: AsyncEvent,
 }
 
+/// A dialer's rail setup in flight.
+enum PendingState {
+    /// The queue pair and rings are being created (on a blocking thread).
+    Preparing,
+    /// The offer went out with this attempt number.
+    Offered {
+        attempt: u64,
+        prepared: Box<PreparedLink>,
+    },
+    /// The answer came; the queue pair is being connected (on a blocking thread).
+    Connecting,
+}
+
 struct Pending {
-    attempt: u64,
     link_id: LinkId,
-    prepared: PreparedLink,
-    sent_at: Instant,
+    since: Instant,
+    state: PendingState,
+}
+
+/// Resource creation for one rail link: cheap to build on the manager task, run on a blocking
+/// thread (creating a PD, CQ, QP and registering rings takes milliseconds on hardware and up
+/// to seconds under emulation, and the manager must keep heartbeating meanwhile).
+pub(crate) struct SetupJob {
+    rail: u32,
+    device: Arc<dyn Device>,
+    cfg: RdmaLinkConfig,
+}
+
+impl SetupJob {
+    /// Creates the queue pair and rings; returns them with this side's encoded endpoint.
+    pub fn prepare(self) -> Result<(Box<PreparedLink>, Vec<u8>), String> {
+        let rail = self.rail;
+        let (prepared, ep) = PreparedLink::new(self.device, self.cfg)
+            .map_err(|e| format!("preparing rail {rail}: {e}"))?;
+        let bytes = postcard::to_stdvec(&ep).map_err(|e| format!("encoding endpoint: {e}"))?;
+        Ok((Box::new(prepared), bytes))
+    }
 }
 
 /// What the manager should do after a TRANSPORT message.
 pub(crate) enum RailAction {
     /// Send this answer to the partner.
     Reply(TransportMsg),
-    /// A link is connected on `rail` (dialer: hand it to the session now; acceptor: on its
-    /// first frame). `reply` is the answer to send (acceptor only).
-    Connected {
+    /// Acceptor: prepare `job`, connect it to `remote` and answer the offer (blocking work).
+    Accept {
         rail: u32,
-        link: peercm_rdma_link::RdmaLink,
-        reply: Option<TransportMsg>,
+        attempt: u64,
+        link_id: LinkId,
+        job: SetupJob,
+        remote: LocalEndpoint,
+    },
+    /// Dialer: connect the prepared link to the answer (blocking work).
+    Connect {
+        rail: u32,
+        link_id: LinkId,
+        prepared: Box<PreparedLink>,
+        remote: LocalEndpoint,
     },
     /// Nothing to do (logged).
     None,
+}
+
+/// Blocking rail work finished; back on the manager task.
+pub(crate) enum RailDone {
+    /// Dialer: the rail's resources exist; the offer can go out.
+    Prepared {
+        rail: u32,
+        link_id: LinkId,
+        res: Result<(Box<PreparedLink>, Vec<u8>), String>,
+    },
+    /// A link is connected (or failed to). `reply` is the acceptor's answer to send.
+    Connected {
+        rail: u32,
+        link_id: LinkId,
+        res: Result<peercm_rdma_link::RdmaLink, String>,
+        reply: Option<TransportMsg>,
+    },
 }
 
 /// The node's RDMA side. See the module docs.
@@ -307,7 +364,7 @@ impl Rails {
         }
     }
 
-    fn prepare(&self, rail: u32, link_id: u64) -> Result<(PreparedLink, Vec<u8>), String> {
+    fn setup_job(&self, rail: u32, link_id: u64) -> Result<SetupJob, String> {
         let r = self
             .local
             .get(rail.wrapping_sub(1) as usize)
@@ -318,15 +375,16 @@ impl Rails {
                 r.device, r.port
             ));
         }
-        let dev = self
+        let device = self
             .devices
             .get(&r.device)
             .ok_or_else(|| format!("device {} is not open", r.device))?
             .clone();
-        let (prepared, ep) = PreparedLink::new(dev, self.link_config(r, link_id))
-            .map_err(|e| format!("preparing rail {rail}: {e}"))?;
-        let bytes = postcard::to_stdvec(&ep).map_err(|e| format!("encoding endpoint: {e}"))?;
-        Ok((prepared, bytes))
+        Ok(SetupJob {
+            rail,
+            device,
+            cfg: self.link_config(r, link_id),
+        })
     }
 
     /// Dialer: rails to offer now (local port active, partner has the rail, no link, no offer
@@ -334,7 +392,7 @@ impl Rails {
     pub fn rails_to_offer(&mut self, peer_rails: u32, linked: &[u32], now: Instant) -> Vec<u32> {
         let timeout = Duration::from_millis(self.tunables.rail_offer_timeout_ms);
         self.pending.retain(|rail, p| {
-            let keep = now.saturating_duration_since(p.sent_at) < timeout;
+            let keep = now.saturating_duration_since(p.since) < timeout;
             if !keep {
                 tracing::warn!(rail, "rail offer unanswered: abandoned, will retry");
             }
@@ -348,35 +406,83 @@ impl Rails {
             .collect()
     }
 
-    /// Dialer: prepares a queue pair for `rail` and builds the offer.
-    pub fn offer(&mut self, rail: u32, link_id: u64, now: Instant) -> Result<TransportMsg, String> {
-        let (prepared, endpoint) = self.prepare(rail, link_id)?;
-        let attempt = self.next_attempt;
-        self.next_attempt += 1;
+    /// Dialer: starts setting up `rail`; the returned job runs on a blocking thread and its
+    /// result comes back through [`Rails::prepared`].
+    pub fn begin_offer(
+        &mut self,
+        rail: u32,
+        link_id: u64,
+        now: Instant,
+    ) -> Result<SetupJob, String> {
+        let job = self.setup_job(rail, link_id)?;
         self.pending.insert(
             rail,
             Pending {
-                attempt,
                 link_id,
-                prepared,
-                sent_at: now,
+                since: now,
+                state: PendingState::Preparing,
             },
         );
-        Ok(TransportMsg::Offer {
-            rail,
-            attempt,
-            endpoint,
-        })
+        Ok(job)
     }
 
-    /// Handles a TRANSPORT message from the partner. `link_id` names the link an offer creates;
-    /// `sink` makes the sink of a link being connected, given its id.
-    pub fn handle(
+    /// Dialer: the rail's resources are ready: the offer to send, unless the setup was
+    /// abandoned meanwhile (then the prepared link is dropped).
+    pub fn prepared(
         &mut self,
-        msg: TransportMsg,
+        rail: u32,
         link_id: LinkId,
-        sink: impl FnOnce(LinkId) -> Box<dyn LinkSink>,
-    ) -> RailAction {
+        res: Result<(Box<PreparedLink>, Vec<u8>), String>,
+        now: Instant,
+    ) -> Option<TransportMsg> {
+        let current = self
+            .pending
+            .get(&rail)
+            .is_some_and(|p| p.link_id == link_id && matches!(p.state, PendingState::Preparing));
+        if !current {
+            return None;
+        }
+        match res {
+            Ok((prepared, endpoint)) => {
+                let attempt = self.next_attempt;
+                self.next_attempt += 1;
+                self.pending.insert(
+                    rail,
+                    Pending {
+                        link_id,
+                        since: now,
+                        state: PendingState::Offered { attempt, prepared },
+                    },
+                );
+                Some(TransportMsg::Offer {
+                    rail,
+                    attempt,
+                    endpoint,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(rail, error = %e, "cannot offer rail");
+                self.pending.remove(&rail);
+                None
+            }
+        }
+    }
+
+    /// Dialer: whether a connected link is the one the rail's setup is waiting for (it is
+    /// then no longer pending).
+    pub fn connected(&mut self, rail: u32, link_id: LinkId) -> bool {
+        let current = self
+            .pending
+            .get(&rail)
+            .is_some_and(|p| p.link_id == link_id && matches!(p.state, PendingState::Connecting));
+        if current {
+            self.pending.remove(&rail);
+        }
+        current
+    }
+
+    /// Handles a TRANSPORT message from the partner. `link_id` names the link an offer creates.
+    pub fn handle(&mut self, msg: TransportMsg, link_id: LinkId) -> RailAction {
         match msg {
             TransportMsg::Offer {
                 rail,
@@ -395,21 +501,15 @@ impl Rails {
                     Ok(e) => e,
                     Err(e) => return refuse(e),
                 };
-                let (prepared, mine) = match self.prepare(rail, link_id) {
-                    Ok(x) => x,
-                    Err(e) => return refuse(e),
-                };
-                match prepared.connect(&remote, sink(link_id)) {
-                    Ok(link) => RailAction::Connected {
+                match self.setup_job(rail, link_id) {
+                    Ok(job) => RailAction::Accept {
                         rail,
-                        link,
-                        reply: Some(TransportMsg::Accept {
-                            rail,
-                            attempt,
-                            endpoint: mine,
-                        }),
+                        attempt,
+                        link_id,
+                        job,
+                        remote,
                     },
-                    Err(e) => refuse(format!("connecting rail {rail}: {e}")),
+                    Err(e) => refuse(e),
                 }
             }
             TransportMsg::Accept {
@@ -417,32 +517,34 @@ impl Rails {
                 attempt,
                 endpoint,
             } => {
-                let Some(p) = self.pending.remove(&rail) else {
+                let offered = self.pending.get(&rail).is_some_and(
+                    |p| matches!(p.state, PendingState::Offered { attempt: a, .. } if a == attempt),
+                );
+                if !offered {
                     tracing::debug!(rail, attempt, "answer to no pending offer ignored");
-                    return RailAction::None;
-                };
-                if p.attempt != attempt {
-                    tracing::debug!(rail, attempt, "answer to an abandoned offer ignored");
-                    self.pending.insert(rail, p);
                     return RailAction::None;
                 }
                 let remote = match decode_endpoint(&endpoint) {
                     Ok(e) => e,
                     Err(e) => {
                         tracing::warn!(rail, error = %e, "bad rail answer");
+                        self.pending.remove(&rail);
                         return RailAction::None;
                     }
                 };
-                match p.prepared.connect(&remote, sink(p.link_id)) {
-                    Ok(link) => RailAction::Connected {
-                        rail,
-                        link,
-                        reply: None,
-                    },
-                    Err(e) => {
-                        tracing::warn!(rail, error = %e, "connecting rail failed");
-                        RailAction::None
-                    }
+                let Some(p) = self.pending.get_mut(&rail) else {
+                    return RailAction::None;
+                };
+                let PendingState::Offered { prepared, .. } =
+                    std::mem::replace(&mut p.state, PendingState::Connecting)
+                else {
+                    return RailAction::None;
+                };
+                RailAction::Connect {
+                    rail,
+                    link_id: p.link_id,
+                    prepared,
+                    remote,
                 }
             }
             TransportMsg::Refuse {
@@ -450,11 +552,9 @@ impl Rails {
                 attempt,
                 reason,
             } => {
-                if self
-                    .pending
-                    .get(&rail)
-                    .is_some_and(|p| p.attempt == attempt)
-                {
+                if self.pending.get(&rail).is_some_and(
+                    |p| matches!(p.state, PendingState::Offered { attempt: a, .. } if a == attempt),
+                ) {
                     self.pending.remove(&rail);
                     tracing::warn!(rail, %reason, "partner refused rail");
                 }
