@@ -1786,8 +1786,27 @@ impl Leader {
             )),
         }
         fig!(f, "cut_to_link_dropped_ms", since(t_detect, t_cut));
-        // On the manager's own clock: its PORT_ERR note vs. the link being dropped.
-        let tl = &s_detect.timeline;
+        // On the manager's own clock: its PORT_ERR note vs. the link being dropped. The link
+        // may close on its failed completion (LOC_QP_OP_ERR) before the event is read, so wait
+        // (up to 5 s) for the note instead of reading the snapshot taken at the drop.
+        let dev = hca0.device.clone();
+        let s_noted = match self.node() {
+            Ok(node) => wait_status(
+                node,
+                "the manager's PORT_ERR note",
+                Duration::from_secs(5),
+                |s| {
+                    s.timeline
+                        .iter()
+                        .any(|t| t.what.contains(&dev) && t.what.contains("PortError"))
+                },
+            )
+            .await
+            .map(|(s, _)| s)
+            .unwrap_or_else(|_| s_detect.clone()),
+            Err(_) => s_detect.clone(),
+        };
+        let tl = &s_noted.timeline;
         let m_port_err = tl
             .iter()
             .find(|t| t.what.contains(&hca0.device) && t.what.contains("PortError"));
