@@ -122,6 +122,7 @@ impl World {
             max_payload_bytes: 64,
             heartbeat_interval: Duration::from_millis(100),
             link_timeout: Duration::from_millis(500),
+            hold_on_partner_loss: None,
         };
         let mut w = World {
             a: Session::new(cfg.clone(), Role::Dialer),
