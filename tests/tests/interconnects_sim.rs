@@ -9,6 +9,7 @@
 
 mod common;
 
+use bytes::Bytes;
 use common::*;
 use peercm_cm::config::PeerConfig;
 use peercm_cm::status::NodeStatus;
@@ -41,8 +42,14 @@ fn fabric_with(seed: u64, hcas: &[&str]) -> SimFabric {
 }
 
 async fn start(f: &SimFabric, b_verbs: bool) -> (Node, Node) {
+    start_with(f, b_verbs, |_| {}).await
+}
+
+/// Like [`start`], with `tune` applied to both nodes' configurations.
+async fn start_with(f: &SimFabric, b_verbs: bool, tune: impl Fn(&mut NodeConfig)) -> (Node, Node) {
     init_tracing();
     let mut cb = fast_config(NodeConfig::new("node-b", "test"));
+    tune(&mut cb);
     cb.listen = Some("127.0.0.1:0".parse().unwrap());
     let vb = if b_verbs {
         VerbsSource::Provider(f.provider("b"))
@@ -52,6 +59,7 @@ async fn start(f: &SimFabric, b_verbs: bool) -> (Node, Node) {
     let b = Node::start_with_verbs(cb, secret(), vb).await.unwrap();
     let mut ca = fast_config(NodeConfig::new("node-a", "test"));
     ca.peer = Some(PeerConfig::new(b.local_addr().unwrap(), 2));
+    tune(&mut ca);
     let a = Node::start_with_verbs(ca, secret(), VerbsSource::Provider(f.provider("a")))
         .await
         .unwrap();
@@ -423,4 +431,132 @@ async fn three_rails_heavy_client_alone_light_clients_spread_heartbeat_apart() {
     assert_eq!(sb.stats.delivered, 2000);
     drop(c.config);
     drop(c.heartbeat);
+}
+
+/// Demand grows past what was declared: the mirror was declared light, then streams as fast as
+/// it can on rails configured small (16 Mb/s = 2 MB/s each). The measured rate makes its rail
+/// hot, so the policy moves the other clients off it, once, and then leaves things alone
+/// (hysteresis and the per-client rate limit: no flapping while the load stays high).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn measured_demand_growth_moves_the_light_clients_off_without_flapping() {
+    let seed = seed_from_env(0x5eed_0006);
+    let f = fabric(seed);
+    let (a, b) = start_with(&f, true, |c| {
+        for h in HCAS {
+            c.verbs.capacity_mbps.insert(h.to_string(), 16);
+        }
+    })
+    .await;
+    // Declared: config is the heaviest (1 MB/s) and the heartbeat keeps off its HCA, so the
+    // mirror (0) shares a rail with one of them at first.
+    let mut handles = Vec::new();
+    for (name, mbytes, latency) in [
+        ("mirror", 0, LatencyClass::Bulk),
+        ("config", 1, LatencyClass::Normal),
+        ("heartbeat", 0, LatencyClass::Critical),
+    ] {
+        let spec = client_spec(mbytes, latency, SendModel::Async);
+        let mut ha = a.register(name, spec).await.unwrap();
+        let mut hb = b.register(name, spec).await.unwrap();
+        ha.connect().await.unwrap();
+        wait_up(&mut ha).await;
+        wait_up(&mut hb).await;
+        handles.push((ha, hb));
+    }
+    wait_status(&a, "two rails, every client on one", |s| {
+        rdma_links(s) == 2
+            && s.clients
+                .iter()
+                .all(|c| matches!(c.interconnect, Some(1 | 2)))
+    })
+    .await;
+    // Let the initial placement settle (failback hold).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for (ha, _) in handles.iter_mut() {
+        settle(ha);
+    }
+    let before = a.status().await.unwrap();
+    let m0 = placed(&before, "mirror");
+    let sharing: Vec<String> = ["config", "heartbeat"]
+        .into_iter()
+        .filter(|c| placed(&before, c) == m0)
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        sharing.len(),
+        1,
+        "precondition: the mirror shares its rail with one client: {:?}",
+        before.interconnects
+    );
+    let (mut mirror, mirror_b) = handles.remove(0);
+    let payload = Bytes::from(vec![0x5a; 32 * 1024]);
+    // The partner's mirror drains everything.
+    let drain = tokio::spawn(async move {
+        let mut h = mirror_b;
+        let mut n = 0u64;
+        while let Some(ev) = h.next_event().await {
+            if matches!(ev, ClientEvent::Data { .. }) {
+                n += 1;
+            }
+        }
+        n
+    });
+    let started = std::time::Instant::now();
+    let mut sent = 0u64;
+    let mut acked = 0u64;
+    let mut mirror_moves = 0;
+    while started.elapsed() < Duration::from_secs(5) {
+        mirror.send(payload.clone()).await.unwrap();
+        sent += 1;
+        while let Some(ev) = mirror.try_next_event() {
+            match ev {
+                ClientEvent::Acked { .. } => acked += 1,
+                ClientEvent::Migrated { .. } => mirror_moves += 1,
+                ClientEvent::Nacked { seq, reason } => panic!("seq {seq} NACKed: {reason:?}"),
+                _ => {}
+            }
+        }
+        if sent - acked > 64 {
+            match next(&mut mirror, "acks").await {
+                ClientEvent::Acked { .. } => acked += 1,
+                ClientEvent::Migrated { .. } => mirror_moves += 1,
+                _ => {}
+            }
+        }
+    }
+    let s = a.status().await.unwrap();
+    let m = placed(&s, "mirror").unwrap();
+    let mirror_ic = s.interconnects.iter().find(|i| i.id == m).unwrap();
+    eprintln!(
+        "sim demand growth: mirror {} MB/s measured on rail {m}, utilization {:.2}, {sent} x 32 KiB sent",
+        mirror_ic.measured_mbytes_per_s, mirror_ic.utilization
+    );
+    assert!(
+        mirror_ic.utilization > 0.85,
+        "the mirror's measured demand makes its rail hot: {mirror_ic:?}"
+    );
+    assert_eq!(
+        mirror_ic.clients,
+        vec!["mirror".to_string()],
+        "the light clients were moved off the mirror's rail: {:?}",
+        s.interconnects
+    );
+    assert!(
+        mirror_moves <= 1,
+        "the heavy client itself barely moves: {mirror_moves}"
+    );
+    // The client that shared the mirror's rail really moved, and nobody flapped: each light
+    // client moved at most twice in the whole run.
+    for (ha, _) in handles.iter_mut() {
+        let moves = settle(ha)
+            .iter()
+            .filter(|e| matches!(e, ClientEvent::Migrated { .. }))
+            .count();
+        assert!(moves <= 2, "{} moved {moves} times", ha.name());
+        if sharing.iter().any(|c| c == ha.name()) {
+            assert!(moves >= 1, "{} was moved off the mirror's rail", ha.name());
+        }
+    }
+    drain.abort();
+    drop((mirror, handles, a, b));
 }
