@@ -74,27 +74,6 @@ fn client_spec(mbytes: u32, latency: LatencyClass, model: SendModel) -> ClientSp
     }
 }
 
-/// Waits until `pred` holds on the node's status, or fails naming `what` with the last status.
-async fn wait_status(node: &Node, what: &str, pred: impl Fn(&NodeStatus) -> bool) -> NodeStatus {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let s = node.status().await.unwrap();
-        if pred(&s) {
-            return s;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{}: timed out waiting for {what}; status: {s:#?}",
-            node.node_id()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn rdma_links(s: &NodeStatus) -> usize {
-    s.links.iter().filter(|l| l.transport == "rdma").count()
-}
-
 fn placed(s: &NodeStatus, client: &str) -> Option<u32> {
     s.clients
         .iter()

@@ -10,7 +10,6 @@ mod common;
 
 use common::*;
 use peercm_cm::config::PeerConfig;
-use peercm_cm::status::NodeStatus;
 use peercm_cm::{
     ClientEvent, ClientHandle, ClientSpec, LatencyClass, Node, NodeConfig, SendModel, VerbsSource,
 };
@@ -65,26 +64,6 @@ async fn trio(f: &SimFabric, autoswitch: bool) -> Trio {
         .await
         .unwrap();
     Trio { a, b, c }
-}
-
-async fn wait_status(node: &Node, what: &str, pred: impl Fn(&NodeStatus) -> bool) -> NodeStatus {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let s = node.status().await.unwrap();
-        if pred(&s) {
-            return s;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{}: timed out waiting for {what}; status: {s:#?}",
-            node.node_id()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn rdma_links(s: &NodeStatus) -> usize {
-    s.links.iter().filter(|l| l.transport == "rdma").count()
 }
 
 /// A receiving namesake that answers every sync message with code 0 and records the message

@@ -245,6 +245,18 @@ pub enum ProtocolViolation {
     },
 }
 
+/// An ACK carrying the return code of synchronous message `seq`, with the cumulative ack.
+fn code_ack(peer_client: u32, seq: u64, delivered: u64, code: i32) -> Frame {
+    Frame::new(
+        MsgType::Ack,
+        Flags::empty(),
+        peer_client,
+        seq,
+        delivered,
+        control::encode_code(code),
+    )
+}
+
 /// A TRANSPORT message could not be queued.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
@@ -622,18 +634,8 @@ impl Session {
             .ok_or(SessionError::UnknownClient(id))?;
         c.recv.reply(seq, code)?;
         if let Some(peer) = self.peer_clients.get(&c.name) {
-            let ack = c.recv.delivered();
-            self.control_out.push_back((
-                None,
-                Frame::new(
-                    MsgType::Ack,
-                    Flags::empty(),
-                    peer.id,
-                    seq,
-                    ack,
-                    control::encode_code(code),
-                ),
-            ));
+            let ack = code_ack(peer.id, seq, c.recv.delivered(), code);
+            self.control_out.push_back((None, ack));
         }
         Ok(())
     }
@@ -899,19 +901,10 @@ impl Session {
                 // partner's replay (if any) came before the code existed. Duplicates are
                 // ignored by the sender.
                 if let Some(peer) = self.peer_clients.get(&c.name) {
-                    let ack = c.recv.delivered();
+                    let delivered = c.recv.delivered();
                     for (seq, code) in c.recv.codes() {
-                        self.control_out.push_back((
-                            None,
-                            Frame::new(
-                                MsgType::Ack,
-                                Flags::empty(),
-                                peer.id,
-                                seq,
-                                ack,
-                                control::encode_code(code),
-                            ),
-                        ));
+                        let ack = code_ack(peer.id, seq, delivered, code);
+                        self.control_out.push_back((None, ack));
                     }
                 }
             }

@@ -110,3 +110,29 @@ pub async fn wait_links(node: &Node, n: usize) {
 pub fn msg(client: &str, i: u64) -> Bytes {
     Bytes::from(format!("{client}:{i:010}"))
 }
+
+/// Waits until `pred` holds on the node's status, or fails naming `what` with the last status.
+pub async fn wait_status(
+    node: &Node,
+    what: &str,
+    pred: impl Fn(&peercm_cm::NodeStatus) -> bool,
+) -> peercm_cm::NodeStatus {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let s = node.status().await.expect("status");
+        if pred(&s) {
+            return s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}: timed out waiting for {what}; status: {s:#?}",
+            node.node_id()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// RDMA links a node has.
+pub fn rdma_links(s: &peercm_cm::NodeStatus) -> usize {
+    s.links.iter().filter(|l| l.transport == "rdma").count()
+}
