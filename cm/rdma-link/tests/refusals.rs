@@ -55,7 +55,14 @@ fn a_frame_above_the_maximum_is_refused_before_posting() {
         Some(Event::Frame(fr)) => check_frame(&fr, 1, 0),
         other => panic!("{other:?}"),
     }
-    let st = a.link.stats();
+    // `frames_sent` counts completed WRITEs: the sender's thread may see its completion a
+    // moment after the partner already has the frame.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut st = a.link.stats();
+    while st.frames_sent == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+        st = a.link.stats();
+    }
     assert_eq!((st.frames_sent, st.bytes_sent), (1, 36 + 4096));
 }
 
