@@ -225,7 +225,6 @@ impl Manager {
         if let Some(why) = m.rails.unavailable.clone() {
             m.note(format!("verbs unavailable, using TCP: {why}"));
         } else {
-            let now = Instant::now();
             for r in m.rails.local.clone() {
                 m.note(format!(
                     "rail {}: {} port {} ({} Mb/s, {})",
@@ -235,29 +234,11 @@ impl Manager {
                     r.capacity_mbps,
                     if r.active { "ACTIVE" } else { "down" }
                 ));
-                m.placement.upsert_interconnect(
-                    InterconnectInfo {
-                        id: r.rail,
-                        kind: InterconnectKind::Rdma,
-                        capacity_mbps: r.capacity_mbps,
-                        failure_domain: r.device.clone(),
-                        usable: false,
-                    },
-                    now,
-                );
             }
             m.rails.spawn_watchers(m.dev_tx.clone());
         }
-        m.placement.upsert_interconnect(
-            InterconnectInfo {
-                id: TCP_INTERCONNECT,
-                kind: InterconnectKind::Tcp,
-                capacity_mbps: TCP_CAPACITY_MBPS,
-                failure_domain: "tcp".into(),
-                usable: false,
-            },
-            Instant::now(),
-        );
+        // Every interconnect known to the policy, none usable until a link comes up.
+        m.refresh_interconnects(Instant::now());
         if let Some(l) = listener {
             m.listener_task = Some(m.spawn_listener(l));
         }

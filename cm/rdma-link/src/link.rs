@@ -238,10 +238,22 @@ impl Shared {
         let imm = Imm::Credit { msgs }
             .encode()
             .map_err(|e| LinkCloseReason::Protocol(format!("credit immediate: {e}")))?;
+        self.post_empty_write(core, RequestKind::Credit, Some(imm))?;
+        bump(&self.stats.credit_msgs_sent, 1);
+        Ok(true)
+    }
+
+    /// Posts a zero-length RDMA WRITE (with `imm`, a WRITE_WITH_IMM) at the ring's offset 0.
+    fn post_empty_write(
+        &self,
+        core: &mut Core,
+        kind: RequestKind,
+        imm: Option<u32>,
+    ) -> Result<(), LinkCloseReason> {
         let n = core.next_other;
         core.next_other += 1;
         self.post(SendWr::Write {
-            wr_id: wrid::encode(RequestKind::Credit, n),
+            wr_id: wrid::encode(kind, n),
             local: Sge {
                 mr: self.staging.clone(),
                 offset: 0,
@@ -249,12 +261,11 @@ impl Shared {
             },
             remote: self.remote_ring(),
             remote_offset: 0,
-            imm: Some(imm),
+            imm,
         })?;
         core.other_outstanding += 1;
         core.last_post = Instant::now();
-        bump(&self.stats.credit_msgs_sent, 1);
-        Ok(true)
+        Ok(())
     }
 
     /// Posts a zero-length RDMA WRITE (no immediate, consumes nothing at the partner) so a
@@ -263,21 +274,7 @@ impl Shared {
         if core.closed || core.sq_used() >= self.max_send_wr {
             return Ok(());
         }
-        let n = core.next_other;
-        core.next_other += 1;
-        self.post(SendWr::Write {
-            wr_id: wrid::encode(RequestKind::Probe, n),
-            local: Sge {
-                mr: self.staging.clone(),
-                offset: 0,
-                len: 0,
-            },
-            remote: self.remote_ring(),
-            remote_offset: 0,
-            imm: None,
-        })?;
-        core.other_outstanding += 1;
-        core.last_post = Instant::now();
+        self.post_empty_write(core, RequestKind::Probe, None)?;
         bump(&self.stats.probes_sent, 1);
         Ok(())
     }
