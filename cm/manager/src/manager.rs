@@ -23,7 +23,7 @@ use peercm_rdma_link::LinkCloseReason;
 use peercm_tcp::handshake::FramedLink;
 use peercm_tcp::{spawn_link, LinkInput, Outgoing, TcpHandshakeConfig};
 use peercm_verbs_shim::AsyncEvent;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -636,11 +636,13 @@ impl Manager {
 
     /// Tells the placement policy which interconnects have live links.
     fn refresh_interconnects(&mut self, now: Instant) {
-        let mut live: HashMap<InterconnectId, bool> = HashMap::new();
-        for l in self.links.values().filter(|l| l.in_session()) {
-            live.insert(l.interconnect(), true);
-        }
-        let tcp = live.contains_key(&TCP_INTERCONNECT);
+        let live: HashSet<InterconnectId> = self
+            .links
+            .values()
+            .filter(|l| l.in_session())
+            .map(AnyLink::interconnect)
+            .collect();
+        let tcp = live.contains(&TCP_INTERCONNECT);
         self.placement.upsert_interconnect(
             InterconnectInfo {
                 id: TCP_INTERCONNECT,
@@ -658,7 +660,7 @@ impl Manager {
                     kind: InterconnectKind::Rdma,
                     capacity_mbps: r.capacity_mbps,
                     failure_domain: r.device.clone(),
-                    usable: live.contains_key(&r.rail),
+                    usable: live.contains(&r.rail),
                 },
                 now,
             );
