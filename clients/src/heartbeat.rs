@@ -2,7 +2,7 @@
 //! when the partner was last heard, so a failover monitor can ask "is my partner alive?".
 
 use bytes::Bytes;
-use peercm_cm::{ClientEvent, ClientHandle, CmError};
+use peercm_cm_manager::{ClientEvent, ClientHandle, CmError};
 use std::time::{Duration, Instant};
 
 /// Counters and liveness of one heartbeat client.

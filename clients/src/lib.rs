@@ -1,4 +1,4 @@
-//! The clients peercm ships, built only on the public `peercm-cm` client API.
+//! The clients peercm ships, built only on the public `peercm-cm-manager` client API.
 //!
 //! - [`record`]: the mirrored log record format (LSN, CRC32C, data).
 //! - [`mirror`]: the NVRAM-log mirroring client: [`mirror::MirrorSender`] on the production

@@ -11,7 +11,7 @@
 
 use crate::record::{self, RecordError};
 use bytes::Bytes;
-use peercm_cm::{ClientEvent, ClientHandle, CmError};
+use peercm_cm_manager::{ClientEvent, ClientHandle, CmError};
 use std::collections::{BTreeMap, VecDeque};
 use thiserror::Error;
 

@@ -1,9 +1,9 @@
 //! A tokio-util codec for peercm frames. The decoding rules (magic, version, bounds, CRC) live in
-//! `peercm_proto::frame`; this only adapts them to `Framed`.
+//! `peercm_cm_proto::frame`; this only adapts them to `Framed`.
 
 use bytes::BytesMut;
-use peercm_proto::frame::{FrameDecoder, FrameError};
-use peercm_proto::Frame;
+use peercm_cm_proto::frame::{FrameDecoder, FrameError};
+use peercm_cm_proto::Frame;
 use thiserror::Error;
 use tokio_util::codec::{Decoder, Encoder};
 

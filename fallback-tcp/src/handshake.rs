@@ -1,13 +1,15 @@
 //! The bootstrap handshake over a TCP socket: drives the IO-free state structs of
-//! `peercm_proto::handshake` with a deadline, and turns every failure into a
+//! `peercm_cm_proto::handshake` with a deadline, and turns every failure into a
 //! [`HandshakeFailure`] that says what went wrong and whose fault it is.
 
 use crate::codec::{CodecError, FrameCodec};
 use futures::{SinkExt, StreamExt};
-use peercm_proto::control::NodeInfo;
-use peercm_proto::frame::FrameError;
-use peercm_proto::handshake::{self, AcceptorStart, DialerStart, HandshakeConfig, HandshakeError};
-use peercm_proto::Frame;
+use peercm_cm_proto::control::NodeInfo;
+use peercm_cm_proto::frame::FrameError;
+use peercm_cm_proto::handshake::{
+    self, AcceptorStart, DialerStart, HandshakeConfig, HandshakeError,
+};
+use peercm_cm_proto::Frame;
 use rand::RngCore;
 use std::time::Duration;
 use thiserror::Error;

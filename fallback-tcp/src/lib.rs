@@ -1,7 +1,7 @@
 //! peercm's TCP transport: authenticated, framed TCP links to the partner.
 //!
 //! This crate owns sockets and nothing else: it dials and accepts TCP connections, runs the
-//! IO-free bootstrap handshake from `peercm-proto` over them, and turns each authenticated
+//! IO-free bootstrap handshake from `peercm-cm-proto` over them, and turns each authenticated
 //! connection into a *link*: a reader task that forwards decoded frames and a writer task that
 //! batches frames onto the socket and reports what it wrote. Which frame goes on which link, and
 //! what a lost link means, is decided by the session state machine in the manager.

@@ -5,8 +5,8 @@
 use crate::codec::{CodecError, FrameCodec};
 use crate::handshake::FramedLink;
 use futures::{SinkExt, StreamExt};
-use peercm_proto::session::{ClientId, LinkId};
-use peercm_proto::Frame;
+use peercm_cm_proto::session::{ClientId, LinkId};
+use peercm_cm_proto::Frame;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The soft-RoCE manager lane: the connection manager (peercm_cm::Node with real rdma-core verbs)
+# The soft-RoCE manager lane: the connection manager (peercm_cm_manager::Node with real rdma-core verbs)
 # on real rdma_rxe HCAs, the real-rxe counterparts of tests/tests/interconnects_sim.rs.
 #
 #   scripts/softroce/manager-lane.sh [--only NAME[,NAME...]]

@@ -8,11 +8,11 @@ mod common;
 use bytes::{Bytes, BytesMut};
 use common::*;
 use futures::{SinkExt, StreamExt};
-use peercm_cm::{ClientEvent, ClusterSecret, Node, NodeConfig, SendModel};
-use peercm_proto::control::{self, Hello, NodeInfo, RefuseReason, TransportCap};
-use peercm_proto::frame::{FrameDecoder, MsgType, HEADER_LEN};
-use peercm_proto::handshake::{DialerStart, HandshakeConfig};
-use peercm_proto::Frame;
+use peercm_cm_manager::{ClientEvent, ClusterSecret, Node, NodeConfig, SendModel};
+use peercm_cm_proto::control::{self, Hello, NodeInfo, RefuseReason, TransportCap};
+use peercm_cm_proto::frame::{FrameDecoder, MsgType, HEADER_LEN};
+use peercm_cm_proto::handshake::{DialerStart, HandshakeConfig};
+use peercm_cm_proto::Frame;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -51,8 +51,8 @@ fn hello(cluster: &str) -> Bytes {
 struct Witness {
     a: Node,
     b: Node,
-    ca: peercm_cm::ClientHandle,
-    cb: peercm_cm::ClientHandle,
+    ca: peercm_cm_manager::ClientHandle,
+    cb: peercm_cm_manager::ClientHandle,
     sent: u64,
 }
 
@@ -193,7 +193,7 @@ async fn wrong_cluster_learns_nothing() {
 async fn wrong_secret_never_connects_and_the_real_partner_is_unaffected() {
     let mut w = Witness::start().await;
     let mut cfg = fast_config(NodeConfig::new("intruder", "test"));
-    cfg.peer = Some(peercm_cm::config::PeerConfig::new(w.addr(), 1));
+    cfg.peer = Some(peercm_cm_manager::config::PeerConfig::new(w.addr(), 1));
     let bad_secret = ClusterSecret::new(b"not-the-cluster-secret-at-all").unwrap();
     let intruder = Node::start(cfg, bad_secret).await.unwrap();
     let mut ci = intruder
@@ -215,7 +215,7 @@ async fn wrong_secret_never_connects_and_the_real_partner_is_unaffected() {
     w.still_served().await;
     // And an insecure node is refused by a secured one too.
     let mut cfg = fast_config(NodeConfig::new("insecure", "test"));
-    cfg.peer = Some(peercm_cm::config::PeerConfig::new(w.addr(), 1));
+    cfg.peer = Some(peercm_cm_manager::config::PeerConfig::new(w.addr(), 1));
     let insecure = Node::start(cfg, ClusterSecret::insecure()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(insecure.status().await.unwrap().links.is_empty());
@@ -236,7 +236,7 @@ async fn bad_frames_after_authentication_close_only_that_link() {
     let addr = b.local_addr().unwrap();
     for corrupt in ["bad-crc", "unknown-type", "handshake-again"] {
         let stream = TcpStream::connect(addr).await.unwrap();
-        let mut framed = Framed::new(stream, peercm_tcp::FrameCodec::default());
+        let mut framed = Framed::new(stream, peercm_fallback_tcp::FrameCodec::default());
         let cfg = HandshakeConfig {
             cluster_id: "test".into(),
             secret: secret(),

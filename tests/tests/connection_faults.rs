@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use peercm_cm::{ClientEvent, DownReason, NackReason, PortState, SendModel};
+use peercm_cm_manager::{ClientEvent, DownReason, NackReason, PortState, SendModel};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_one_connection_mid_stream_loses_and_duplicates_nothing() {

@@ -11,9 +11,9 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
-use peercm_cm::config::PeerConfig;
-use peercm_cm::status::NodeStatus;
-use peercm_cm::{
+use peercm_cm_manager::config::PeerConfig;
+use peercm_cm_manager::status::NodeStatus;
+use peercm_cm_manager::{
     ClientEvent, ClientHandle, ClientSpec, LatencyClass, Node, NodeConfig, SendModel, VerbsSource,
 };
 use peercm_verbs_shim::sim::harness::seed_from_env;

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use peercm_cm::{ClientEvent, SendModel};
+use peercm_cm_manager::{ClientEvent, SendModel};
 
 /// 100,000 messages spread over 4 TCP connections arrive in order, each exactly once, and every
 /// send is acknowledged.

@@ -9,8 +9,8 @@
 mod common;
 
 use common::*;
-use peercm_cm::config::PeerConfig;
-use peercm_cm::{
+use peercm_cm_manager::config::PeerConfig;
+use peercm_cm_manager::{
     ClientEvent, ClientHandle, ClientSpec, LatencyClass, Node, NodeConfig, SendModel, VerbsSource,
 };
 use peercm_verbs_shim::sim::harness::seed_from_env;

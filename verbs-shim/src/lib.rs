@@ -20,6 +20,7 @@ pub mod api;
 pub mod error;
 pub mod qp_state;
 pub mod real;
+#[cfg(feature = "scenarios")]
 pub mod scenarios;
 pub mod sim;
 pub mod types;

@@ -16,9 +16,9 @@ use bytes::Bytes;
 use clap::Args;
 use peercm_clients::heartbeat::Heartbeat;
 use peercm_clients::mirror::{digest_of, MirrorReceiver, MirrorSender};
-use peercm_cm::config::PeerConfig;
-use peercm_cm::status::NodeStatus;
-use peercm_cm::{
+use peercm_cm_manager::config::PeerConfig;
+use peercm_cm_manager::status::NodeStatus;
+use peercm_cm_manager::{
     ClientSpec, ClusterSecret, LatencyClass, Node, NodeConfig, SendModel, VerbsSource,
 };
 use peercm_verbs_shim::sim::SimFabric;

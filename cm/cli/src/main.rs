@@ -3,7 +3,7 @@
 //! a running node's interconnects and events; `peercm devices` lists RDMA devices.
 //!
 //! Logging follows `RUST_LOG` (tracing-subscriber's env filter), e.g.
-//! `RUST_LOG=peercm_cm=debug peercm node --config a.toml`.
+//! `RUST_LOG=peercm_cm_manager=debug peercm node --config a.toml`.
 
 mod demo;
 mod devices;

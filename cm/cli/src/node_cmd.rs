@@ -6,7 +6,7 @@
 
 use anyhow::{bail, Context};
 use clap::Args;
-use peercm_cm::{ClientEvent, ClusterSecret, Node, NodeConfig};
+use peercm_cm_manager::{ClientEvent, ClusterSecret, Node, NodeConfig};
 use std::path::PathBuf;
 
 /// Options of `peercm node`.

@@ -6,7 +6,7 @@
 
 use anyhow::{bail, Context};
 use clap::Args;
-use peercm_cm::Node;
+use peercm_cm_manager::Node;
 use serde_json::Value;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

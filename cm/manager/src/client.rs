@@ -5,9 +5,9 @@
 use crate::error::CmError;
 use crate::manager::Command;
 use bytes::Bytes;
-use peercm_proto::port::PortState;
-use peercm_proto::session::{ClientEvent, ClientId, ClientSpec};
-use peercm_proto::stream::SendModel;
+use peercm_cm_proto::port::PortState;
+use peercm_cm_proto::session::{ClientEvent, ClientId, ClientSpec};
+use peercm_cm_proto::stream::SendModel;
 use tokio::sync::{mpsc, oneshot};
 
 /// Report consumption to the manager at least every this many data events.

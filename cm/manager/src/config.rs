@@ -33,10 +33,10 @@
 //! ```
 
 use crate::error::CmError;
-use peercm_proto::control::validate_name;
-use peercm_proto::frame::DEFAULT_MAX_PAYLOAD_BYTES;
-use peercm_proto::session::{ClientSpec, LatencyClass, SessionConfig};
-use peercm_proto::stream::SendModel;
+use peercm_cm_proto::control::validate_name;
+use peercm_cm_proto::frame::DEFAULT_MAX_PAYLOAD_BYTES;
+use peercm_cm_proto::session::{ClientSpec, LatencyClass, SessionConfig};
+use peercm_cm_proto::stream::SendModel;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -341,7 +341,7 @@ impl NodeConfig {
             return bad("session.flow_low_water must be below session.flow_high_water".into());
         }
         let v = &self.verbs;
-        let max_frame = s.max_payload_bytes as usize + peercm_proto::frame::HEADER_LEN;
+        let max_frame = s.max_payload_bytes as usize + peercm_cm_proto::frame::HEADER_LEN;
         if v.ring_bytes < 2 * max_frame || v.ring_bytes > 1 << 30 {
             return bad(format!(
                 "verbs.ring_bytes = {} must hold two largest frames ({} bytes, from session.max_payload_bytes) and be at most 1 GiB",

@@ -1,6 +1,6 @@
 //! Errors of the connection manager, each saying what to do about it.
 
-use peercm_proto::session::SessionError;
+use peercm_cm_proto::session::SessionError;
 use thiserror::Error;
 
 /// A manager operation failed.

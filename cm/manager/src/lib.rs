@@ -2,11 +2,11 @@
 //! the API clients use.
 //!
 //! The protocol decisions (sequencing, replay, ports, session reset) are made by the IO-free
-//! `peercm_proto::session::Session`; this crate runs it on tokio: one manager task per node
+//! `peercm_cm_proto::session::Session`; this crate runs it on tokio: one manager task per node
 //! feeds it link input, client commands and timer expiry, and carries out what it asks for
 //! (frames onto links, events to clients, links to close). Transports produce links: TCP
-//! connections (`peercm-tcp`) and RDMA queue pairs (`peercm-rdma-link`), and the IO-free
-//! placement policy (`peercm_proto::placement`) decides which interconnect each client uses.
+//! connections (`peercm-fallback-tcp`) and RDMA queue pairs (`peercm-cm-rdma-link`), and the IO-free
+//! placement policy (`peercm_cm_proto::placement`) decides which interconnect each client uses.
 //!
 //! - [`config`]: the node's TOML configuration and its validation.
 //! - [`node`]: [`Node`], the handle an application (or the CLI) holds.
@@ -30,10 +30,12 @@ pub use client::ClientHandle;
 pub use config::NodeConfig;
 pub use error::CmError;
 pub use node::Node;
-pub use peercm_proto::auth::ClusterSecret;
-pub use peercm_proto::control::NackReason;
-pub use peercm_proto::port::PortState;
-pub use peercm_proto::session::{ClientEvent, ClientSpec, DownReason, LatencyClass, SessionState};
-pub use peercm_proto::stream::SendModel;
+pub use peercm_cm_proto::auth::ClusterSecret;
+pub use peercm_cm_proto::control::NackReason;
+pub use peercm_cm_proto::port::PortState;
+pub use peercm_cm_proto::session::{
+    ClientEvent, ClientSpec, DownReason, LatencyClass, SessionState,
+};
+pub use peercm_cm_proto::stream::SendModel;
 pub use rails::VerbsSource;
 pub use status::NodeStatus;

@@ -1,9 +1,9 @@
 //! [`AnyLink`]: the manager's handle on one live link, whichever transport carries it: a TCP
 //! connection (reader and writer tasks) or an RDMA queue pair (a CQ-polling thread).
 
-use peercm_proto::session::{InterconnectId, TCP_INTERCONNECT};
-use peercm_rdma_link::{LinkCloseReason, RdmaLink};
-use peercm_tcp::{LinkHandle, Outgoing};
+use peercm_cm_proto::session::{InterconnectId, TCP_INTERCONNECT};
+use peercm_cm_rdma_link::{LinkCloseReason, RdmaLink};
+use peercm_fallback_tcp::{LinkHandle, Outgoing};
 
 /// One live link.
 pub(crate) enum AnyLink {

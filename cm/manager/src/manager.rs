@@ -9,19 +9,19 @@ use crate::links::AnyLink;
 use crate::rails::{DeviceInput, ManagerSink, RailAction, RailDone, Rails, VerbsSource};
 use crate::status::{ClientStatus, InterconnectStatus, LinkStatus, NodeStatus, TimelineEntry};
 use bytes::Bytes;
-use peercm_proto::auth::Role;
-use peercm_proto::control::{self, NodeInfo, TransportMsg};
-use peercm_proto::handshake::HandshakeConfig;
-use peercm_proto::placement::{InterconnectInfo, InterconnectKind, Placement, PlacementConfig};
-use peercm_proto::port::PortState;
-use peercm_proto::session::{
+use peercm_cm_proto::auth::Role;
+use peercm_cm_proto::control::{self, NodeInfo, TransportMsg};
+use peercm_cm_proto::handshake::HandshakeConfig;
+use peercm_cm_proto::placement::{InterconnectInfo, InterconnectKind, Placement, PlacementConfig};
+use peercm_cm_proto::port::PortState;
+use peercm_cm_proto::session::{
     ClientEvent, ClientId, ClientSpec, InterconnectId, LinkId, Session, SessionState,
     TCP_INTERCONNECT,
 };
-use peercm_proto::stream::SendModel;
-use peercm_rdma_link::LinkCloseReason;
-use peercm_tcp::handshake::FramedLink;
-use peercm_tcp::{spawn_link, LinkInput, Outgoing, TcpHandshakeConfig};
+use peercm_cm_proto::stream::SendModel;
+use peercm_cm_rdma_link::LinkCloseReason;
+use peercm_fallback_tcp::handshake::FramedLink;
+use peercm_fallback_tcp::{spawn_link, LinkInput, Outgoing, TcpHandshakeConfig};
 use peercm_verbs_shim::AsyncEvent;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -284,7 +284,7 @@ impl Manager {
                     let new_tx = new_tx.clone();
                     handshakes.spawn(
                         async move {
-                            match peercm_tcp::accept(stream, &hs).await {
+                            match peercm_fallback_tcp::accept(stream, &hs).await {
                                 Ok((framed, peer)) => {
                                     let _ = new_tx.send(NewLink::Accepted(framed, peer)).await;
                                 }
@@ -328,7 +328,7 @@ impl Manager {
                 async move {
                     let res = match tokio::time::timeout(hs.timeout, TcpStream::connect(addr)).await
                     {
-                        Ok(Ok(stream)) => peercm_tcp::dial(stream, &hs)
+                        Ok(Ok(stream)) => peercm_fallback_tcp::dial(stream, &hs)
                             .await
                             .map_err(|e| e.to_string()),
                         Ok(Err(e)) => Err(format!("connect to {addr}: {e}")),
@@ -801,7 +801,7 @@ impl Manager {
             TransportMsg::Offer { .. } => self.next_link.fetch_add(1, Ordering::Relaxed),
             _ => 0,
         };
-        let sink = |link| -> Box<dyn peercm_rdma_link::LinkSink> {
+        let sink = |link| -> Box<dyn peercm_cm_rdma_link::LinkSink> {
             Box::new(ManagerSink {
                 link,
                 tx: self.link_tx.clone(),
@@ -1145,7 +1145,7 @@ pub(crate) fn local_node_info(cfg: &NodeConfig, instance: u64) -> NodeInfo {
     NodeInfo {
         node_id: cfg.node_id.clone(),
         instance,
-        capabilities: vec![peercm_proto::control::TransportCap::Tcp],
+        capabilities: vec![peercm_cm_proto::control::TransportCap::Tcp],
         clients: Vec::new(),
     }
 }

@@ -15,10 +15,10 @@
 //! it, which proves the dialer's queue pair is ready; the dialer hands its link over at once.
 
 use crate::config::VerbsTunables;
-use peercm_proto::control::{TransportCap, TransportMsg};
-use peercm_proto::session::LinkId;
-use peercm_rdma_link::{LinkCloseReason, LinkSink, LocalEndpoint, PreparedLink, RdmaLinkConfig};
-use peercm_tcp::LinkInput;
+use peercm_cm_proto::control::{TransportCap, TransportMsg};
+use peercm_cm_proto::session::LinkId;
+use peercm_cm_rdma_link::{LinkCloseReason, LinkSink, LocalEndpoint, PreparedLink, RdmaLinkConfig};
+use peercm_fallback_tcp::LinkInput;
 use peercm_verbs_shim::{AsyncEvent, Device, PortState, Provider, QpParams};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -149,7 +149,7 @@ pub(crate) enum RailDone {
     Connected {
         rail: u32,
         link_id: LinkId,
-        res: Result<peercm_rdma_link::RdmaLink, String>,
+        res: Result<peercm_cm_rdma_link::RdmaLink, String>,
         reply: Option<TransportMsg>,
     },
 }
@@ -591,7 +591,7 @@ pub(crate) struct ManagerSink {
 }
 
 impl LinkSink for ManagerSink {
-    fn frame(&mut self, frame: peercm_proto::Frame) -> bool {
+    fn frame(&mut self, frame: peercm_cm_proto::Frame) -> bool {
         self.tx
             .blocking_send(LinkInput::Frame {
                 link: self.link,

@@ -1,7 +1,7 @@
 //! What a node reports about itself (`peercm status`, the demo summary, tests).
 
-use peercm_proto::port::PortState;
-use peercm_proto::session::{SessionState, SessionStats};
+use peercm_cm_proto::port::PortState;
+use peercm_cm_proto::session::{SessionState, SessionStats};
 use serde::Serialize;
 
 /// A snapshot of a node.

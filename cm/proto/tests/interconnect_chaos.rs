@@ -67,15 +67,15 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
-use peercm_proto::control::NackReason;
-use peercm_proto::placement::{InterconnectInfo, InterconnectKind, Placement, PlacementConfig};
-use peercm_proto::port::PortState;
-use peercm_proto::session::{
+use peercm_cm_proto::control::NackReason;
+use peercm_cm_proto::placement::{InterconnectInfo, InterconnectKind, Placement, PlacementConfig};
+use peercm_cm_proto::port::PortState;
+use peercm_cm_proto::session::{
     ClientEvent, ClientId, ClientSpec, DownReason, InterconnectId, LatencyClass, LinkId,
     SessionConfig, SessionState, TCP_INTERCONNECT,
 };
-use peercm_proto::stream::SendModel;
-use peercm_proto::MsgType;
+use peercm_cm_proto::stream::SendModel;
+use peercm_cm_proto::MsgType;
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::Write;

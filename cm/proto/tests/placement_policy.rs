@@ -1,4 +1,4 @@
-//! Tests of the bandwidth placement policy (`peercm_proto::placement`), one or more per rule,
+//! Tests of the bandwidth placement policy (`peercm_cm_proto::placement`), one or more per rule,
 //! with 2 and 3 HCAs, plus a property test over random operation sequences.
 //!
 //! The standard cast: a heavy NVRAM-log mirror (2000 MB/s, Bulk), two light clients (50 MB/s,
@@ -6,18 +6,18 @@
 //! fallback. Every test drives the policy through `Rig`, which checks on every drained move that
 //! `from` is the previous assignment and keeps a log of the moves with their time.
 //!
-//! Test names start with `placement_` so that `cargo test -p peercm-proto placement` runs them.
+//! Test names start with `placement_` so that `cargo test -p peercm-cm-proto placement` runs them.
 
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use peercm_proto::placement::{
+use peercm_cm_proto::placement::{
     InterconnectId, InterconnectInfo, InterconnectKind, Move, MoveReason, Placement,
     PlacementConfig,
 };
-use peercm_proto::session::{ClientId, LatencyClass};
+use peercm_cm_proto::session::{ClientId, LatencyClass};
 use proptest::prelude::*;
 
 const TCP: InterconnectId = 0;

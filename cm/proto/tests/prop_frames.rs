@@ -12,12 +12,12 @@
 //! - The control payload decoders never panic on arbitrary bytes and round-trip their values.
 
 use bytes::{Bytes, BytesMut};
-use peercm_proto::control::{
+use peercm_cm_proto::control::{
     self, Auth, Challenge, ClientAnnounce, Hello, NackReason, NodeInfo, RefuseReason, TransportCap,
     Welcome,
 };
-use peercm_proto::frame::{Flags, Frame, FrameDecoder, FrameError, MsgType, HEADER_LEN, MAGIC};
-use peercm_proto::PROTOCOL_VERSION;
+use peercm_cm_proto::frame::{Flags, Frame, FrameDecoder, FrameError, MsgType, HEADER_LEN, MAGIC};
+use peercm_cm_proto::PROTOCOL_VERSION;
 use proptest::prelude::*;
 
 const MAX: u32 = 1024;

@@ -33,12 +33,12 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
-use peercm_proto::control::NackReason;
-use peercm_proto::frame::{Flags, Frame, MsgType};
-use peercm_proto::session::{
+use peercm_cm_proto::control::NackReason;
+use peercm_cm_proto::frame::{Flags, Frame, MsgType};
+use peercm_cm_proto::session::{
     ClientEvent, ClientId, ClientSpec, LatencyClass, LinkId, SessionConfig, SessionState,
 };
-use peercm_proto::stream::SendModel;
+use peercm_cm_proto::stream::SendModel;
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
@@ -781,7 +781,7 @@ fn sync_ack_completes_the_async_sends_it_acknowledges() {
         ca,
         s2,
         s2,
-        peercm_proto::control::encode_code(5),
+        peercm_cm_proto::control::encode_code(5),
     );
     p.a.handle_frame(l, ack, p.now).expect("valid ACK");
     p.flush();

@@ -10,12 +10,12 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
-use peercm_proto::session::{
+use peercm_cm_proto::session::{
     ClientEvent, ClientSpec, LatencyClass, SessionState, TransportSendError,
     MAX_TRANSPORT_PAYLOAD_BYTES, TCP_INTERCONNECT,
 };
-use peercm_proto::stream::SendModel;
-use peercm_proto::MsgType;
+use peercm_cm_proto::stream::SendModel;
+use peercm_cm_proto::MsgType;
 
 const RAIL1: u32 = 1;
 const RAIL2: u32 = 2;

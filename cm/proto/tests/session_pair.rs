@@ -6,12 +6,12 @@
 mod common;
 
 use common::*;
-use peercm_proto::control::NackReason;
-use peercm_proto::port::PortState;
-use peercm_proto::session::{
+use peercm_cm_proto::control::NackReason;
+use peercm_cm_proto::port::PortState;
+use peercm_cm_proto::session::{
     ClientEvent, ClientSpec, DownReason, LatencyClass, SessionConfig, SessionState,
 };
-use peercm_proto::stream::SendModel;
+use peercm_cm_proto::stream::SendModel;
 use std::time::Duration;
 
 fn spec(model: SendModel) -> ClientSpec {

@@ -9,11 +9,11 @@
 mod common;
 
 use common::*;
-use peercm_proto::control::NackReason;
-use peercm_proto::session::{
+use peercm_cm_proto::control::NackReason;
+use peercm_cm_proto::session::{
     ClientEvent, ClientSpec, DownReason, LatencyClass, SessionConfig, SessionState,
 };
-use peercm_proto::stream::SendModel;
+use peercm_cm_proto::stream::SendModel;
 use std::collections::BTreeSet;
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! field names, defaults, and validation.
 
 use crate::error::RdmaLinkError;
-use peercm_proto::frame::{DEFAULT_MAX_PAYLOAD_BYTES, HEADER_LEN};
+use peercm_cm_proto::frame::{DEFAULT_MAX_PAYLOAD_BYTES, HEADER_LEN};
 use peercm_verbs_shim::{Access, QpParams};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;

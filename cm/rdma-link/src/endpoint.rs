@@ -4,7 +4,7 @@
 
 use crate::config::{RdmaLinkConfig, MAX_RECV_DEPTH, MAX_RING_BYTES, MIN_RECV_DEPTH};
 use crate::error::EndpointError;
-use peercm_proto::frame::HEADER_LEN;
+use peercm_cm_proto::frame::HEADER_LEN;
 use peercm_verbs_shim::{QpEndpoint, RemoteMr};
 use serde::{Deserialize, Serialize};
 

@@ -1,7 +1,7 @@
 //! Typed errors: setting a link up ([`RdmaLinkError`], [`EndpointError`]), refusing a frame
 //! ([`SendError`]) and why an established link closed ([`LinkCloseReason`]).
 
-use peercm_proto::FrameError;
+use peercm_cm_proto::FrameError;
 use peercm_verbs_shim::{VerbsError, WcStatus};
 use thiserror::Error;
 

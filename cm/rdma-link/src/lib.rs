@@ -3,8 +3,8 @@
 //! Both sides write frames straight into each other's memory: every frame is one RDMA
 //! WRITE_WITH_IMM into the partner's **receive ring**, the immediate carrying its length;
 //! consumed space comes back as **credit** in zero-length WRITE_WITH_IMMs. A dedicated
-//! CQ-polling thread per link decodes frames out of the ring (with peercm-proto's bounded
-//! [`peercm_proto::frame::FrameDecoder`]) and hands them to a [`LinkSink`]. The crate only
+//! CQ-polling thread per link decodes frames out of the ring (with peercm-cm-proto's bounded
+//! [`peercm_cm_proto::frame::FrameDecoder`]) and hands them to a [`LinkSink`]. The crate only
 //! uses the safe verbs traits of `peercm-verbs-shim`, so the same code runs on libibverbs
 //! (rdma_rxe, hardware) and on the simulated fabric.
 //!

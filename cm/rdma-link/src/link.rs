@@ -16,7 +16,7 @@ use crate::stats::{bump, Counters, LinkStats};
 use crate::wrid;
 use bytes::{Bytes, BytesMut};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use peercm_proto::Frame;
+use peercm_cm_proto::Frame;
 use peercm_verbs_shim::{MemoryRegion, QueuePair, RemoteMr, SendWr, Sge};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};

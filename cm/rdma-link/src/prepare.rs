@@ -12,7 +12,7 @@ use crate::ring::RecvRing;
 use crate::sink::LinkSink;
 use crate::worker::{Worker, SCRATCH_BYTES};
 use crate::wrid;
-use peercm_proto::frame::{FrameDecoder, HEADER_LEN};
+use peercm_cm_proto::frame::{FrameDecoder, HEADER_LEN};
 use peercm_verbs_shim::{
     Access, CompletionQueue, Device, MemoryRegion, ProtectionDomain, QpCaps, QpParams, QueuePair,
     RecvWr, Sge,

@@ -2,7 +2,7 @@
 //! manager), always from the link's own thread.
 
 use crate::error::LinkCloseReason;
-use peercm_proto::Frame;
+use peercm_cm_proto::Frame;
 
 /// The consumer of one link's events. Every method is called from the link's CQ-polling
 /// thread only, in order; [`LinkSink::closed`] exactly once, last. A sink may call back into

@@ -14,8 +14,8 @@ use crate::stats::bump;
 use crate::wrid;
 use bytes::{Bytes, BytesMut};
 use crossbeam_channel::Sender;
-use peercm_proto::frame::FrameDecoder;
-use peercm_proto::Frame;
+use peercm_cm_proto::frame::FrameDecoder;
+use peercm_cm_proto::Frame;
 use peercm_verbs_shim::{
     CompletionQueue, MemoryRegion, RecvWr, Sge, WcOpcode, WcStatus, WorkCompletion,
 };

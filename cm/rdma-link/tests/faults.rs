@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use peercm_rdma_link::{LinkCloseReason, RdmaLinkConfig, RequestKind};
+use peercm_cm_rdma_link::{LinkCloseReason, RdmaLinkConfig, RequestKind};
 use peercm_verbs_shim::scenarios::FaultInjector;
 use peercm_verbs_shim::sim::harness::{seed_from_env, standard_hcas, FaultMode, SimFaults};
 use peercm_verbs_shim::WcStatus;

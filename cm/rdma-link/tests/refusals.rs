@@ -9,8 +9,8 @@ mod common;
 
 use common::*;
 use crossbeam_channel::unbounded;
-use peercm_proto::frame::FrameError;
-use peercm_rdma_link::{
+use peercm_cm_proto::frame::FrameError;
+use peercm_cm_rdma_link::{
     EndpointError, LinkCloseReason, LocalEndpoint, PreparedLink, RdmaLinkConfig, RdmaLinkError,
     SendError,
 };

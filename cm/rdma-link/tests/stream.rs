@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use peercm_rdma_link::{LinkCloseReason, RdmaLinkConfig};
+use peercm_cm_rdma_link::{LinkCloseReason, RdmaLinkConfig};
 use peercm_verbs_shim::sim::harness::seed_from_env;
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,6 @@
 //! `manager-lane`: the connection manager's scenarios on real RDMA devices (rdma_rxe in the
 //! soft-RoCE lane, see docs/softroce-lane.md). The real-rxe counterparts of
-//! `tests/tests/interconnects_sim.rs`: every node is a `peercm_cm::Node` started with
+//! `tests/tests/interconnects_sim.rs`: every node is a `peercm_cm_manager::Node` started with
 //! `VerbsSource::Real`, so rails are discovered by rdma-core and every RDMA link is a real RC
 //! queue pair on an rxe HCA.
 //!
@@ -35,9 +35,9 @@
 //! Exit status: 0 all passed, 1 a scenario failed, 2 nothing could run, 64 usage error.
 
 use clap::{Parser, ValueEnum};
-use peercm_cm::config::PeerConfig;
-use peercm_cm::status::NodeStatus;
-use peercm_cm::{
+use peercm_cm_manager::config::PeerConfig;
+use peercm_cm_manager::status::NodeStatus;
+use peercm_cm_manager::{
     ClientEvent, ClientHandle, ClientSpec, ClusterSecret, LatencyClass, Node, NodeConfig,
     SendModel, VerbsSource,
 };
@@ -2280,7 +2280,7 @@ impl Leader {
             Duration::from_secs(20),
             |s| {
                 s.peer.as_deref() == Some("node-c-backup")
-                    && s.session == peercm_cm::SessionState::Up
+                    && s.session == peercm_cm_manager::SessionState::Up
             },
         )
         .await?;

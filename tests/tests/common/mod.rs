@@ -4,8 +4,8 @@
 #![allow(dead_code)]
 
 use bytes::Bytes;
-use peercm_cm::config::PeerConfig;
-use peercm_cm::{
+use peercm_cm_manager::config::PeerConfig;
+use peercm_cm_manager::{
     ClientEvent, ClientHandle, ClientSpec, ClusterSecret, LatencyClass, Node, NodeConfig, SendModel,
 };
 use std::net::SocketAddr;
@@ -115,8 +115,8 @@ pub fn msg(client: &str, i: u64) -> Bytes {
 pub async fn wait_status(
     node: &Node,
     what: &str,
-    pred: impl Fn(&peercm_cm::NodeStatus) -> bool,
-) -> peercm_cm::NodeStatus {
+    pred: impl Fn(&peercm_cm_manager::NodeStatus) -> bool,
+) -> peercm_cm_manager::NodeStatus {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let s = node.status().await.expect("status");
@@ -133,6 +133,6 @@ pub async fn wait_status(
 }
 
 /// RDMA links a node has.
-pub fn rdma_links(s: &peercm_cm::NodeStatus) -> usize {
+pub fn rdma_links(s: &peercm_cm_manager::NodeStatus) -> usize {
     s.links.iter().filter(|l| l.transport == "rdma").count()
 }

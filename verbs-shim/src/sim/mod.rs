@@ -106,6 +106,7 @@
 //! print the seed, and `PEERCM_SIM_SEED` overrides it ([`harness::seed_from_env`]).
 
 mod eventfd;
+#[cfg(feature = "scenarios")]
 pub mod harness;
 mod objects;
 mod rng;

@@ -9,7 +9,7 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use peercm_proto::frame::{Frame, FrameDecoder, FrameError, HEADER_LEN};
+use peercm_cm_proto::frame::{Frame, FrameDecoder, FrameError, HEADER_LEN};
 
 const MAX: u32 = 4096;
 

@@ -10,13 +10,13 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use peercm_proto::auth::{self, ClusterSecret, Role};
-use peercm_proto::control::{
+use peercm_cm_proto::auth::{self, ClusterSecret, Role};
+use peercm_cm_proto::control::{
     self, Auth, Challenge, ClientAnnounce, Hello, NodeInfo, RefuseReason, TransportCap,
     TransportMsg, Welcome,
 };
-use peercm_proto::frame::{Flags, Frame, MsgType};
-use peercm_proto::handshake::{AcceptorStart, DialerExpectChallenge, DialerStart, HandshakeConfig};
+use peercm_cm_proto::frame::{Flags, Frame, MsgType};
+use peercm_cm_proto::handshake::{AcceptorStart, DialerExpectChallenge, DialerStart, HandshakeConfig};
 
 const TYPES: [MsgType; 16] = [
     MsgType::Hello,

@@ -10,13 +10,13 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use peercm_proto::auth::Role;
-use peercm_proto::control::{self, ClientAnnounce, NackReason, NodeInfo, TransportCap};
-use peercm_proto::frame::{Flags, Frame, MsgType};
-use peercm_proto::session::{
+use peercm_cm_proto::auth::Role;
+use peercm_cm_proto::control::{self, ClientAnnounce, NackReason, NodeInfo, TransportCap};
+use peercm_cm_proto::frame::{Flags, Frame, MsgType};
+use peercm_cm_proto::session::{
     ClientEvent, ClientSpec, LatencyClass, LinkId, Session, SessionConfig, SessionState,
 };
-use peercm_proto::stream::SendModel;
+use peercm_cm_proto::stream::SendModel;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 

@@ -5,10 +5,10 @@
 #![allow(dead_code)]
 
 use bytes::Bytes;
-use peercm_proto::auth::Role;
-use peercm_proto::control::{NodeInfo, TransportCap};
-use peercm_proto::session::{ClientEvent, ClientId, LinkId, Session, SessionConfig};
-use peercm_proto::Frame;
+use peercm_cm_proto::auth::Role;
+use peercm_cm_proto::control::{NodeInfo, TransportCap};
+use peercm_cm_proto::session::{ClientEvent, ClientId, LinkId, Session, SessionConfig};
+use peercm_cm_proto::Frame;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -96,7 +96,7 @@ impl Pair {
     }
 
     /// Adds a link on interconnect `ic` (an RDMA rail in the runtime).
-    pub fn add_link_on(&mut self, ic: peercm_proto::session::InterconnectId) -> LinkId {
+    pub fn add_link_on(&mut self, ic: peercm_cm_proto::session::InterconnectId) -> LinkId {
         let id = self.next_link;
         self.next_link += 1;
         self.links.insert(id, LinkQ::default());
@@ -305,7 +305,7 @@ impl Pair {
 
     /// Delivers the oldest frame queued on `link` towards b (`to_b`) or towards a, after
     /// flushing outputs. Returns its type, or None when that queue is empty.
-    pub fn deliver_on(&mut self, link: LinkId, to_b: bool) -> Option<peercm_proto::MsgType> {
+    pub fn deliver_on(&mut self, link: LinkId, to_b: bool) -> Option<peercm_cm_proto::MsgType> {
         self.flush();
         let q = self.links.get_mut(&link)?;
         let frame = if to_b {
@@ -328,7 +328,7 @@ impl Pair {
 
     /// Delivers frames on one link and direction until one of type `t` was delivered.
     /// Returns false if the queue ran dry first.
-    pub fn deliver_until(&mut self, link: LinkId, to_b: bool, t: peercm_proto::MsgType) -> bool {
+    pub fn deliver_until(&mut self, link: LinkId, to_b: bool, t: peercm_cm_proto::MsgType) -> bool {
         while let Some(got) = self.deliver_on(link, to_b) {
             if got == t {
                 return true;
@@ -344,7 +344,7 @@ impl Pair {
     }
 
     /// Type and sequence number of the frames queued on one link and direction, oldest first.
-    pub fn queued(&self, link: LinkId, to_b: bool) -> Vec<(peercm_proto::MsgType, u64)> {
+    pub fn queued(&self, link: LinkId, to_b: bool) -> Vec<(peercm_cm_proto::MsgType, u64)> {
         self.links
             .get(&link)
             .map(|q| if to_b { &q.a_to_b } else { &q.b_to_a })
@@ -357,7 +357,7 @@ impl Pair {
     }
 
     /// Headers of the frames queued on one link and direction, oldest first.
-    pub fn queued_headers(&self, link: LinkId, to_b: bool) -> Vec<peercm_proto::Header> {
+    pub fn queued_headers(&self, link: LinkId, to_b: bool) -> Vec<peercm_cm_proto::Header> {
         self.links
             .get(&link)
             .map(|q| if to_b { &q.a_to_b } else { &q.b_to_a })

@@ -6,9 +6,9 @@
 
 use bytes::Bytes;
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
-use peercm_proto::frame::{Flags, MsgType};
-use peercm_proto::Frame;
-use peercm_rdma_link::{
+use peercm_cm_proto::frame::{Flags, MsgType};
+use peercm_cm_proto::Frame;
+use peercm_cm_rdma_link::{
     LinkCloseReason, LinkSink, LocalEndpoint, PreparedLink, RdmaLink, RdmaLinkConfig,
 };
 use peercm_verbs_shim::sim::harness::{fast_params, standard_fabric};
