@@ -102,8 +102,9 @@
 //! Randomness comes only from the seed: device GUIDs, memory keys, the first QPN, and per-QP
 //! streams (derived from seed and QPN) for jitter and loss, so one QP's draws do not depend on
 //! how other QPs interleave. The same seed and the same sequence of calls give the same
-//! [`SimFabric::trace`] (see the determinism test in `tests/sim_semantics.rs`); test helpers
-//! print the seed, and `PEERCM_SIM_SEED` overrides it ([`harness::seed_from_env`]).
+//! [`SimFabric::trace`] (see the determinism test in `tests/sim_semantics/determinism.rs`);
+//! test helpers print the seed, and `PEERCM_SIM_SEED` overrides it
+//! ([`harness::seed_from_env`]).
 
 mod eventfd;
 #[cfg(feature = "scenarios")]
