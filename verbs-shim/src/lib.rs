@@ -9,8 +9,9 @@
 //!   injection, for fast deterministic tests.
 //!
 //! Both obey the same kernel QP state-transition table ([`qp_state`]) and report the same typed
-//! completion statuses, so the shared scenario suite ([`scenarios`]) runs unchanged against
-//! either: against the simulator in `cargo test`, against rdma_rxe in the soft-RoCE lane.
+//! completion statuses, so the shared scenario suite (`scenarios`, test code behind the
+//! `scenarios` feature) runs unchanged against either: against the simulator in `cargo test`,
+//! against rdma_rxe in the soft-RoCE lane.
 //!
 //! - [`types`]: device, port, endpoint and work-completion descriptions.
 //! - [`api`]: the object-safe traits (provider, device, PD, MR, CQ, QP) both backends implement.

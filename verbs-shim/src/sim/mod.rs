@@ -15,9 +15,9 @@
 //! assert_eq!(provider.devices().unwrap()[0].ports[0].capacity_mbps, 25_000);
 //! ```
 //!
-//! [`harness`] has the rest of what a test needs: an in-memory [`crate::scenarios::Exchange`],
-//! a [`crate::scenarios::FaultInjector`] backed by the fabric, a standard two-node dual-rail
-//! fabric and a runner for both halves of a scenario.
+//! `harness` (test code behind the `scenarios` feature) has the rest of what a test needs: an
+//! in-memory `scenarios::Exchange`, a `scenarios::FaultInjector` backed by the fabric, a
+//! standard two-node dual-rail fabric and a runner for both halves of a scenario.
 //!
 //! # What the simulator does, and how it mirrors rdma_rxe
 //!
@@ -104,7 +104,7 @@
 //! how other QPs interleave. The same seed and the same sequence of calls give the same
 //! [`SimFabric::trace`] (see the determinism test in `tests/sim_semantics/determinism.rs`);
 //! test helpers print the seed, and `PEERCM_SIM_SEED` overrides it
-//! ([`harness::seed_from_env`]).
+//! (`harness::seed_from_env`).
 
 mod eventfd;
 #[cfg(feature = "scenarios")]

@@ -9,6 +9,7 @@ use super::World;
 use crate::types::{Access, QpState, WcOpcode, WcStatus, WorkCompletion};
 use std::time::{Duration, Instant};
 
+/// The responder's answer to one transmission.
 enum Resp {
     Done(Option<Vec<u8>>),
     Rnr(Duration),

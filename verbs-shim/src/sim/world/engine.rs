@@ -26,6 +26,7 @@ pub(super) enum FailMode {
     At(usize, WcStatus),
 }
 
+/// The outcome of one transmission of a request ([`World::attempt`]).
 pub(super) enum Attempt {
     /// Delivered at the responder; look at the next request.
     Delivered,

@@ -8,6 +8,7 @@ use crate::error::VerbsError;
 use crate::types::{Access, QpState, WcOpcode, WcStatus, WorkCompletion};
 use std::time::{Duration, Instant};
 
+/// What a send-queue request asks of the responder.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Op {
     Send {
