@@ -4,7 +4,7 @@
 #
 #   scripts/softroce/manager-lane.sh [--only NAME[,NAME...]]
 #
-#   - builds target/release/manager-lane (crate peercm-tests; the guests run it over 9p);
+#   - builds target/release/manager-lane (crate peercm-tests-lanes; the guests run it over 9p);
 #   - boots three VMs once for every scenario (run-lane.sh --nodes 3 --mgmt --tcp-backup):
 #       n1: node a (the dialer), rxe0 on cable 0 and rxe1 on cable 1;
 #       n2: node b (the acceptor), rxe0 and rxe1 on the same cables;
@@ -44,7 +44,7 @@ t0=$(now_ms)
 
 if [ "${PEERCM_MANAGER_LANE_NO_BUILD:-0}" != 1 ]; then
   say "building manager-lane (release)"
-  (cd "$REPO_DIR" && cargo build --release --quiet -p peercm-tests --bin manager-lane) ||
+  (cd "$REPO_DIR" && cargo build --release --quiet -p peercm-tests-lanes --bin manager-lane) ||
     die "cargo build failed"
 fi
 ML=${PEERCM_MANAGER_LANE_BIN:-$REPO_DIR/target/release/manager-lane}

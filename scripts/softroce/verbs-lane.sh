@@ -4,7 +4,8 @@
 #
 #   scripts/softroce/verbs-lane.sh [--only NAME[,NAME...]]
 #
-#   - builds target/release/verbs-lane and target/release/peercm (the guests run them over 9p);
+#   - builds target/release/verbs-lane (crate peercm-tests-lanes) and target/release/peercm (the
+#     guests run them over 9p);
 #   - host: `peercm devices` and `peercm devices --json` must exit 0 and say why verbs are
 #     unavailable (the host has no RDMA), or list devices if it has some;
 #   - boots n1 (client) and n2 (server) with run-lane.sh --mgmt: HCAs rxe0 on cable 0 and rxe1
@@ -30,7 +31,7 @@ only=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --only) only=${2:?--only needs scenario names}; shift 2 ;;
-    -h | --help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
@@ -41,7 +42,7 @@ t0=$(now_ms)
 
 if [ "${PEERCM_VERBS_LANE_NO_BUILD:-0}" != 1 ]; then
   say "building verbs-lane and peercm (release)"
-  (cd "$REPO_DIR" && cargo build --release --quiet -p peercm-verbs-shim --bin verbs-lane -p peercm --bin peercm) ||
+  (cd "$REPO_DIR" && cargo build --release --quiet -p peercm-tests-lanes --bin verbs-lane -p peercm --bin peercm) ||
     die "cargo build failed"
 fi
 VL=${PEERCM_VERBS_LANE_BIN:-$REPO_DIR/target/release/verbs-lane}

@@ -1,0 +1,24 @@
+//! The soft-RoCE lane runners: test code that runs peercm on real rdma_rxe HCAs inside the
+//! lane's QEMU VMs (docs/softroce-lane.md). Nothing in the product depends on this crate.
+//!
+//! Two binaries, each a thin `main` over one module of this library:
+//!
+//! - `verbs-lane` ([`verbs`]): the verbs scenario suite (`peercm_verbs_shim::scenarios`) as one
+//!   side of each scenario, in lockstep with a second process in the other VM
+//!   (scripts/softroce/verbs-lane.sh);
+//! - `manager-lane` ([`manager`]): the connection manager (`peercm_cm_manager::Node` on real
+//!   verbs) in three roles, one per VM; the leader drives and judges every scenario
+//!   (scripts/softroce/manager-lane.sh).
+//!
+//! What both runners share lives at the top: command-line conventions and exit codes
+//! ([`cli`]), the lane's abort file ([`abort`]), sysfs reads of RDMA ports ([`sysfs`]), the
+//! netdev switch that cuts and restores a cable ([`netdev`]), and result reporting
+//! ([`report`]).
+
+pub mod abort;
+pub mod cli;
+pub mod manager;
+pub mod netdev;
+pub mod report;
+pub mod sysfs;
+pub mod verbs;

@@ -1,0 +1,33 @@
+//! The manager lane's scenarios, in the order they run, one file each. Every scenario is a
+//! method of the leader that records its figures and returns a one-line summary (PASS) or
+//! what went wrong (FAIL).
+
+mod cable_cut_hca0_under_stream;
+mod no_rdma_node_uses_tcp;
+mod partner_crash_switches_to_backup;
+mod rails_up_and_placement;
+mod restore_hca0;
+
+use super::leader::{Figures, Leader};
+
+/// The scenarios, in the order they run.
+pub const SCENARIOS: &[&str] = &[
+    "rails_up_and_placement",
+    "cable_cut_hca0_under_stream",
+    "restore_hca0",
+    "no_rdma_node_uses_tcp",
+    // Last: the partner is dead afterwards.
+    "partner_crash_switches_to_backup",
+];
+
+/// Runs the scenario `name`.
+pub async fn run(leader: &mut Leader, name: &str, f: &mut Figures) -> Result<String, String> {
+    match name {
+        "rails_up_and_placement" => leader.rails_up_and_placement(f).await,
+        "cable_cut_hca0_under_stream" => leader.cable_cut_hca0_under_stream(f).await,
+        "restore_hca0" => leader.restore_hca0(f).await,
+        "no_rdma_node_uses_tcp" => leader.no_rdma_node_uses_tcp(f).await,
+        "partner_crash_switches_to_backup" => leader.partner_crash_switches_to_backup(f).await,
+        other => Err(format!("no such scenario {other}")),
+    }
+}
