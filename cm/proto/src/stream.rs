@@ -22,7 +22,7 @@ use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet};
 use thiserror::Error;
 
-/// When a send completes for the sending client [CDP].
+/// When a send completes for the sending client \[CDP\].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SendModel {
