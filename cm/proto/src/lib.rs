@@ -4,8 +4,8 @@
 //! In the spirit of `quinn-proto`, every state machine here is driven from outside:
 //! `handle_*` methods feed it input (frames, link events, timer expiry, client commands) with the
 //! current time passed in as `now`, and `poll_*` methods drain its output (frames to transmit,
-//! events for clients, the next deadline). The tokio runtime in `peercm-cm-manager` and the transports
-//! (`peercm-fallback-tcp`, later verbs) sit on top.
+//! events for clients, the next deadline). The tokio runtime in `peercm-cm-manager` and the
+//! transports (`peercm-fallback-tcp`, `peercm-cm-rdma-link`) sit on top.
 //!
 //! Modules:
 //! - [`frame`]: the fixed frame header, its encoder and its bounded, panic-free decoder.
