@@ -16,6 +16,8 @@
 //! - [`placement`]: the IO-free bandwidth placement policy (which client on which interconnect).
 //! - [`port`]: the client port state machine (IDLE ... CONNECTED <-> STOPPED, DESTROYED).
 //! - [`session`]: one partner session multiplexing all clients over all links.
+//! - `testkit` (cargo feature `testkit`, test code only): the arbitrary-frame generator shared
+//!   by the property tests and the fuzz targets.
 
 pub mod auth;
 pub mod control;
@@ -25,5 +27,7 @@ pub mod placement;
 pub mod port;
 pub mod session;
 pub mod stream;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use frame::{Frame, FrameError, Header, MsgType, PROTOCOL_VERSION};
