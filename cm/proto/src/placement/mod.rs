@@ -49,9 +49,10 @@
 //! 6. **Adaptive rebalance.** Every `rebalance_interval`, [`Placement::handle_timeout`] makes
 //!    *voluntary* moves ([`MoveReason::Rebalance`] / [`MoveReason::Failback`]), in this order of
 //!    priority: (a) move a Critical client out of the heaviest client's failure domain (rule 4
-//!    repair, e.g. when the heaviest client changes or a second HCA becomes usable); (b) move the other clients off a heavy client's interconnect onto one without a
-//!    heavy client that stays at or below `hot_utilization` ("when one client's demand grows far
-//!    beyond the others', the manager migrates the other clients off its interconnect"); (c) on
+//!    repair, e.g. when the heaviest client changes or a second HCA becomes usable); (b) move
+//!    the other clients off a heavy client's interconnect onto one without a heavy client that
+//!    stays at or below `hot_utilization` ("when one client's demand grows far beyond the
+//!    others', the manager migrates the other clients off its interconnect"); (c) on
 //!    a hot interconnect (utilization > `hot_utilization`), move the client whose move lowers
 //!    the higher utilization of the two interconnects involved the most, and only if it lowers
 //!    it by at least the fraction `min_improvement` (relative: new <= old x (1 -
@@ -63,9 +64,9 @@
 //!    interruption for `failback_hold`. So a returning interconnect gets load back through rule
 //!    6 once the hold has passed: at least the spreading of 6(d), so that no usable link stays
 //!    empty while another holds two or more clients (unless rule 4 forbids every such move,
-//!    e.g. for the second port of the heavy client's HCA). A voluntary move onto an interconnect that
-//!    became usable while clients existed and had received no client before the evaluation is
-//!    reported as [`MoveReason::Failback`]; every other voluntary move as
+//!    e.g. for the second port of the heavy client's HCA). A voluntary move onto an interconnect
+//!    that became usable while clients existed and had received no client before the evaluation
+//!    is reported as [`MoveReason::Failback`]; every other voluntary move as
 //!    [`MoveReason::Rebalance`].
 //! 8. **Determinism.** Same inputs, same moves.
 //!

@@ -46,8 +46,8 @@ pub struct PlacementConfig {
     pub failback_hold: Duration,
     /// Half-life of the measured-rate average (default 1 s; at least 1 ms).
     pub rate_half_life: Duration,
-    /// How often [`Placement::handle_timeout`](super::Placement::handle_timeout) re-evaluates while clients exist (default 250 ms;
-    /// at least 1 ms).
+    /// How often [`Placement::handle_timeout`](super::Placement::handle_timeout) re-evaluates
+    /// while clients exist (default 250 ms; at least 1 ms).
     pub rebalance_interval: Duration,
 }
 
