@@ -4,8 +4,8 @@
 //! In the spirit of `quinn-proto`, every state machine here is driven from outside:
 //! `handle_*` methods feed it input (frames, link events, timer expiry, client commands) with the
 //! current time passed in as `now`, and `poll_*` methods drain its output (frames to transmit,
-//! events for clients, the next deadline). The tokio runtime in `peercm-cm-manager` and the transports
-//! (`peercm-fallback-tcp`, later verbs) sit on top.
+//! events for clients, the next deadline). The tokio runtime in `peercm-cm-manager` and the
+//! transports (`peercm-fallback-tcp`, `peercm-cm-rdma-link`) sit on top.
 //!
 //! Modules:
 //! - [`frame`]: the fixed frame header, its encoder and its bounded, panic-free decoder.
@@ -16,6 +16,8 @@
 //! - [`placement`]: the IO-free bandwidth placement policy (which client on which interconnect).
 //! - [`port`]: the client port state machine (IDLE ... CONNECTED <-> STOPPED, DESTROYED).
 //! - [`session`]: one partner session multiplexing all clients over all links.
+//! - `testkit` (cargo feature `testkit`, test code only): the arbitrary-frame generator shared
+//!   by the property tests and the fuzz targets.
 
 pub mod auth;
 pub mod control;
@@ -25,5 +27,7 @@ pub mod placement;
 pub mod port;
 pub mod session;
 pub mod stream;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use frame::{Frame, FrameError, Header, MsgType, PROTOCOL_VERSION};

@@ -1,4 +1,4 @@
-//! The client port state machine [CDP].
+//! The client port state machine \[CDP\].
 //!
 //! ```text
 //! source side:  IDLE -> REGISTERED -> INITIALIZED -> CONNECTING -> CONNECTED <-> STOPPED

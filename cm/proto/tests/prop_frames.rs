@@ -11,62 +11,30 @@
 //! - Every strict prefix of a valid frame is incomplete (`Ok(None)`), consuming nothing.
 //! - The control payload decoders never panic on arbitrary bytes and round-trip their values.
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use peercm_cm_proto::control::{
     self, Auth, Challenge, ClientAnnounce, Hello, NackReason, NodeInfo, RefuseReason, TransportCap,
     Welcome,
 };
 use peercm_cm_proto::frame::{Flags, Frame, FrameDecoder, FrameError, MsgType, HEADER_LEN, MAGIC};
+use peercm_cm_proto::testkit::{frame_from_bytes, FrameSpace, ALL_MSG_TYPES, FRAME_INPUT_BYTES};
 use peercm_cm_proto::PROTOCOL_VERSION;
 use proptest::prelude::*;
 
 const MAX: u32 = 1024;
 
-const ALL_TYPES: [MsgType; 16] = [
-    MsgType::Hello,
-    MsgType::Challenge,
-    MsgType::Auth,
-    MsgType::Welcome,
-    MsgType::Refuse,
-    MsgType::Data,
-    MsgType::Ack,
-    MsgType::Nack,
-    MsgType::Reset,
-    MsgType::ResetAck,
-    MsgType::Ready,
-    MsgType::Heartbeat,
-    MsgType::ClientUp,
-    MsgType::ClientDown,
-    MsgType::Flow,
-    MsgType::Transport,
-];
-
+/// Frames from the shared generator (`peercm_cm_proto::testkit`), with payloads up to
+/// `max_payload` bytes.
 fn arb_frame(max_payload: usize) -> impl Strategy<Value = Frame> {
-    (
-        prop::sample::select(&ALL_TYPES[..]),
-        0u16..=Flags::all().bits(),
-        any::<u32>(),
-        any::<u64>(),
-        any::<u64>(),
-        prop::collection::vec(any::<u8>(), 0..=max_payload),
-    )
-        .prop_map(|(t, flags, client, seq, ack, payload)| {
-            Frame::new(
-                t,
-                Flags::from_bits_truncate(flags),
-                client,
-                seq,
-                ack,
-                Bytes::from(payload),
-            )
-        })
+    prop::collection::vec(any::<u8>(), FRAME_INPUT_BYTES + max_payload)
+        .prop_map(move |bytes| frame_from_bytes(&bytes, &FrameSpace::any(max_payload)))
 }
 
 /// Bytes that pass the early header checks (so the decoder reaches the length check and the
 /// wait-for-more path), with an arbitrary length field and arbitrary content after it.
 fn plausible_header_then_noise() -> impl Strategy<Value = Vec<u8>> {
     (
-        prop::sample::select(&ALL_TYPES[..]),
+        prop::sample::select(&ALL_MSG_TYPES[..]),
         0u16..=Flags::all().bits(),
         prop::collection::vec(any::<u8>(), 20),
         prop_oneof![any::<u32>(), 0..=MAX + 64],

@@ -17,25 +17,7 @@ use peercm_cm_proto::control::{
 };
 use peercm_cm_proto::frame::{Flags, Frame, MsgType};
 use peercm_cm_proto::handshake::{AcceptorStart, DialerExpectChallenge, DialerStart, HandshakeConfig};
-
-const TYPES: [MsgType; 16] = [
-    MsgType::Hello,
-    MsgType::Challenge,
-    MsgType::Auth,
-    MsgType::Welcome,
-    MsgType::Refuse,
-    MsgType::Data,
-    MsgType::Ack,
-    MsgType::Nack,
-    MsgType::Reset,
-    MsgType::ResetAck,
-    MsgType::Ready,
-    MsgType::Heartbeat,
-    MsgType::ClientUp,
-    MsgType::ClientDown,
-    MsgType::Flow,
-    MsgType::Transport,
-];
+use peercm_cm_proto::testkit::msg_type_from_byte;
 
 const CLUSTER: &str = "fuzz-cluster";
 const D_NONCE: [u8; 32] = [0x11; 32];
@@ -77,7 +59,7 @@ fuzz_target!(|data: &[u8]| {
     let (Some(&t), Some(&mode)) = (data.first(), data.get(1)) else {
         return;
     };
-    let t = TYPES[usize::from(t) % TYPES.len()];
+    let t = msg_type_from_byte(t);
     let raw = &data[2..];
 
     // Every control decoder on the raw bytes.

@@ -11,75 +11,40 @@
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use peercm_cm_proto::auth::Role;
-use peercm_cm_proto::control::{self, ClientAnnounce, NackReason, NodeInfo, TransportCap};
+use peercm_cm_proto::control::{NodeInfo, TransportCap};
 use peercm_cm_proto::frame::{Flags, Frame, MsgType};
 use peercm_cm_proto::session::{
     ClientEvent, ClientSpec, LatencyClass, LinkId, Session, SessionConfig, SessionState,
 };
 use peercm_cm_proto::stream::SendModel;
+use peercm_cm_proto::testkit::{arbitrary_frame, seq_like, FrameSpace, Unstructured};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-const TYPES: [MsgType; 16] = [
-    MsgType::Hello,
-    MsgType::Challenge,
-    MsgType::Auth,
-    MsgType::Welcome,
-    MsgType::Refuse,
-    MsgType::Data,
-    MsgType::Ack,
-    MsgType::Nack,
-    MsgType::Reset,
-    MsgType::ResetAck,
-    MsgType::Ready,
-    MsgType::Heartbeat,
-    MsgType::ClientUp,
-    MsgType::ClientDown,
-    MsgType::Flow,
-    MsgType::Transport,
-];
 const NAMES: [&str; 4] = ["mirror", "heartbeat", "bulk", "bad name"];
 const MODELS: [SendModel; 3] = [SendModel::Sync, SendModel::Async, SendModel::Local];
 
-/// Reads the fuzzer's bytes; yields zeros once they run out.
-struct Input<'a>(&'a [u8]);
+/// Reads the fuzzer's bytes (through `arbitrary`'s `Unstructured`); yields zeros once they run
+/// out.
+struct Input<'a>(Unstructured<'a>);
 
 impl Input<'_> {
     fn done(&self) -> bool {
         self.0.is_empty()
     }
     fn u8(&mut self) -> u8 {
-        match self.0.split_first() {
-            Some((b, rest)) => {
-                self.0 = rest;
-                *b
-            }
-            None => 0,
-        }
+        self.0.arbitrary().unwrap_or(0)
     }
     fn u32(&mut self) -> u32 {
-        u32::from_be_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
-    }
-    fn u64(&mut self) -> u64 {
-        (u64::from(self.u32()) << 32) | u64::from(self.u32())
+        self.0.arbitrary().unwrap_or(0)
     }
     fn bytes(&mut self, max: usize) -> Bytes {
         let n = usize::from(self.u8()).min(max).min(self.0.len());
-        let (b, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Bytes::copy_from_slice(b)
+        Bytes::copy_from_slice(self.0.bytes(n).unwrap_or_default())
     }
     /// A sequence-like number: mostly small or near a boundary, sometimes anything.
     fn seq(&mut self, near: u64) -> u64 {
-        match self.u8() % 8 {
-            0 => 0,
-            1 => u64::MAX,
-            2 => u64::MAX - u64::from(self.u8()),
-            3 => self.u64(),
-            4 => near.wrapping_add(u64::from(self.u8() % 4)),
-            5 => near.saturating_sub(u64::from(self.u8() % 4)),
-            _ => u64::from(self.u8() % 32),
-        }
+        seq_like(&mut self.0, near).unwrap_or(0)
     }
 }
 
@@ -293,36 +258,18 @@ impl World {
         ids[usize::from(sel) % ids.len()]
     }
 
-    /// A crafted frame for `a`.
+    /// A crafted frame for `a`, from the shared generator: ids and names that `b` uses (and
+    /// one invalid name), payloads up to 96 bytes.
     fn crafted(&self, inp: &mut Input) -> Frame {
-        let t = TYPES[usize::from(inp.u8()) % TYPES.len()];
-        let flags = Flags::from_bits_truncate(u16::from(inp.u8()));
-        let client = match inp.u8() % 4 {
-            0 => 0,
-            1 => u32::from(inp.u8() % 5),
-            2 => inp.u32(),
-            // An id b really uses (clients are registered in the same order on both).
-            _ => 1 + u32::from(inp.u8() % 3),
+        let space = FrameSpace {
+            max_payload: 96,
+            // Clients are registered in the same order on both sides.
+            client_ids: &[1, 2, 3],
+            client_names: &NAMES,
         };
-        let near = u64::from(inp.u8() % 16);
-        let seq = inp.seq(near);
-        let ack = inp.seq(near);
-        let payload = match inp.u8() % 6 {
-            0 => control::encode_code(inp.u32() as i32),
-            1 => control::encode_nack(
-                NackReason::from_u8(1 + inp.u8() % 4).unwrap_or(NackReason::ConnectionLost),
-                u32::from(inp.u8() % 5),
-            ),
-            2 => control::encode(&ClientAnnounce {
-                name: NAMES[usize::from(inp.u8()) % NAMES.len()].to_string(),
-                id: u32::from(inp.u8() % 6),
-                recv_window: inp.u32(),
-                connecting: inp.u8() % 2 == 0,
-            }),
-            3 => control::encode(&NAMES[usize::from(inp.u8()) % NAMES.len()].to_string()),
-            _ => inp.bytes(96),
-        };
-        Frame::new(t, flags, client, seq, ack, payload)
+        arbitrary_frame(&mut inp.0, &space).unwrap_or_else(|_| {
+            Frame::new(MsgType::Heartbeat, Flags::empty(), 0, 0, 0, Bytes::new())
+        })
     }
 
     fn step(&mut self, inp: &mut Input) {
@@ -395,7 +342,7 @@ impl World {
 
 fuzz_target!(|data: &[u8]| {
     let mut w = World::new();
-    let mut inp = Input(data);
+    let mut inp = Input(Unstructured::new(data));
     let mut steps = 0;
     while !inp.done() && steps < 4096 {
         w.step(&mut inp);

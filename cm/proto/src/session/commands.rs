@@ -1,0 +1,211 @@
+//! Client commands: register, connect, close, send, reply, consumed, place, and the
+//! manager's TRANSPORT messages. Each refuses what the client's port or the session state does
+//! not allow, and queues what the partner must learn.
+
+use super::{code_ack, ClientSlot, Session};
+use super::{
+    ClientEvent, ClientId, ClientSpec, InterconnectId, SessionError, SessionState,
+    TransportSendError, MAX_TRANSPORT_PAYLOAD_BYTES,
+};
+use crate::control::{self, ClientGone, NackReason};
+use crate::frame::{Frame, MsgType};
+use crate::port::{Port, PortInput, PortState};
+use crate::stream::{RecvStream, SendModel, SendStream};
+use bytes::Bytes;
+
+impl Session {
+    /// Registers a client (port -> INITIALIZED) and announces it when the session is up.
+    pub fn register(&mut self, name: &str, spec: ClientSpec) -> Result<ClientId, SessionError> {
+        control::validate_name("client name", name)?;
+        if self.by_name.contains_key(name) {
+            return Err(SessionError::DuplicateName(name.to_string()));
+        }
+        let id = self.next_client_id;
+        self.next_client_id = self.next_client_id.wrapping_add(1).max(1);
+        let mut port = Port::default();
+        port.apply(PortInput::Register)?;
+        port.apply(PortInput::Initialize)?;
+        let window = self.cfg.window;
+        let credit = self
+            .peer_clients
+            .get(name)
+            .map_or(0, |p| u64::from(p.window));
+        self.clients.insert(
+            id,
+            ClientSlot {
+                name: name.to_string(),
+                spec,
+                port,
+                send: SendStream::new(window, credit),
+                recv: RecvStream::new(window),
+                flow_on: false,
+                placed: None,
+                bytes_out: 0,
+            },
+        );
+        self.by_name.insert(name.to_string(), id);
+        if matches!(self.state, SessionState::Up | SessionState::AwaitingReady) {
+            self.queue_client_up(id);
+        }
+        self.refresh_path(id);
+        Ok(id)
+    }
+
+    /// Use-counted connect (port -> CONNECTING, or CONNECTED when the partner is reachable).
+    pub fn connect(&mut self, id: ClientId) -> Result<PortState, SessionError> {
+        let c = self
+            .clients
+            .get_mut(&id)
+            .ok_or(SessionError::UnknownClient(id))?;
+        let before = c.port.state();
+        let after = c.port.apply(PortInput::Connect)?;
+        if before != after && matches!(self.state, SessionState::Up | SessionState::AwaitingReady) {
+            self.queue_client_up(id);
+        }
+        self.refresh_path(id);
+        Ok(self.port_state(id).unwrap_or(after))
+    }
+
+    /// Controlled (use-counted) or immediate close. Outstanding sends of a destroyed client are
+    /// NACKed with [`NackReason::Closed`].
+    pub fn close(&mut self, id: ClientId, immediate: bool) -> Result<PortState, SessionError> {
+        let c = self
+            .clients
+            .get_mut(&id)
+            .ok_or(SessionError::UnknownClient(id))?;
+        let input = if immediate {
+            PortInput::CloseImmediate
+        } else {
+            PortInput::Close
+        };
+        let state = c.port.apply(input)?;
+        if state == PortState::Destroyed {
+            let seqs = c.send.drain_unacked();
+            let name = c.name.clone();
+            for seq in seqs {
+                self.events.push_back((
+                    id,
+                    ClientEvent::Nacked {
+                        seq,
+                        reason: NackReason::Closed,
+                    },
+                ));
+            }
+            self.clients.remove(&id);
+            self.by_name.remove(&name);
+            self.ack_due.remove(&id);
+            self.flow_due.remove(&id);
+            if self.state == SessionState::Up {
+                let gone = ClientGone { name, id };
+                self.queue_on_all_links(Frame::control(
+                    MsgType::ClientDown,
+                    control::encode(&gone),
+                ));
+            }
+        }
+        Ok(state)
+    }
+
+    /// Queues a message for the partner's namesake. Fails fast unless the port is up.
+    pub fn send(
+        &mut self,
+        id: ClientId,
+        payload: Bytes,
+        model: SendModel,
+    ) -> Result<u64, SessionError> {
+        let max = self.cfg.max_payload_bytes;
+        let high = self.cfg.flow_high_water;
+        let c = self
+            .clients
+            .get_mut(&id)
+            .ok_or(SessionError::UnknownClient(id))?;
+        if payload.len() > max as usize {
+            return Err(SessionError::PayloadTooLarge {
+                len: payload.len(),
+                max,
+            });
+        }
+        // While holding for a switch, and while the switch's reset runs, sends queue: they go
+        // to the new partner with the rest (the client saw no Down, so it must not fail).
+        let flowing =
+            self.state == SessionState::Up || self.holding_since.is_some() || self.switching;
+        if !c.port.state().is_up() || !flowing {
+            return Err(SessionError::NotConnected {
+                name: c.name.clone(),
+                state: c.port.state(),
+            });
+        }
+        let seq = c.send.push(payload, model);
+        if !c.flow_on && c.send.queued() >= high {
+            c.flow_on = true;
+            self.events
+                .push_back((id, ClientEvent::FlowControl { on: true }));
+        }
+        Ok(seq)
+    }
+
+    /// The local client's return code for a synchronous message.
+    pub fn reply(&mut self, id: ClientId, seq: u64, code: i32) -> Result<(), SessionError> {
+        let c = self
+            .clients
+            .get_mut(&id)
+            .ok_or(SessionError::UnknownClient(id))?;
+        c.recv.reply(seq, code)?;
+        if let Some(peer) = self.peer_clients.get(&c.name) {
+            let ack = code_ack(peer.id, seq, c.recv.delivered(), code);
+            self.control_out.push_back((None, ack));
+        }
+        Ok(())
+    }
+
+    /// Places a client's data on `interconnect` (the placement policy's decision). Its frames
+    /// then go on that interconnect's links, or on any link while it has none. Messages already
+    /// in flight on the old path still arrive: the receiver restores order by sequence number,
+    /// so a move needs no drain and loses nothing (make-before-break). A move between two
+    /// interconnects emits [`ClientEvent::Migrated`]; the first placement is silent. Returns
+    /// the previous placement.
+    pub fn place(
+        &mut self,
+        id: ClientId,
+        interconnect: InterconnectId,
+    ) -> Result<Option<InterconnectId>, SessionError> {
+        let c = self
+            .clients
+            .get_mut(&id)
+            .ok_or(SessionError::UnknownClient(id))?;
+        let from = c.placed.replace(interconnect);
+        if let Some(from) = from.filter(|&f| f != interconnect) {
+            self.events.push_back((
+                id,
+                ClientEvent::Migrated {
+                    from,
+                    to: interconnect,
+                },
+            ));
+        }
+        Ok(from)
+    }
+
+    /// Queues a TRANSPORT message (RDMA endpoint offer or answer) for the partner's manager.
+    /// Only while the session is up: transport setup needs a partner past its reset.
+    pub fn send_transport(&mut self, payload: Bytes) -> Result<(), TransportSendError> {
+        if payload.len() > MAX_TRANSPORT_PAYLOAD_BYTES {
+            return Err(TransportSendError::TooLarge(payload.len()));
+        }
+        if self.state != SessionState::Up {
+            return Err(TransportSendError::NotUp(self.state));
+        }
+        self.control_out
+            .push_back((None, Frame::control(MsgType::Transport, payload)));
+        Ok(())
+    }
+
+    /// The local client took every message up to `seq` off its queue (grants credit).
+    pub fn consumed(&mut self, id: ClientId, seq: u64) {
+        if let Some(c) = self.clients.get_mut(&id) {
+            if c.recv.consume(seq).is_some() {
+                self.flow_due.insert(id);
+            }
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! ACK, NACK and FLOW: completions of our sends (receipt, return codes, refusals) and the
+//! partner's credit; and how completions become client events.
+
+use crate::control;
+use crate::frame::{Flags, Frame, Header};
+use crate::session::Session;
+use crate::session::{ClientEvent, ClientId, ProtocolViolation, SessionState};
+use crate::stream::SendCompletion;
+
+impl Session {
+    /// ACK: a cumulative receipt ack, or the return code of one synchronous message (with the
+    /// cumulative ack piggybacked).
+    pub(super) fn recv_ack(&mut self, frame: Frame) -> Result<(), ProtocolViolation> {
+        let h = frame.header;
+        if self.state != SessionState::Up {
+            return Ok(());
+        }
+        let id = h.client;
+        let completion = {
+            let Some(c) = self.clients.get_mut(&id) else {
+                return Ok(());
+            };
+            if h.flags.contains(Flags::CUMULATIVE) {
+                c.send.on_cumulative_ack(h.seq)
+            } else {
+                let code = control::decode_code(&frame.payload)?;
+                // The piggybacked cumulative ack completes async/local sends too: keep
+                // its completions (dropping them lost those sends' Acked events).
+                let mut v = c.send.on_cumulative_ack(h.ack);
+                v.extend(c.send.on_code(h.seq, code));
+                v
+            }
+        };
+        self.complete(id, completion);
+        Ok(())
+    }
+
+    /// NACK: the partner refused one of our messages (e.g. no such client there).
+    pub(super) fn recv_nack(&mut self, frame: Frame) -> Result<(), ProtocolViolation> {
+        let h = frame.header;
+        let (reason, dest) = control::decode_nack(&frame.payload)?;
+        let target = self
+            .clients
+            .iter()
+            .find(|(_, c)| self.peer_clients.get(&c.name).is_some_and(|p| p.id == dest))
+            .map(|(id, _)| *id);
+        if let Some(id) = target {
+            if let Some(c) = self.clients.get_mut(&id) {
+                if let Some(seq) = c.send.remove(h.seq) {
+                    self.events
+                        .push_back((id, ClientEvent::Nacked { seq, reason }));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// FLOW: new credit for one of our send streams.
+    pub(super) fn recv_flow(&mut self, h: Header) -> Result<(), ProtocolViolation> {
+        if let Some(c) = self.clients.get_mut(&h.client) {
+            if self.state == SessionState::Up {
+                c.send.on_credit(h.seq);
+            }
+        }
+        Ok(())
+    }
+
+    /// Turns send completions into client events.
+    pub(in crate::session) fn complete(&mut self, id: ClientId, done: Vec<SendCompletion>) {
+        for d in done {
+            let ev = match d {
+                SendCompletion::Acked { seq, code } => ClientEvent::Acked { seq, code },
+                SendCompletion::Transmitted { seq } => ClientEvent::Transmitted { seq },
+            };
+            self.events.push_back((id, ev));
+        }
+    }
+}

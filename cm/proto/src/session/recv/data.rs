@@ -1,0 +1,122 @@
+//! DATA: delivery to a local client (in order, each message once), the piggybacked ack, DATA
+//! that overtook READY, and DATA for clients that are gone or unknown.
+
+use crate::control::{self, NackReason};
+use crate::frame::{Flags, Frame, MsgType};
+use crate::session::Session;
+use crate::session::{ClientEvent, ProtocolViolation, SessionState};
+use crate::stream::RecvError;
+
+impl Session {
+    /// DATA for a local client.
+    pub(super) fn recv_data(&mut self, frame: Frame) -> Result<(), ProtocolViolation> {
+        let h = frame.header;
+        let id = h.client;
+        if self.state == SessionState::AwaitingReady {
+            // The partner is up (it only sends DATA then, and the fence proved the frame is of
+            // this epoch) but its READY and CLIENT-UPs, sent on the control link, have not
+            // arrived yet. Dropping the frame would lose it for good (nothing replays it), so
+            // keep it for when READY comes. The fresh credit bounds what may arrive.
+            if let Some(c) = self.clients.get(&id) {
+                let credit = c.recv.credit();
+                if h.seq == 0 || h.seq > credit {
+                    let err = if h.seq == 0 {
+                        RecvError::ZeroSeq
+                    } else {
+                        RecvError::BeyondCredit { seq: h.seq, credit }
+                    };
+                    return Err(ProtocolViolation::Stream { client: id, err });
+                }
+                self.early.entry((id, h.seq)).or_insert(frame);
+                return Ok(());
+            }
+        }
+        if self.state != SessionState::Up && self.state != SessionState::AwaitingReady {
+            return Ok(()); // the partner replays or NACKs it after the reset
+        }
+        let known = self.clients.get(&id).map(|c| c.port.state().is_up());
+        if known == Some(false) {
+            // The client exists but its partner namesake is gone: announcements travel on every
+            // link ahead of DATA, so this was sent by a namesake incarnation that has since
+            // closed (and NACKed it locally). Nothing to answer.
+            self.stats.stale_frames_dropped += 1;
+            tracing::debug!(
+                client = id,
+                seq = h.seq,
+                "DATA from a closed partner client dropped"
+            );
+            return Ok(());
+        }
+        if known.is_none() {
+            self.stats.unknown_client_frames += 1;
+            tracing::warn!(
+                client = id,
+                seq = h.seq,
+                "DATA for a client that is not registered here: NACKed"
+            );
+            self.control_out.push_back((
+                None,
+                Frame::new(
+                    MsgType::Nack,
+                    Flags::empty(),
+                    0,
+                    h.seq,
+                    0,
+                    control::encode_nack(NackReason::UnknownClient, id),
+                ),
+            ));
+            return Ok(());
+        }
+        let (outcome, piggy) = {
+            let Some(c) = self.clients.get_mut(&id) else {
+                return Ok(());
+            };
+            let outcome = c
+                .recv
+                .handle_data(h.seq, h.flags.contains(Flags::SYNC), frame.payload)
+                .map_err(|err| ProtocolViolation::Stream { client: id, err })?;
+            let piggy = if h.ack > 0 {
+                c.send.on_cumulative_ack(h.ack)
+            } else {
+                Vec::new()
+            };
+            (outcome, piggy)
+        };
+        self.complete(id, piggy);
+        if outcome.duplicate {
+            self.stats.duplicates_dropped += 1;
+        }
+        if let Some((seq, code)) = outcome.reack_code {
+            if let Some(peer) = self
+                .clients
+                .get(&id)
+                .and_then(|c| self.peer_clients.get(&c.name))
+            {
+                self.control_out.push_back((
+                    None,
+                    Frame::new(
+                        MsgType::Ack,
+                        Flags::empty(),
+                        peer.id,
+                        seq,
+                        0,
+                        control::encode_code(code),
+                    ),
+                ));
+            }
+        }
+        self.ack_due.insert(id);
+        for d in outcome.deliveries {
+            self.stats.delivered += 1;
+            self.events.push_back((
+                id,
+                ClientEvent::Data {
+                    seq: d.seq,
+                    payload: d.payload,
+                    reply_needed: d.sync,
+                },
+            ));
+        }
+        Ok(())
+    }
+}

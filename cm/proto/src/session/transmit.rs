@@ -1,0 +1,187 @@
+//! Transmit side: which frame goes next on which link ([`Session::poll_transmit`]): queued
+//! control frames first, then cumulative ACKs and FLOW credit, then client DATA (round robin
+//! over clients, on the client's placed interconnect, least-loaded link), then heartbeats on
+//! quiet links; and the writers' feedback ([`Session::handle_written`]).
+
+use super::Session;
+use super::{ClientEvent, ClientId, InterconnectId, LinkId, SessionState, Transmit};
+use crate::frame::{Flags, Frame, MsgType};
+use crate::stream::SendModel;
+use bytes::Bytes;
+use std::time::Instant;
+
+impl Session {
+    /// The least-loaded link of `interconnect`, or of any interconnect when it has none.
+    fn pick_link_on(&mut self, interconnect: Option<InterconnectId>) -> Option<LinkId> {
+        if let Some(ic) = interconnect {
+            let best = self
+                .links
+                .iter()
+                .filter(|(_, l)| l.interconnect == ic)
+                .min_by_key(|(_, l)| l.queued_bytes)
+                .map(|(id, _)| *id);
+            if best.is_some() {
+                return best;
+            }
+        }
+        self.pick_link()
+    }
+
+    fn pick_link(&mut self) -> Option<LinkId> {
+        let n = self.links.len();
+        if n == 0 {
+            return None;
+        }
+        self.rr_link = self.rr_link.wrapping_add(1);
+        let start = self.rr_link % n;
+        self.links
+            .iter()
+            .cycle()
+            .skip(start)
+            .take(n)
+            .min_by_key(|(_, l)| l.queued_bytes)
+            .map(|(id, _)| *id)
+    }
+
+    fn emit(
+        &mut self,
+        link: LinkId,
+        frame: Frame,
+        local_done: Option<(ClientId, u64)>,
+        now: Instant,
+    ) -> Transmit {
+        if let Some(l) = self.links.get_mut(&link) {
+            l.last_tx = now;
+            l.queued_bytes += frame.encoded_len() as u64;
+        }
+        self.stats.frames_out += 1;
+        Transmit {
+            link,
+            frame,
+            local_done,
+        }
+    }
+
+    /// The next frame to transmit: control first, then acks and credit, then client data
+    /// (round robin over clients, least-loaded link), then heartbeats on quiet links.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
+        while let Some((want, frame)) = self.control_out.pop_front() {
+            let link = match want {
+                Some(l) if self.links.contains_key(&l) => Some(l),
+                Some(_) => None, // its link died; the state machine re-queues what matters
+                None => self.pick_link(),
+            };
+            if let Some(link) = link {
+                return Some(self.emit(link, frame, None, now));
+            }
+        }
+        if self.state == SessionState::Up {
+            if let Some(t) = self.poll_ack_or_flow(now) {
+                return Some(t);
+            }
+            if let Some(t) = self.poll_data(now) {
+                return Some(t);
+            }
+        }
+        let quiet = self
+            .links
+            .iter()
+            .find(|(_, l)| now.saturating_duration_since(l.last_tx) >= self.cfg.heartbeat_interval)
+            .map(|(id, _)| *id);
+        // Heartbeats carry the epoch: each one is also a fence (see `LinkState::peer_epoch`).
+        let hb = self.heartbeat();
+        quiet.map(|link| self.emit(link, hb, None, now))
+    }
+
+    fn poll_ack_or_flow(&mut self, now: Instant) -> Option<Transmit> {
+        while let Some(id) = self.ack_due.pop_first() {
+            let Some(c) = self.clients.get(&id) else {
+                continue;
+            };
+            let Some(peer) = self.peer_clients.get(&c.name) else {
+                continue;
+            };
+            let frame = Frame::new(
+                MsgType::Ack,
+                Flags::CUMULATIVE,
+                peer.id,
+                c.recv.delivered(),
+                0,
+                Bytes::new(),
+            );
+            let link = self.pick_link()?;
+            return Some(self.emit(link, frame, None, now));
+        }
+        while let Some(id) = self.flow_due.pop_first() {
+            let Some(c) = self.clients.get_mut(&id) else {
+                continue;
+            };
+            let Some(peer) = self.peer_clients.get(&c.name) else {
+                continue;
+            };
+            let credit = c.recv.regrant();
+            let frame = Frame::new(
+                MsgType::Flow,
+                Flags::empty(),
+                peer.id,
+                credit,
+                0,
+                Bytes::new(),
+            );
+            let link = self.pick_link()?;
+            return Some(self.emit(link, frame, None, now));
+        }
+        None
+    }
+
+    fn poll_data(&mut self, now: Instant) -> Option<Transmit> {
+        let ids: Vec<ClientId> = self
+            .clients
+            .range(self.rr_client.wrapping_add(1)..)
+            .chain(self.clients.range(..=self.rr_client))
+            .filter(|(_, c)| c.port.state().is_up() && c.send.can_transmit())
+            .map(|(id, _)| *id)
+            .take(1)
+            .collect();
+        let id = *ids.first()?;
+        self.rr_client = id;
+        let low = self.cfg.flow_low_water;
+        let placed = self.clients.get(&id)?.placed;
+        let link = self.pick_link_on(placed)?;
+        let c = self.clients.get_mut(&id)?;
+        let peer = *self.peer_clients.get(&c.name)?;
+        let (seq, flags, payload, model) = c.send.next_transmit()?;
+        c.bytes_out += payload.len() as u64;
+        let ack = c.recv.delivered();
+        let mut flow_off = false;
+        if c.flow_on && c.send.queued() <= low {
+            c.flow_on = false;
+            flow_off = true;
+        }
+        // The piggybacked ack makes a separate cumulative ACK for this client unnecessary.
+        self.ack_due.remove(&id);
+        if flow_off {
+            self.events
+                .push_back((id, ClientEvent::FlowControl { on: false }));
+        }
+        let frame = Frame::new(MsgType::Data, flags, peer.id, seq, ack, payload);
+        let local = (model == SendModel::Local).then_some((id, seq));
+        Some(self.emit(link, frame, local, now))
+    }
+
+    /// The runtime wrote `bytes` on `link`; `local_done` lists local-model sends now transmitted.
+    pub fn handle_written(&mut self, link: LinkId, bytes: u64, local_done: &[(ClientId, u64)]) {
+        if let Some(l) = self.links.get_mut(&link) {
+            l.queued_bytes = l.queued_bytes.saturating_sub(bytes);
+        }
+        for &(id, seq) in local_done {
+            let done = self
+                .clients
+                .get_mut(&id)
+                .and_then(|c| c.send.on_transmitted(seq))
+                .into_iter()
+                .collect();
+            self.complete(id, done);
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! The session's public vocabulary: identities, configuration, client specs, the events
+//! clients are told, the session state, errors, transmits and counters.
+
+use crate::control::{self, NackReason};
+use crate::frame::{Frame, MsgType, DEFAULT_MAX_PAYLOAD_BYTES};
+use crate::port::{InvalidTransition, PortState};
+use crate::stream::{ReplyError, SendModel};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use thiserror::Error;
+
+/// Runtime-assigned identity of one link (one TCP connection or one RDMA queue pair).
+pub type LinkId = u64;
+/// Local identity of a registered client.
+pub type ClientId = u32;
+/// Which interconnect a link belongs to. The runtime numbers them: [`TCP_INTERCONNECT`] for
+/// every TCP connection, 1.. for the RDMA rails.
+pub type InterconnectId = u32;
+/// The interconnect id of TCP links.
+pub const TCP_INTERCONNECT: InterconnectId = 0;
+/// Largest TRANSPORT payload (RDMA endpoint offers are a few hundred bytes).
+pub const MAX_TRANSPORT_PAYLOAD_BYTES: usize = 4096;
+
+/// Tunables of a session.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Messages per client stream that may be unacknowledged (and the credit granted).
+    pub window: u32,
+    /// Send a heartbeat on a link that has been quiet this long.
+    pub heartbeat_interval: Duration,
+    /// Declare a link dead when nothing was received on it for this long.
+    pub link_timeout: Duration,
+    /// Queued (never transmitted) messages at which a client is told flow control is on.
+    pub flow_high_water: usize,
+    /// Queue length at which flow control turns off again.
+    pub flow_low_water: usize,
+    /// Largest message payload.
+    pub max_payload_bytes: u32,
+    /// Autoswitch (dialer only): when every link to the partner is lost, hold unacknowledged
+    /// messages (and accept new sends) for up to this long instead of NACKing them, so that
+    /// the runtime can connect a backup partner and the session resends them there. The same
+    /// partner coming back instead ends the hold the classic way (NACK, reset). `None`: NACK at
+    /// once.
+    pub hold_on_partner_loss: Option<Duration>,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            window: 256,
+            heartbeat_interval: Duration::from_millis(100),
+            // A silent partner is detected within 500 ms: heartbeats every 100 ms on quiet links,
+            // so the last frame is at most 100 ms older than the failure (docs/operations.md).
+            link_timeout: Duration::from_millis(500),
+            flow_high_water: 4096,
+            flow_low_water: 1024,
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            hold_on_partner_loss: None,
+        }
+    }
+}
+
+/// How latency-sensitive a client is. The placement policy keeps a Critical client out of the
+/// failure domain of the heaviest client (see [`crate::placement`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LatencyClass {
+    /// Heartbeats and failover signalling: must never queue behind bulk traffic.
+    Critical,
+    /// Ordinary request/response.
+    Normal,
+    /// Throughput over latency.
+    Bulk,
+}
+
+/// What a client declares at registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientSpec {
+    /// Expected bandwidth in MB/s.
+    pub bandwidth_mbps: u32,
+    /// Latency class.
+    pub latency: LatencyClass,
+    /// How sends complete.
+    pub model: SendModel,
+}
+
+/// Why a client's connection went down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum DownReason {
+    /// Every link to the partner was lost.
+    ConnectionLost,
+    /// The partner restarted.
+    PeerRestarted,
+    /// The partner closed its namesake client.
+    PeerClientClosed,
+    /// The partner reset the session.
+    PeerReset,
+}
+
+/// Something a client must be told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// A message from the partner's namesake. If `reply_needed`, answer with `reply(seq, code)`.
+    Data {
+        /// Sequence number on this stream.
+        seq: u64,
+        /// The message.
+        payload: Bytes,
+        /// Whether the sender waits for a return code.
+        reply_needed: bool,
+    },
+    /// A send completed: sync with the partner client's code, async with `None`.
+    Acked {
+        /// Sequence number of the send.
+        seq: u64,
+        /// Return code from the partner client (sync model).
+        code: Option<i32>,
+    },
+    /// A local-model send was handed to the transport.
+    Transmitted {
+        /// Sequence number of the send.
+        seq: u64,
+    },
+    /// A send failed; it may or may not have reached the partner (see the reason).
+    Nacked {
+        /// Sequence number of the send.
+        seq: u64,
+        /// Why.
+        reason: NackReason,
+    },
+    /// The connection to the partner's namesake is up; sends are accepted.
+    Up,
+    /// The connection is down; sends fail fast until `Up`.
+    Down {
+        /// Why.
+        reason: DownReason,
+    },
+    /// The session switched to another partner node (autoswitch): every message not yet
+    /// acknowledged was kept and is being resent to it. Numbers and handles stay valid.
+    PeerSwitched {
+        /// The new partner's node id.
+        node: String,
+        /// The session epoch of the switch (higher than any before it).
+        epoch: u64,
+    },
+    /// Flow control turned on (throttle) or off.
+    FlowControl {
+        /// On or off.
+        on: bool,
+    },
+    /// The manager moved this client's traffic to another interconnect (adapter failure,
+    /// rebalancing, fallback to TCP or back). Informational: nothing was lost, nothing needs
+    /// resending.
+    Migrated {
+        /// Where its data went before.
+        from: InterconnectId,
+        /// Where it goes now.
+        to: InterconnectId,
+    },
+}
+
+/// The session's own state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SessionState {
+    /// No link.
+    Down,
+    /// A link is up; sequence state is being reset.
+    Resetting,
+    /// Reset done; waiting for the partner's READY.
+    AwaitingReady,
+    /// Client traffic flows.
+    Up,
+}
+
+/// A client command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// No such client (never registered or destroyed).
+    #[error("unknown client id {0}")]
+    UnknownClient(ClientId),
+    /// The name is taken by a live client.
+    #[error("client name {0:?} is already registered")]
+    DuplicateName(String),
+    /// The name is not acceptable.
+    #[error(transparent)]
+    BadName(#[from] control::ControlError),
+    /// The port does not allow this now.
+    #[error(transparent)]
+    Port(#[from] InvalidTransition),
+    /// Sends fail fast while the connection is not up.
+    #[error("client {name:?} is not connected (port {state}); retry after the Up event")]
+    NotConnected {
+        /// Client name.
+        name: String,
+        /// Port state.
+        state: PortState,
+    },
+    /// The payload is larger than the configured maximum.
+    #[error("payload of {len} bytes exceeds the maximum of {max}")]
+    PayloadTooLarge {
+        /// Its length.
+        len: usize,
+        /// The maximum.
+        max: u32,
+    },
+    /// Bad reply.
+    #[error(transparent)]
+    Reply(#[from] ReplyError),
+}
+
+/// The partner broke the protocol on a link; the runtime closes that link.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum ProtocolViolation {
+    /// A handshake message after the handshake.
+    #[error("unexpected {0:?} on an established link")]
+    Unexpected(MsgType),
+    /// A control payload was malformed.
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
+    /// A stream rule was broken.
+    #[error("client {client}: {err}")]
+    Stream {
+        /// Local client id.
+        client: ClientId,
+        /// The rule.
+        err: crate::stream::RecvError,
+    },
+}
+
+/// A TRANSPORT message could not be queued.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum TransportSendError {
+    /// The session is not up.
+    #[error("the session is {0:?}, not up: transport setup waits for it")]
+    NotUp(SessionState),
+    /// The payload is over [`MAX_TRANSPORT_PAYLOAD_BYTES`].
+    #[error("transport payload of {0} bytes exceeds {MAX_TRANSPORT_PAYLOAD_BYTES}")]
+    TooLarge(usize),
+}
+
+/// A frame to put on a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Which link.
+    pub link: LinkId,
+    /// The frame.
+    pub frame: Frame,
+    /// For local-model data: report `(client, seq)` back through `handle_written` once written.
+    pub local_done: Option<(ClientId, u64)>,
+}
+
+/// Counters for status output and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SessionStats {
+    /// Frames received.
+    pub frames_in: u64,
+    /// Frames handed out for transmission.
+    pub frames_out: u64,
+    /// DATA frames that were retransmissions.
+    pub replays: u64,
+    /// Duplicate DATA frames dropped by receivers.
+    pub duplicates_dropped: u64,
+    /// Messages delivered to local clients.
+    pub delivered: u64,
+    /// Links lost while the session stayed up.
+    pub links_lost: u64,
+    /// Session resets.
+    pub resets: u64,
+    /// Frames refused as protocol violations.
+    pub violations: u64,
+    /// DATA frames for clients that do not exist here (NACKed).
+    pub unknown_client_frames: u64,
+    /// DATA frames from a partner client incarnation that has closed (dropped).
+    pub stale_frames_dropped: u64,
+}
