@@ -117,8 +117,8 @@ impl Node {
         self.ask(|reply| Command::Status { reply }).await
     }
 
-    /// Fault injection: closes one link (the given one, or the oldest TCP connection).
-    /// Returns which.
+    /// Fault injection (cargo feature `fault-injection`, for tests): closes one link (the given
+    /// one, or the oldest TCP connection). Returns which.
     #[cfg(feature = "fault-injection")]
     pub async fn kill_link(&self, link: Option<LinkId>) -> Result<Option<LinkId>, CmError> {
         self.ask(|reply| Command::KillLink { link, reply }).await
@@ -130,8 +130,9 @@ impl Node {
         self.ask(|reply| Command::SwitchPeer { reply }).await
     }
 
-    /// Fault injection: the manager processes nothing for `duration`, as a hung process would
-    /// (its links go silent; its RDMA threads keep running).
+    /// Fault injection (cargo feature `fault-injection`, for tests): the manager processes
+    /// nothing for `duration`, as a hung process would (its links go silent, inbound handshakes
+    /// wait unanswered; its RDMA threads keep running).
     #[cfg(feature = "fault-injection")]
     pub async fn freeze(&self, duration: std::time::Duration) -> Result<(), CmError> {
         self.ask(|reply| Command::Freeze { duration, reply }).await

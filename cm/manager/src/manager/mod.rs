@@ -1,12 +1,12 @@
 //! The manager task: one per node. It owns the IO-free [`Session`] and everything with a handle
 //! on the outside world: live links, the dialer's reconnect schedule, and each client's event
 //! channel. Every input (a client command, a link frame, a new link, a timer) is fed to the
-//! session, then [`Manager::flush`] carries out what the session asks for.
+//! session, then `Manager::flush` carries out what the session asks for.
 //!
-//! This file holds the [`Manager`] itself, the run loop, link input and `flush`. The other jobs
+//! This file holds the `Manager` itself, the run loop, link input and `flush`. The other jobs
 //! are in child modules, each an `impl Manager` block:
 //!
-//! - `commands`: what a [`crate::Node`] or [`crate::ClientHandle`] asks ([`Command`]).
+//! - `commands`: what a [`crate::Node`] or [`crate::ClientHandle`] asks (`Command`).
 //! - `dialer`: the listener, dialing the partner with backoff, and new TCP links.
 //! - `partner`: partner-death detection, switching to a backup partner, fencing RDMA links.
 //! - `status`: the status snapshot, the interconnect list, the fallback reason, the timeline.

@@ -16,10 +16,10 @@
 //!
 //! - `discovery`: listing and opening the devices, numbering their ports as rails, the
 //!   capabilities announced to the partner.
-//! - `setup`: the blocking resource creation for one rail link ([`SetupJob`], [`RailDone`]).
+//! - `setup`: the blocking resource creation for one rail link (`SetupJob`, `RailDone`).
 //! - `negotiation`: the TRANSPORT offer/answer exchange and the dialer's offers in flight.
 //! - `events`: the device async-event watchers and the port state they change.
-//! - `sink`: [`ManagerSink`], an RDMA link's way into the manager task.
+//! - `sink`: `ManagerSink`, an RDMA link's way into the manager task.
 //! - `glue`: the manager's side of all this, an `impl Manager` block.
 
 mod discovery;
