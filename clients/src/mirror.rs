@@ -1,4 +1,4 @@
-//! The NVRAM-log mirroring client [CDP][CCM].
+//! The NVRAM-log mirroring client \[CDP\]\[CCM\].
 //!
 //! The production node appends log records; a record is *mirrored* only when the partner's
 //! mirroring client has stored it and returned code [`CODE_STORED`] (synchronous send model).

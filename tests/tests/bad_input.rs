@@ -16,7 +16,7 @@ use peercm_cm_proto::Frame;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::Framed;
 
 /// Writes `bytes`, then reads until the peer closes (or 10 s pass). Returns what was read and
@@ -34,6 +34,59 @@ async fn poke(addr: SocketAddr, bytes: &[u8]) -> (Vec<u8>, bool) {
         }
     };
     (got, closed)
+}
+
+/// A TCP relay to `target` that counts the connections made through it. A node dialing through
+/// it shows each of its attempts: a second one proves that the first ended without a link (a
+/// node dials again only after its dial failed or its link was lost).
+struct CountingRelay {
+    addr: SocketAddr,
+    accepted: tokio::sync::watch::Receiver<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CountingRelay {
+    async fn start(target: SocketAddr) -> CountingRelay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (count, accepted) = tokio::sync::watch::channel(0u64);
+        let task = tokio::spawn(async move {
+            let mut relayed = tokio::task::JoinSet::new();
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                count.send_modify(|n| *n += 1);
+                relayed.spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        CountingRelay {
+            addr,
+            accepted,
+            task,
+        }
+    }
+
+    /// Waits until `n` connections were made through the relay.
+    async fn wait_attempts(&mut self, n: u64, who: &str) {
+        let wait = self.accepted.wait_for(|got| *got >= n);
+        let reached = matches!(tokio::time::timeout(WAIT, wait).await, Ok(Ok(_)));
+        assert!(
+            reached,
+            "{who} did not dial {n} times: {} connections",
+            *self.accepted.borrow()
+        );
+    }
+}
+
+impl Drop for CountingRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 fn hello(cluster: &str) -> Bytes {
@@ -192,8 +245,10 @@ async fn wrong_cluster_learns_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_secret_never_connects_and_the_real_partner_is_unaffected() {
     let mut w = Witness::start().await;
+    // The intruder dials node-b through a relay that counts its attempts.
+    let mut relay = CountingRelay::start(w.addr()).await;
     let mut cfg = fast_config(NodeConfig::new("intruder", "test"));
-    cfg.peer = Some(peercm_cm_manager::config::PeerConfig::new(w.addr(), 1));
+    cfg.peer = Some(peercm_cm_manager::config::PeerConfig::new(relay.addr, 1));
     let bad_secret = ClusterSecret::new(b"not-the-cluster-secret-at-all").unwrap();
     let intruder = Node::start(cfg, bad_secret).await.unwrap();
     let mut ci = intruder
@@ -201,11 +256,13 @@ async fn wrong_secret_never_connects_and_the_real_partner_is_unaffected() {
         .await
         .unwrap();
     ci.connect().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Its second attempt: node-b has answered the first one, and the intruder has taken the
+    // answer.
+    relay.wait_attempts(2, "the intruder").await;
     let s = intruder.status().await.unwrap();
     assert!(
-        s.links.is_empty(),
-        "an intruder with the wrong secret got a link"
+        s.links.is_empty() && s.peer.is_none() && s.stats.resets == 0,
+        "an intruder with the wrong secret got a link: {s:#?}"
     );
     assert!(
         ci.try_next_event().is_none(),
@@ -214,11 +271,16 @@ async fn wrong_secret_never_connects_and_the_real_partner_is_unaffected() {
     assert!(ci.send(msg("x", 1)).await.is_err(), "sends fail fast");
     w.still_served().await;
     // And an insecure node is refused by a secured one too.
+    let mut relay = CountingRelay::start(w.addr()).await;
     let mut cfg = fast_config(NodeConfig::new("insecure", "test"));
-    cfg.peer = Some(peercm_cm_manager::config::PeerConfig::new(w.addr(), 1));
+    cfg.peer = Some(peercm_cm_manager::config::PeerConfig::new(relay.addr, 1));
     let insecure = Node::start(cfg, ClusterSecret::insecure()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(insecure.status().await.unwrap().links.is_empty());
+    relay.wait_attempts(2, "the insecure node").await;
+    let s = insecure.status().await.unwrap();
+    assert!(
+        s.links.is_empty() && s.peer.is_none() && s.stats.resets == 0,
+        "an insecure node got a link: {s:#?}"
+    );
     w.still_served().await;
 }
 

@@ -31,7 +31,23 @@ async fn killing_one_connection_mid_stream_loses_and_duplicates_nothing() {
                 cb.reply(seq, 0).await.unwrap();
             }
         }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        // The sender sends one more message once every one of the N is acknowledged: it comes
+        // next, after anything the session could still deliver twice, and nothing follows it.
+        match wait_for(&mut cb, "the final message", |e| {
+            matches!(e, ClientEvent::Data { .. })
+        })
+        .await
+        {
+            ClientEvent::Data { seq, payload, .. } => {
+                assert_eq!(
+                    payload,
+                    msg("m", N + 1),
+                    "a duplicate was delivered after the last message"
+                );
+                cb.reply(seq, 0).await.unwrap();
+            }
+            _ => unreachable!(),
+        }
         assert!(
             cb.try_next_event().is_none(),
             "a duplicate was delivered after the last message"
@@ -65,6 +81,18 @@ async fn killing_one_connection_mid_stream_loses_and_duplicates_nothing() {
             _ => {}
         }
     }
+    ca.send(msg("m", N + 1)).await.unwrap();
+    let ev = wait_for(&mut ca, "the final ack", |e| {
+        matches!(
+            e,
+            ClientEvent::Acked { .. } | ClientEvent::Nacked { .. } | ClientEvent::Down { .. }
+        )
+    })
+    .await;
+    assert!(
+        matches!(ev, ClientEvent::Acked { code: Some(0), .. }),
+        "{ev:?}"
+    );
     receiver.await.unwrap();
     let sa = a.status().await.unwrap();
     assert_eq!(killed, 4);

@@ -81,14 +81,14 @@ fn placed(s: &NodeStatus, client: &str) -> Option<u32> {
         .and_then(|c| c.interconnect)
 }
 
-/// The policy's steady state on two rails: the heavy mirror alone on one rail, the light
-/// clients (heartbeat included) on the other. Reached once both rails have been usable for the
-/// failback hold (the first rail up takes everyone at first).
 /// Drops the events a handle has queued so far (placement moves while converging).
 fn settle(h: &mut ClientHandle) -> Vec<ClientEvent> {
     std::iter::from_fn(|| h.try_next_event()).collect()
 }
 
+/// The policy's steady state on two rails: the heavy mirror alone on one rail, the light
+/// clients (heartbeat included) on the other. Reached once both rails have been usable for the
+/// failback hold (the first rail up takes everyone at first).
 fn separated(s: &NodeStatus) -> bool {
     let m = placed(s, "mirror");
     rdma_links(s) == 2
@@ -442,15 +442,21 @@ async fn measured_demand_growth_moves_the_light_clients_off_without_flapping() {
         wait_up(&mut hb).await;
         handles.push((ha, hb));
     }
-    wait_status(&a, "two rails, every client on one", |s| {
-        rdma_links(s) == 2
-            && s.clients
-                .iter()
-                .all(|c| matches!(c.interconnect, Some(1 | 2)))
-    })
+    // The initial placement has settled once the heartbeat keeps off the config client's rail
+    // (rule 4; the first rail up takes every client, the second gets the heartbeat after the
+    // failback hold): nothing moves after that until the load changes.
+    wait_status(
+        &a,
+        "two rails, every client on one, the heartbeat apart from config",
+        |s| {
+            rdma_links(s) == 2
+                && s.clients
+                    .iter()
+                    .all(|c| matches!(c.interconnect, Some(1 | 2)))
+                && placed(s, "heartbeat") != placed(s, "config")
+        },
+    )
     .await;
-    // Let the initial placement settle (failback hold).
-    tokio::time::sleep(Duration::from_millis(2500)).await;
     for (ha, _) in handles.iter_mut() {
         settle(ha);
     }

@@ -147,7 +147,7 @@ impl ClientHandle {
 
     /// Switches the node to the next partner in its configured order (partner, then backups).
     /// For clients of a node with `autoswitch = false`: after a `Down` event they decide when
-    /// the partner is gone for good [CDP]. Returns the new partner's address; the client sees
+    /// the partner is gone for good \[CDP\]. Returns the new partner's address; the client sees
     /// `Up` once the new partner's namesake is reachable and resends what was NACKed.
     pub async fn switch_peer(&self) -> Result<String, CmError> {
         self.ask(|reply| Command::SwitchPeer { reply }).await

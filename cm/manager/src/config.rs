@@ -115,7 +115,7 @@ pub struct PeerConfig {
     /// How many TCP connections to keep open to it (messages are spread over all of them).
     #[serde(default = "default_connections")]
     pub connections: u32,
-    /// Backup partners, tried in this order when the partner fails [CDP].
+    /// Backup partners, tried in this order when the partner fails \[CDP\].
     #[serde(default)]
     pub backups: Vec<SocketAddr>,
     /// Switch to the next backup by itself (true), or tell clients the partner is down and let

@@ -16,6 +16,9 @@
 //! - [`rails`]: RDMA rails (HCA ports), their setup over the bootstrap session, device events.
 //! - [`status`]: what `peercm status` reports.
 //! - [`error`]: the error type, [`CmError`].
+//!
+//! The cargo feature `fault-injection` (tests and lane runners only) adds `Node::kill_link` and
+//! `Node::freeze`; the product builds without it.
 
 pub mod client;
 pub mod config;

@@ -8,7 +8,9 @@ use crate::rails::VerbsSource;
 use crate::status::NodeStatus;
 use peercm_cm_proto::auth::ClusterSecret;
 use peercm_cm_proto::handshake::HandshakeConfig;
-use peercm_cm_proto::session::{ClientSpec, LinkId};
+use peercm_cm_proto::session::ClientSpec;
+#[cfg(feature = "fault-injection")]
+use peercm_cm_proto::session::LinkId;
 use std::net::SocketAddr;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -115,8 +117,9 @@ impl Node {
         self.ask(|reply| Command::Status { reply }).await
     }
 
-    /// Fault injection: closes one link (the given one, or the oldest TCP connection).
-    /// Returns which.
+    /// Fault injection (cargo feature `fault-injection`, for tests): closes one link (the given
+    /// one, or the oldest TCP connection). Returns which.
+    #[cfg(feature = "fault-injection")]
     pub async fn kill_link(&self, link: Option<LinkId>) -> Result<Option<LinkId>, CmError> {
         self.ask(|reply| Command::KillLink { link, reply }).await
     }
@@ -127,8 +130,10 @@ impl Node {
         self.ask(|reply| Command::SwitchPeer { reply }).await
     }
 
-    /// Fault injection: the manager processes nothing for `duration`, as a hung process would
-    /// (its links go silent; its RDMA threads keep running).
+    /// Fault injection (cargo feature `fault-injection`, for tests): the manager processes
+    /// nothing for `duration`, as a hung process would (its links go silent, inbound handshakes
+    /// wait unanswered; its RDMA threads keep running).
+    #[cfg(feature = "fault-injection")]
     pub async fn freeze(&self, duration: std::time::Duration) -> Result<(), CmError> {
         self.ask(|reply| Command::Freeze { duration, reply }).await
     }

@@ -1,19 +1,24 @@
 //! `peercm demo`: the built-in demonstration on an embedded default configuration.
 //!
 //! Two nodes on 127.0.0.1 (node-b listens on an ephemeral port, node-a dials it with several
-//! TCP connections), authenticated with a fresh random secret, each with two simulated HCAs
-//! (an in-process fabric, one cable per HCA pair) unless `--hcas 0`. The manager brings up one
-//! RDMA rail per HCA pair over the TCP bootstrap session and places the clients by bandwidth.
-//! A mirroring client (sync, high bandwidth) copies log records from node-a into node-b's
-//! memory while a heartbeat client beats both ways. A third of the way through, the cable of the
-//! mirror's rail is cut (the mirror migrates); halfway, one TCP connection is killed; at two
+//! TCP connections through a small TCP relay, [`relay`]), authenticated with a fresh random
+//! secret, each with two simulated HCAs (an in-process fabric, one cable per HCA pair) unless
+//! `--hcas 0`. The manager brings up one RDMA rail per HCA pair over the TCP bootstrap session
+//! and places the clients by bandwidth. A mirroring client (sync, high bandwidth) copies log
+//! records from node-a into node-b's memory while a heartbeat client beats both ways. A third of
+//! the way through, the cable of the mirror's rail is cut (the mirror migrates); halfway, the
+//! relay cuts one TCP connection (both of its sockets closed, as a network fault would); at two
 //! thirds the cable is restored. The demo then checks, record by record, that node-b stored
 //! every record exactly once and in order (count, LSN range, chained CRC32C digest) and prints
 //! a summary.
 
+mod fabric;
+mod relay;
+
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::Args;
+use fabric::{demo_fabric, placed, print_placement, settle_rails};
 use peercm_clients::heartbeat::Heartbeat;
 use peercm_clients::mirror::{digest_of, MirrorReceiver, MirrorSender};
 use peercm_cm_manager::config::PeerConfig;
@@ -21,7 +26,8 @@ use peercm_cm_manager::status::NodeStatus;
 use peercm_cm_manager::{
     ClientSpec, ClusterSecret, LatencyClass, Node, NodeConfig, SendModel, VerbsSource,
 };
-use peercm_verbs_shim::sim::SimFabric;
+use relay::{CutConnection, Relay};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 /// Options of `peercm demo`.
@@ -95,8 +101,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     let addr = node_b
         .local_addr()
         .context("node-b has no listen address")?;
+    let relay = Relay::start(addr).await.context("starting the TCP relay")?;
     let mut cfg_a = NodeConfig::new("node-a", "demo");
-    cfg_a.peer = Some(PeerConfig::new(addr, args.connections));
+    cfg_a.peer = Some(PeerConfig::new(relay.local_addr(), args.connections));
     let node_a = Node::start_with_verbs(cfg_a, secret, verbs("a"))
         .await
         .context("starting node-a")?;
@@ -109,7 +116,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     hb_a.connect().await?;
 
     println!(
-        "peercm demo: node-a -> node-b on {addr}: {} TCP connections (HMAC-authenticated){}",
+        "peercm demo: node-a -> node-b on {addr} through a TCP relay on {}: {} TCP connections (HMAC-authenticated){}",
+        relay.local_addr(),
         args.connections,
         if hcas.is_empty() {
             String::new()
@@ -152,7 +160,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     }
 
     let start = Instant::now();
-    let mut killed = None;
+    let mut killed: Option<(u64, CutConnection)> = None;
     let mut killed_at = 0;
     let mut cut = None;
     let mut restored = None;
@@ -176,7 +184,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
                 }
             }
             if !args.no_kill && lsn == n / 2 {
-                killed = node_a.kill_link(None).await?;
+                killed = cut_connection(&relay, &node_a).await?;
                 killed_at = lsn;
             }
         }
@@ -233,9 +241,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         );
     }
     match killed {
-        Some(link) => {
-            println!("fault     killed TCP link {link} of node-a after record {killed_at}")
-        }
+        Some((link, c)) => println!(
+            "fault     killed TCP link {link} of node-a after record {killed_at}: the relay cut connection {} ({} <-> {})",
+            c.number, c.from, c.to
+        ),
         None => println!("fault     none (--no-kill)"),
     }
     if !hcas.is_empty() {
@@ -295,7 +304,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         failures.push("heartbeats out of order".into());
     }
     if !args.no_kill && killed.is_none() {
-        bail!("could not kill a link: none was up");
+        bail!("could not kill a connection: none was up");
     }
     if cut.is_some() && ss.migrations == 0 {
         failures.push("the mirror was not migrated off the cut rail".into());
@@ -319,54 +328,38 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     }
 }
 
-/// Nodes a and b with one simulated HCA per name each, cabled pairwise.
-fn demo_fabric(hcas: &[String]) -> anyhow::Result<SimFabric> {
-    let f = SimFabric::new(rand::random());
-    for node in ["a", "b"] {
-        f.add_node(node)?;
-        for h in hcas {
-            f.add_device(node, h, 25)?;
-        }
-    }
-    for h in hcas {
-        f.cable(("a", h, 1), ("b", h, 1))?;
-    }
-    Ok(f)
-}
-
-fn placed(s: &NodeStatus, client: &str) -> Option<u32> {
-    s.clients
+/// node-a's TCP links.
+fn tcp_links(s: &NodeStatus) -> BTreeSet<u64> {
+    s.links
         .iter()
-        .find(|c| c.name == client)
-        .and_then(|c| c.interconnect)
+        .filter(|l| l.transport == "tcp")
+        .map(|l| l.id)
+        .collect()
 }
 
-/// Waits (up to 15 s) for every rail to be up and the placement to settle: the mirror alone on
-/// a rail, the heartbeat elsewhere. Returns the status either way.
-async fn settle_rails(node: &Node, rails: usize) -> anyhow::Result<NodeStatus> {
-    let deadline = Instant::now() + Duration::from_secs(15);
+/// Has the relay cut one live connection, and waits (up to 10 s) until `node` has lost the link
+/// it carried. Returns that link and the connection; `None` if no connection was live.
+async fn cut_connection(
+    relay: &Relay,
+    node: &Node,
+) -> anyhow::Result<Option<(u64, CutConnection)>> {
+    let before = tcp_links(&node.status().await?);
+    let Some(cut) = relay.cut_one() else {
+        return Ok(None);
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let s = node.status().await?;
-        let rdma = s.links.iter().filter(|l| l.transport == "rdma").count();
-        let m = placed(&s, "mirror");
-        let h = placed(&s, "heartbeat");
-        let settled = rdma == rails && m.is_some_and(|r| r >= 1) && (rails < 2 || h != m);
-        if settled || Instant::now() >= deadline {
-            return Ok(s);
+        let now = tcp_links(&node.status().await?);
+        if let Some(lost) = before.difference(&now).next() {
+            return Ok(Some((*lost, cut)));
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn print_placement(s: &NodeStatus) {
-    for ic in &s.interconnects {
-        println!(
-            "          {:<7} {:<12} {:>6} Mb/s  {:<3}  {}",
-            ic.name,
-            ic.device.as_deref().unwrap_or("loopback"),
-            ic.capacity_mbps,
-            if ic.usable { "up" } else { "-" },
-            ic.clients.join(", ")
-        );
+        if Instant::now() >= deadline {
+            bail!(
+                "{} did not lose a link within 10 s of the relay cutting connection {}",
+                node.node_id(),
+                cut.number
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

@@ -1,0 +1,181 @@
+//! Client and node commands: [`Command`], what a [`crate::Node`] or [`crate::ClientHandle`] asks
+//! of the manager, and how the manager carries each one out.
+
+use super::Manager;
+use crate::error::CmError;
+#[cfg(feature = "fault-injection")]
+use crate::links::AnyLink;
+use crate::status::NodeStatus;
+use bytes::Bytes;
+use peercm_cm_proto::auth::Role;
+use peercm_cm_proto::port::PortState;
+#[cfg(feature = "fault-injection")]
+use peercm_cm_proto::session::LinkId;
+use peercm_cm_proto::session::{ClientEvent, ClientId, ClientSpec};
+use peercm_cm_proto::stream::SendModel;
+#[cfg(feature = "fault-injection")]
+use std::time::Duration;
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+
+type Reply<T> = oneshot::Sender<Result<T, CmError>>;
+
+/// What a [`crate::Node`] or [`crate::ClientHandle`] asks of the manager.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Register {
+        name: String,
+        spec: ClientSpec,
+        reply: Reply<(ClientId, mpsc::UnboundedReceiver<ClientEvent>)>,
+    },
+    Connect {
+        id: ClientId,
+        reply: Reply<PortState>,
+    },
+    Close {
+        id: ClientId,
+        immediate: bool,
+        reply: Reply<PortState>,
+    },
+    Send {
+        id: ClientId,
+        payload: Bytes,
+        model: SendModel,
+        reply: Reply<u64>,
+    },
+    Reply {
+        id: ClientId,
+        seq: u64,
+        code: i32,
+        reply: Reply<()>,
+    },
+    Consumed {
+        id: ClientId,
+        seq: u64,
+    },
+    Status {
+        reply: Reply<NodeStatus>,
+    },
+    /// Fault injection: close one link.
+    #[cfg(feature = "fault-injection")]
+    KillLink {
+        link: Option<LinkId>,
+        reply: Reply<Option<LinkId>>,
+    },
+    SwitchPeer {
+        reply: Reply<String>,
+    },
+    /// Fault injection: process nothing for a while.
+    #[cfg(feature = "fault-injection")]
+    Freeze {
+        duration: Duration,
+        reply: Reply<()>,
+    },
+}
+
+impl Manager {
+    fn publish_node_info(&self) {
+        let mut info = self.node_info.borrow().clone();
+        info.clients = self.session.announcements();
+        self.node_info.send_replace(info);
+    }
+
+    pub(super) fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Register { name, spec, reply } => {
+                let res = self
+                    .session
+                    .register(&name, spec)
+                    .map_err(CmError::from)
+                    .map(|id| {
+                        let (tx, rx) = mpsc::unbounded_channel();
+                        self.clients.insert(id, tx);
+                        (id, rx)
+                    });
+                if let Ok((id, _)) = &res {
+                    self.placement.add_client(
+                        *id,
+                        spec.bandwidth_mbps,
+                        spec.latency,
+                        Instant::now(),
+                    );
+                    self.publish_node_info();
+                }
+                let _ = reply.send(res);
+            }
+            Command::Connect { id, reply } => {
+                let _ = reply.send(self.session.connect(id).map_err(CmError::from));
+            }
+            Command::Close {
+                id,
+                immediate,
+                reply,
+            } => {
+                let res = self.session.close(id, immediate).map_err(CmError::from);
+                // Flush first so the client sees its final NACKs before its channel closes.
+                self.flush(Instant::now());
+                if matches!(res, Ok(PortState::Destroyed)) {
+                    self.clients.remove(&id);
+                    self.placement.remove_client(id);
+                    self.bytes_fed.remove(&id);
+                    self.publish_node_info();
+                }
+                let _ = reply.send(res);
+            }
+            Command::Send {
+                id,
+                payload,
+                model,
+                reply,
+            } => {
+                let _ = reply.send(self.session.send(id, payload, model).map_err(CmError::from));
+            }
+            Command::Reply {
+                id,
+                seq,
+                code,
+                reply,
+            } => {
+                let _ = reply.send(self.session.reply(id, seq, code).map_err(CmError::from));
+            }
+            Command::Consumed { id, seq } => self.session.consumed(id, seq),
+            Command::Status { reply } => {
+                let _ = reply.send(Ok(self.status()));
+            }
+            Command::SwitchPeer { reply } => {
+                let res = if self.role != Role::Dialer {
+                    Err(CmError::Config(
+                        "only the dialing node (with [peer]) switches partners".into(),
+                    ))
+                } else {
+                    self.switch_peer(Instant::now()).ok_or_else(|| {
+                        CmError::Config("no backup partner configured ([peer] backups)".into())
+                    })
+                };
+                let _ = reply.send(res);
+            }
+            #[cfg(feature = "fault-injection")]
+            Command::Freeze { duration, reply } => {
+                let until = Instant::now() + duration;
+                self.frozen_until = Some(until);
+                self.frozen_tx.send_replace(Some(until));
+                let _ = reply.send(Ok(()));
+            }
+            #[cfg(feature = "fault-injection")]
+            Command::KillLink { link, reply } => {
+                let victim = link.or_else(|| {
+                    self.links
+                        .iter()
+                        .filter(|(_, l)| matches!(l, AnyLink::Tcp(_)))
+                        .map(|(id, _)| *id)
+                        .min()
+                });
+                let found = victim.filter(|v| self.links.contains_key(v));
+                if let Some(v) = found {
+                    self.close_link(v, "killed on request (fault injection)".into());
+                }
+                let _ = reply.send(Ok(found));
+            }
+        }
+    }
+}

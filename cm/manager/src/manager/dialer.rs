@@ -1,0 +1,165 @@
+//! The dialer and the listener: accepting inbound TCP links, dialing the partner (the current
+//! entry of the switch order) with exponential backoff, and turning a handshaken connection into
+//! a session link.
+
+use super::Manager;
+use crate::links::AnyLink;
+use crate::rails::Rails;
+use peercm_cm_proto::auth::Role;
+use peercm_cm_proto::control::NodeInfo;
+use peercm_fallback_tcp::handshake::FramedLink;
+use peercm_fallback_tcp::spawn_link;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument;
+
+/// A link produced by the dialer or the listener, after a successful handshake.
+pub(crate) enum NewLink {
+    /// A dial to the partner address at this index of the switch order finished.
+    Dialed(usize, Result<(FramedLink, NodeInfo), String>),
+    Accepted(FramedLink, NodeInfo),
+}
+
+impl Manager {
+    pub(super) fn spawn_listener(&self, listener: TcpListener) -> tokio::task::JoinHandle<()> {
+        let new_tx = self.new_tx.clone();
+        let base = self.handshake.clone();
+        let info = self.node_info.subscribe();
+        #[cfg(feature = "fault-injection")]
+        let frozen = self.frozen_tx.subscribe();
+        tokio::spawn(
+            async move {
+                let mut handshakes = tokio::task::JoinSet::new();
+                loop {
+                    while handshakes.try_join_next().is_some() {}
+                    let (stream, from) = match listener.accept().await {
+                        Ok(x) => x,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    #[cfg(feature = "fault-injection")]
+                    let hung = *frozen.borrow();
+                    #[cfg(feature = "fault-injection")]
+                    if let Some(until) = hung.filter(|u| *u > Instant::now()) {
+                        // Fault injection (a hung process): the connection waits unanswered.
+                        tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
+                    }
+                    let mut hs = base.clone();
+                    hs.handshake.node = info.borrow().clone();
+                    let new_tx = new_tx.clone();
+                    handshakes.spawn(
+                        async move {
+                            match peercm_fallback_tcp::accept(stream, &hs).await {
+                                Ok((framed, peer)) => {
+                                    let _ = new_tx.send(NewLink::Accepted(framed, peer)).await;
+                                }
+                                Err(e) => {
+                                    tracing::warn!(%from, error = %e, "refused inbound connection")
+                                }
+                            }
+                        }
+                        .in_current_span(),
+                    );
+                }
+            }
+            .in_current_span(),
+        )
+    }
+
+    pub(super) fn want_links(&self) -> u32 {
+        self.cfg.peer.as_ref().map_or(0, |p| p.connections)
+    }
+
+    pub(super) fn tcp_links(&self) -> u32 {
+        self.links
+            .values()
+            .filter(|l| matches!(l, AnyLink::Tcp(_)))
+            .count() as u32
+    }
+
+    pub(super) fn maybe_dial(&mut self, now: Instant) {
+        let Some(peer) = self.cfg.peer.clone() else {
+            return;
+        };
+        while self.tcp_links() + self.dialing < self.want_links() && now >= self.next_dial_at {
+            self.dialing += 1;
+            let mut hs = self.handshake.clone();
+            hs.handshake.node = self.node_info.borrow().clone();
+            let new_tx = self.new_tx.clone();
+            let addrs = peer.addresses();
+            let target = self.peer_index % addrs.len().max(1);
+            let addr = addrs.get(target).copied().unwrap_or(peer.address);
+            tokio::spawn(
+                async move {
+                    let res = match tokio::time::timeout(hs.timeout, TcpStream::connect(addr)).await
+                    {
+                        Ok(Ok(stream)) => peercm_fallback_tcp::dial(stream, &hs)
+                            .await
+                            .map_err(|e| e.to_string()),
+                        Ok(Err(e)) => Err(format!("connect to {addr}: {e}")),
+                        Err(_) => Err(format!("connect to {addr}: timed out")),
+                    };
+                    let _ = new_tx.send(NewLink::Dialed(target, res)).await;
+                }
+                .in_current_span(),
+            );
+        }
+    }
+
+    pub(super) fn on_new_link(&mut self, new: NewLink) {
+        let (framed, peer, dialed) = match new {
+            NewLink::Dialed(target, _) if target != self.peer_index => {
+                // A dial to the partner we switched away from (no longer counted): drop it.
+                return;
+            }
+            NewLink::Dialed(_, Ok((f, p))) => {
+                self.dialing = self.dialing.saturating_sub(1);
+                self.backoff = Duration::from_millis(self.cfg.session.reconnect_backoff_min_ms);
+                (f, p, true)
+            }
+            NewLink::Dialed(_, Err(e)) => {
+                self.dialing = self.dialing.saturating_sub(1);
+                tracing::warn!(error = %e, retry_in_ms = self.backoff.as_millis() as u64, "dial failed");
+                self.next_dial_at = Instant::now() + self.backoff;
+                self.backoff = (self.backoff * 2).min(Duration::from_millis(
+                    self.cfg.session.reconnect_backoff_max_ms,
+                ));
+                return;
+            }
+            NewLink::Accepted(f, p) => (f, p, false),
+        };
+        if !dialed && self.role == Role::Dialer {
+            tracing::warn!(peer = %peer.node_id, "this node dials its partner; refusing an inbound session link");
+            return;
+        }
+        if let Some(current) = self.session.peer() {
+            if current.node_id != peer.node_id && !self.links.is_empty() {
+                tracing::warn!(
+                    peer = %peer.node_id,
+                    partner = %current.node_id,
+                    "already partnered with another node; refusing link"
+                );
+                return;
+            }
+        }
+        let id = self.next_link.fetch_add(1, Ordering::Relaxed);
+        let handle = spawn_link(framed, id, self.link_tx.clone());
+        self.note(format!(
+            "link {id} up ({} {}, peer {})",
+            if dialed { "dialed" } else { "accepted" },
+            handle.remote,
+            peer.node_id
+        ));
+        let peer_rails = Rails::peer_rail_count(&peer.capabilities);
+        self.links.insert(id, AnyLink::Tcp(handle));
+        self.session.handle_link_up(id, peer, Instant::now());
+        if peer_rails == 0 && self.rails.unavailable.is_none() {
+            self.note("partner offers no RDMA: using TCP".into());
+        }
+        self.refresh_interconnects(Instant::now());
+    }
+}

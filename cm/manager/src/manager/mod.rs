@@ -1,0 +1,414 @@
+//! The manager task: one per node. It owns the IO-free [`Session`] and everything with a handle
+//! on the outside world: live links, the dialer's reconnect schedule, and each client's event
+//! channel. Every input (a client command, a link frame, a new link, a timer) is fed to the
+//! session, then `Manager::flush` carries out what the session asks for.
+//!
+//! This file holds the `Manager` itself, the run loop, link input and `flush`. The other jobs
+//! are in child modules, each an `impl Manager` block:
+//!
+//! - `commands`: what a [`crate::Node`] or [`crate::ClientHandle`] asks (`Command`).
+//! - `dialer`: the listener, dialing the partner with backoff, and new TCP links.
+//! - `partner`: partner-death detection, switching to a backup partner, fencing RDMA links.
+//! - `status`: the status snapshot, the interconnect list, the fallback reason, the timeline.
+//!
+//! The rail glue (offering rails, TRANSPORT messages, device events, feeding the placement
+//! policy) is an `impl Manager` block in [`crate::rails`].
+
+mod commands;
+mod dialer;
+mod partner;
+mod status;
+
+pub(crate) use commands::Command;
+use dialer::NewLink;
+use partner::FENCE_PARK;
+use status::ic_name;
+
+use crate::config::NodeConfig;
+use crate::links::AnyLink;
+use crate::rails::{DeviceInput, RailDone, Rails, VerbsSource};
+use crate::status::TimelineEntry;
+use peercm_cm_proto::auth::Role;
+use peercm_cm_proto::control::NodeInfo;
+use peercm_cm_proto::handshake::HandshakeConfig;
+use peercm_cm_proto::placement::{Placement, PlacementConfig};
+use peercm_cm_proto::session::{ClientEvent, ClientId, LinkId, Session, SessionState};
+use peercm_fallback_tcp::{LinkInput, Outgoing, TcpHandshakeConfig};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+/// Capacity of the link -> manager channel (back-pressures readers when the manager lags).
+const LINK_INPUT_CAPACITY: usize = 4096;
+
+/// The manager task's state (see the module docs). The fields the rail glue in
+/// [`crate::rails`] works on are `pub(crate)`.
+pub(crate) struct Manager {
+    pub(crate) cfg: NodeConfig,
+    handshake: TcpHandshakeConfig,
+    pub(crate) session: Session,
+    pub(crate) role: Role,
+    started: Instant,
+    pub(crate) links: HashMap<LinkId, AnyLink>,
+    pub(crate) rails: Rails,
+    pub(crate) placement: Placement,
+    /// Bytes of each client already fed to the placement policy.
+    pub(crate) bytes_fed: HashMap<ClientId, u64>,
+    dev_tx: mpsc::Sender<DeviceInput>,
+    dev_rx: mpsc::Receiver<DeviceInput>,
+    /// Results of rail setup work done on blocking threads.
+    pub(crate) rail_tx: mpsc::UnboundedSender<RailDone>,
+    rail_rx: mpsc::UnboundedReceiver<RailDone>,
+    pub(crate) next_rail_round: Instant,
+    last_session_state: SessionState,
+    /// Index into the partner addresses (partner, then backups) currently dialed.
+    peer_index: usize,
+    /// When the last link to the partner was lost (partner-failure detection).
+    lost_all_at: Option<Instant>,
+    /// When anything last arrived from the partner, on any link.
+    last_partner_rx: Option<Instant>,
+    /// RDMA links judged dead, fenced (their receive rings deregistered) and kept until they
+    /// close, so that a zombie partner's RDMA WRITEs fail with a remote access error.
+    fenced: Vec<(Instant, AnyLink)>,
+    /// Fault injection: process nothing until then (a hung process).
+    #[cfg(feature = "fault-injection")]
+    frozen_until: Option<Instant>,
+    /// The same deadline for the listener, which then stalls inbound handshakes too.
+    #[cfg(feature = "fault-injection")]
+    frozen_tx: watch::Sender<Option<Instant>>,
+    pub(crate) next_link: Arc<AtomicU64>,
+    clients: HashMap<ClientId, mpsc::UnboundedSender<ClientEvent>>,
+    node_info: watch::Sender<NodeInfo>,
+    pub(crate) link_tx: mpsc::Sender<LinkInput>,
+    link_rx: mpsc::Receiver<LinkInput>,
+    new_tx: mpsc::Sender<NewLink>,
+    new_rx: mpsc::Receiver<NewLink>,
+    cmd_rx: mpsc::UnboundedReceiver<Command>,
+    dialing: u32,
+    next_dial_at: Instant,
+    backoff: Duration,
+    timeline: VecDeque<TimelineEntry>,
+    listener_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        // The node is gone: stop accepting and drop every link, as a dead process would.
+        if let Some(t) = self.listener_task.take() {
+            t.abort();
+        }
+        for (_, l) in self.links.drain() {
+            l.abort();
+        }
+    }
+}
+
+impl Manager {
+    /// Builds the manager and, when `listener` is given, starts accepting.
+    pub(crate) fn new(
+        cfg: NodeConfig,
+        handshake: HandshakeConfig,
+        listener: Option<TcpListener>,
+        cmd_rx: mpsc::UnboundedReceiver<Command>,
+        verbs: VerbsSource,
+    ) -> Self {
+        let role = if cfg.peer.is_some() {
+            Role::Dialer
+        } else {
+            Role::Acceptor
+        };
+        let session = Session::new(cfg.session_config(), role);
+        let (link_tx, link_rx) = mpsc::channel(LINK_INPUT_CAPACITY);
+        let (new_tx, new_rx) = mpsc::channel(64);
+        let (dev_tx, dev_rx) = mpsc::channel(256);
+        let (rail_tx, rail_rx) = mpsc::unbounded_channel();
+        let rails = Rails::discover(&verbs, &cfg.verbs, cfg.session.max_payload_bytes);
+        let mut handshake = handshake;
+        handshake.node.capabilities = rails.capabilities();
+        let (node_info, _) = watch::channel(handshake.node.clone());
+        let hs = TcpHandshakeConfig {
+            handshake,
+            max_payload_bytes: cfg.session.max_payload_bytes,
+            timeout: Duration::from_millis(cfg.session.handshake_timeout_ms),
+        };
+        let m = Manager {
+            backoff: Duration::from_millis(cfg.session.reconnect_backoff_min_ms),
+            cfg,
+            handshake: hs,
+            session,
+            role,
+            started: Instant::now(),
+            links: HashMap::new(),
+            rails,
+            placement: Placement::new(PlacementConfig::default()),
+            bytes_fed: HashMap::new(),
+            dev_tx,
+            dev_rx,
+            rail_tx,
+            rail_rx,
+            next_rail_round: Instant::now(),
+            last_session_state: SessionState::Down,
+            peer_index: 0,
+            lost_all_at: None,
+            last_partner_rx: None,
+            fenced: Vec::new(),
+            #[cfg(feature = "fault-injection")]
+            frozen_until: None,
+            #[cfg(feature = "fault-injection")]
+            frozen_tx: watch::channel(None).0,
+            next_link: Arc::new(AtomicU64::new(1)),
+            clients: HashMap::new(),
+            node_info,
+            link_tx,
+            link_rx,
+            new_tx,
+            new_rx,
+            cmd_rx,
+            dialing: 0,
+            next_dial_at: Instant::now(),
+            timeline: VecDeque::new(),
+            listener_task: None,
+        };
+        let mut m = m;
+        if let Some(why) = m.rails.unavailable.clone() {
+            m.note(format!("verbs unavailable, using TCP: {why}"));
+        } else {
+            for r in m.rails.local.clone() {
+                m.note(format!(
+                    "rail {}: {} port {} ({} Mb/s, {})",
+                    r.rail,
+                    r.device,
+                    r.port,
+                    r.capacity_mbps,
+                    if r.active { "ACTIVE" } else { "down" }
+                ));
+            }
+            m.rails.spawn_watchers(m.dev_tx.clone());
+        }
+        // Every interconnect known to the policy, none usable until a link comes up.
+        m.refresh_interconnects(Instant::now());
+        if let Some(l) = listener {
+            m.listener_task = Some(m.spawn_listener(l));
+        }
+        m
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let dial =
+            (self.tcp_links() + self.dialing < self.want_links()).then_some(self.next_dial_at);
+        let rails = (self.role == Role::Dialer
+            && self.session.state() == SessionState::Up
+            && self.rails.unavailable.is_none())
+        .then_some(self.next_rail_round);
+        let switch = self.switch_deadline();
+        let unpark = self.fenced.first().map(|(at, _)| *at + FENCE_PARK);
+        [
+            self.session.poll_timeout(),
+            dial,
+            rails,
+            self.placement.poll_timeout(),
+            switch,
+            unpark,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Runs until every handle is dropped.
+    pub(crate) async fn run(mut self) {
+        loop {
+            #[cfg(feature = "fault-injection")]
+            if let Some(until) = self.frozen_until.take() {
+                tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
+            }
+            let now = Instant::now();
+            self.detect_partner_failure(now);
+            self.maybe_dial(now);
+            self.flush(now);
+            let deadline = self
+                .next_deadline()
+                .map(tokio::time::Instant::from_std)
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                biased;
+                input = self.link_rx.recv() => {
+                    if let Some(input) = input { self.on_link_input(input); }
+                    // Drain what else is ready before flushing: fewer, larger batches.
+                    for _ in 0..256 {
+                        match self.link_rx.try_recv() {
+                            Ok(i) => self.on_link_input(i),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                cmd = self.cmd_rx.recv() => {
+                    match cmd {
+                        Some(c) => self.on_command(c),
+                        None => break,
+                    }
+                    for _ in 0..256 {
+                        match self.cmd_rx.try_recv() {
+                            Ok(c) => self.on_command(c),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                new = self.new_rx.recv() => {
+                    if let Some(n) = new { self.on_new_link(n); }
+                }
+                dev = self.dev_rx.recv() => {
+                    if let Some(d) = dev { self.on_device_event(d); }
+                }
+                done = self.rail_rx.recv() => {
+                    if let Some(d) = done { self.on_rail_done(d); }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    let now = Instant::now();
+                    self.session.handle_timeout(now);
+                    self.feed_placement(now);
+                    self.placement.handle_timeout(now);
+                    if now >= self.next_rail_round {
+                        self.offer_rails(now);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_link_input(&mut self, input: LinkInput) {
+        let now = Instant::now();
+        match input {
+            LinkInput::Frame { link, frame } => {
+                if !self.links.contains_key(&link) {
+                    return; // a fenced or closed link's last frames
+                }
+                self.last_partner_rx = Some(now);
+                self.activate_rdma_link(link, now);
+                if let Err(e) = self.session.handle_frame(link, frame, now) {
+                    tracing::warn!(link, error = %e, "protocol violation: closing link");
+                    self.close_link(link, format!("protocol violation: {e}"));
+                }
+            }
+            LinkInput::Written {
+                link,
+                bytes,
+                local_done,
+            } => {
+                self.session.handle_written(link, bytes, &local_done);
+            }
+            LinkInput::Closed { link, reason } => {
+                if let Some(i) = self.fenced.iter().position(|(_, l)| l.id() == link) {
+                    self.fenced.remove(i);
+                    self.note(format!("fenced rdma link {link} closed: {reason}"));
+                    return;
+                }
+                if let Some(l) = self.links.remove(&link) {
+                    self.note(format!("{} link {link} lost: {reason}", l.transport()));
+                    if l.in_session() {
+                        self.session.handle_link_down(link, now);
+                    }
+                    self.refresh_interconnects(now);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn close_link(&mut self, link: LinkId, reason: String) {
+        if let Some(h) = self.links.remove(&link) {
+            h.abort();
+            self.note(format!("link {link} closed: {reason}"));
+            if h.in_session() {
+                self.session.handle_link_down(link, Instant::now());
+            }
+            self.refresh_interconnects(Instant::now());
+        }
+    }
+
+    fn flush(&mut self, now: Instant) {
+        let mut closed_any = false;
+        while let Some(link) = self.session.poll_close_link() {
+            if let Some(h) = self.links.remove(&link) {
+                closed_any = true;
+                self.note(format!(
+                    "{} link {link} closed: silent for {} ms",
+                    h.transport(),
+                    self.cfg.session.link_timeout_ms
+                ));
+                self.retire_link(h, now);
+            }
+        }
+        while self
+            .fenced
+            .first()
+            .is_some_and(|(at, _)| now >= *at + FENCE_PARK)
+        {
+            let (_, l) = self.fenced.remove(0);
+            l.abort();
+        }
+        if closed_any {
+            self.refresh_interconnects(now);
+        }
+        let state = self.session.state();
+        if state != self.last_session_state {
+            self.last_session_state = state;
+            if state == SessionState::Up {
+                self.next_rail_round = now;
+            } else if state == SessionState::Down {
+                self.rails.clear_pending();
+            }
+        }
+        while let Some((_, payload)) = self.session.poll_transport() {
+            self.on_transport(payload);
+        }
+        while let Some(mv) = self.placement.poll_move() {
+            let name = self
+                .session
+                .client_name(mv.client)
+                .unwrap_or("?")
+                .to_string();
+            if self.session.place(mv.client, mv.to).is_ok() {
+                self.note(format!(
+                    "client {name}: {} -> {} ({:?})",
+                    ic_name(mv.from),
+                    ic_name(Some(mv.to)),
+                    mv.reason
+                ));
+            }
+        }
+        while let Some(t) = self.session.poll_transmit(now) {
+            if let Some(h) = self.links.get(&t.link) {
+                // A failed send means the writer is gone; its Closed input is on the way.
+                let _ = h.send(Outgoing {
+                    frame: t.frame,
+                    local_done: t.local_done,
+                });
+            }
+        }
+        while let Some((id, ev)) = self.session.poll_event() {
+            match &ev {
+                ClientEvent::Up | ClientEvent::Down { .. } => {
+                    let name = self.session.client_name(id).unwrap_or("?").to_string();
+                    self.note(format!("client {name}: {ev:?}"));
+                }
+                _ => {}
+            }
+            if let Some(tx) = self.clients.get(&id) {
+                let _ = tx.send(ev);
+            }
+        }
+    }
+}
+
+/// The node description offered in handshakes (the manager adds its RDMA capabilities).
+pub(crate) fn local_node_info(cfg: &NodeConfig, instance: u64) -> NodeInfo {
+    NodeInfo {
+        node_id: cfg.node_id.clone(),
+        instance,
+        capabilities: vec![peercm_cm_proto::control::TransportCap::Tcp],
+        clients: Vec::new(),
+    }
+}

@@ -1,0 +1,116 @@
+//! What the manager reports about itself: the status snapshot, the interconnect list with its
+//! load, the reason clients are on TCP, and the timeline of notable events.
+
+use super::Manager;
+use crate::rails::Rails;
+use crate::status::{ClientStatus, InterconnectStatus, LinkStatus, NodeStatus, TimelineEntry};
+use peercm_cm_proto::session::{InterconnectId, TCP_INTERCONNECT};
+use std::time::Instant;
+
+/// Timeline entries kept for status output.
+const TIMELINE_MAX: usize = 64;
+
+impl Manager {
+    pub(crate) fn note(&mut self, what: String) {
+        tracing::info!("{what}");
+        if self.timeline.len() == TIMELINE_MAX {
+            self.timeline.pop_front();
+        }
+        self.timeline.push_back(TimelineEntry {
+            at_ms: self.started.elapsed().as_millis() as u64,
+            what,
+        });
+    }
+
+    pub(super) fn status(&self) -> NodeStatus {
+        let mut links: Vec<LinkStatus> = self
+            .links
+            .iter()
+            .map(|(id, l)| LinkStatus {
+                id: *id,
+                transport: l.transport(),
+                interconnect: l.interconnect(),
+                remote: l.remote(),
+            })
+            .collect();
+        links.sort_by_key(|l| l.id);
+        let clients = self
+            .session
+            .client_ids()
+            .filter_map(|id| {
+                Some(ClientStatus {
+                    name: self.session.client_name(id)?.to_string(),
+                    state: self.session.port_state(id)?,
+                    unacked: self.session.unacked(id),
+                    interconnect: self.session.placement(id),
+                })
+            })
+            .collect();
+        NodeStatus {
+            node_id: self.cfg.node_id.clone(),
+            session: self.session.state(),
+            epoch: self.session.epoch(),
+            peer: self.session.peer().map(|p| p.node_id.clone()),
+            verbs_unavailable: self.rails.unavailable.clone(),
+            fallback: self.fallback_reason(),
+            interconnects: self.interconnects(),
+            links,
+            clients,
+            stats: self.session.stats(),
+            timeline: self.timeline.iter().cloned().collect(),
+        }
+    }
+
+    /// Why clients are on TCP, when they are.
+    fn fallback_reason(&self) -> Option<String> {
+        if let Some(why) = &self.rails.unavailable {
+            return Some(format!("verbs unavailable here: {why}"));
+        }
+        let peer_rails = self
+            .session
+            .peer()
+            .map(|p| Rails::peer_rail_count(&p.capabilities))?;
+        if peer_rails == 0 {
+            return Some("the partner offers no RDMA".into());
+        }
+        self.placement
+            .on_tcp()
+            .then(|| "no RDMA rail is usable (ports down or links failed)".into())
+    }
+
+    fn interconnects(&self) -> Vec<InterconnectStatus> {
+        let now = Instant::now();
+        self.placement
+            .loads(now)
+            .into_iter()
+            .map(|l| {
+                let rail = self.rails.local.iter().find(|r| r.rail == l.id);
+                InterconnectStatus {
+                    id: l.id,
+                    name: ic_name(Some(l.id)),
+                    device: rail.map(|r| format!("{} port {}", r.device, r.port)),
+                    port_active: rail.map(|r| r.active),
+                    capacity_mbps: l.capacity_mbps,
+                    usable: l.usable,
+                    declared_mbytes_per_s: l.declared_mbytes_per_s,
+                    measured_mbytes_per_s: l.measured_mbytes_per_s,
+                    utilization: l.utilization,
+                    clients: l
+                        .clients
+                        .iter()
+                        .filter_map(|c| self.session.client_name(*c).map(str::to_string))
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// How an interconnect is named in the timeline.
+pub(super) fn ic_name(ic: Option<InterconnectId>) -> String {
+    match ic {
+        None => "unplaced".into(),
+        Some(TCP_INTERCONNECT) => "tcp".into(),
+        Some(r) => format!("rail {r}"),
+    }
+}

@@ -1,0 +1,150 @@
+//! Rail discovery: the devices the provider lists, opened, their ports numbered as rails (see
+//! the numbering in [`super`]), each port's GID chosen, and the capabilities announced to the
+//! partner in the bootstrap handshake.
+
+use super::{LocalRail, Rails, VerbsSource};
+use crate::config::VerbsTunables;
+use peercm_cm_proto::control::TransportCap;
+use peercm_verbs_shim::{Device, PortState, Provider};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The GID index to address a port by, given its GID table by index (empty entries zero): the
+/// RoCEv2 IPv4-mapped entry (`::ffff:a.b.c.d`) when there is one, else the first non-empty
+/// entry (InfiniBand, or RoCE without an IPv4 address).
+fn pick_gid(gids: &[[u8; 16]]) -> (u8, [u8; 16]) {
+    let mapped = |g: &[u8; 16]| g[..10].iter().all(|b| *b == 0) && g[10] == 0xff && g[11] == 0xff;
+    gids.iter()
+        .enumerate()
+        .find(|(_, g)| mapped(g))
+        .or_else(|| gids.iter().enumerate().find(|(_, g)| **g != [0; 16]))
+        .map(|(i, g)| (i.min(255) as u8, *g))
+        .unwrap_or((0, [0; 16]))
+}
+
+/// A port's GID table by index: its first 16 entries, an empty or unreadable one as zeros,
+/// trailing empty ones left out. `PortInfo::gids` skips empty entries, so a position in it is
+/// not a GID index once the table has a hole before the entry wanted (an address removed, or
+/// not re-added yet); `sgid_index` must be the real index.
+fn gid_table(dev: &dyn Device, port: u8) -> Vec<[u8; 16]> {
+    let mut table: Vec<[u8; 16]> = (0..16u8)
+        .map(|i| dev.gid(port, i).unwrap_or([0; 16]))
+        .collect();
+    while table.last() == Some(&[0; 16]) {
+        table.pop();
+    }
+    table
+}
+
+impl Rails {
+    /// Lists and opens the devices. Never fails: a reason is kept when RDMA is unusable.
+    pub fn discover(source: &VerbsSource, tunables: &VerbsTunables, max_payload: u32) -> Rails {
+        let mut rails = Rails {
+            unavailable: None,
+            devices: BTreeMap::new(),
+            local: Vec::new(),
+            pending: BTreeMap::new(),
+            next_attempt: 1,
+            tunables: tunables.clone(),
+            max_payload_bytes: max_payload,
+        };
+        let provider: Arc<dyn Provider> = match source {
+            _ if !tunables.enabled => {
+                rails.unavailable =
+                    Some("RDMA disabled in the configuration (verbs.enabled = false)".into());
+                return rails;
+            }
+            VerbsSource::Disabled => {
+                rails.unavailable = Some("RDMA disabled for this node".into());
+                return rails;
+            }
+            VerbsSource::Real => match peercm_verbs_shim::real::RealProvider::load() {
+                Ok(p) => Arc::new(p),
+                Err(why) => {
+                    rails.unavailable = Some(why.to_string());
+                    return rails;
+                }
+            },
+            VerbsSource::Provider(p) => p.clone(),
+        };
+        let mut infos = match provider.devices() {
+            Ok(d) => d,
+            Err(why) => {
+                rails.unavailable = Some(why.to_string());
+                return rails;
+            }
+        };
+        infos.sort_by(|a, b| a.name.cmp(&b.name));
+        for info in infos {
+            let dev = match provider.open(&info.name) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(device = %info.name, error = %e, "cannot open RDMA device: skipped");
+                    continue;
+                }
+            };
+            let mut ports = info.ports.clone();
+            ports.sort_by_key(|p| p.port);
+            for p in ports {
+                let table = gid_table(dev.as_ref(), p.port);
+                let (gid_index, gid) = pick_gid(if table.is_empty() { &p.gids } else { &table });
+                let capacity = tunables
+                    .capacity_mbps
+                    .get(&info.name)
+                    .copied()
+                    .unwrap_or(p.capacity_mbps);
+                rails.local.push(LocalRail {
+                    rail: rails.local.len() as u32 + 1,
+                    device: info.name.clone(),
+                    port: p.port,
+                    gid,
+                    gid_index,
+                    capacity_mbps: capacity,
+                    active: p.state == PortState::Active,
+                });
+            }
+            rails.devices.insert(info.name.clone(), dev);
+        }
+        if rails.local.is_empty() {
+            rails.unavailable = Some("no RDMA device could be opened".into());
+        }
+        rails
+    }
+
+    /// The capabilities to announce: TCP, then every rail in order.
+    pub fn capabilities(&self) -> Vec<TransportCap> {
+        let mut caps = vec![TransportCap::Tcp];
+        caps.extend(self.local.iter().map(|r| TransportCap::Verbs {
+            device: r.device.clone(),
+            port: r.port,
+            gid: r.gid,
+            capacity_mbps: r.capacity_mbps,
+        }));
+        caps
+    }
+
+    /// The partner's rails (its Verbs capabilities in order, numbered from 1).
+    pub fn peer_rail_count(caps: &[TransportCap]) -> u32 {
+        caps.iter()
+            .filter(|c| matches!(c, TransportCap::Verbs { .. }))
+            .count() as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ipv4_mapped_gid_is_preferred() {
+        let link_local = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+        let mapped = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 1];
+        assert_eq!(pick_gid(&[link_local, mapped]), (1, mapped));
+        assert_eq!(pick_gid(&[link_local]), (0, link_local));
+        assert_eq!(pick_gid(&[]), (0, [0; 16]));
+        // Indices are table indices: holes (empty entries) count.
+        let empty = [0u8; 16];
+        assert_eq!(pick_gid(&[link_local, empty, mapped]), (2, mapped));
+        assert_eq!(pick_gid(&[empty, link_local]), (1, link_local));
+    }
+}

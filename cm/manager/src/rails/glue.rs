@@ -1,0 +1,333 @@
+//! The manager's rail glue: offering rails (dialer), answering the partner's TRANSPORT messages,
+//! running rail setup on blocking threads and taking the links it produces, reacting to device
+//! events, and telling the placement policy which interconnects are usable and how much each
+//! client sends.
+
+use super::{DeviceInput, ManagerSink, RailAction, RailDone, Rails};
+use crate::links::AnyLink;
+use crate::manager::Manager;
+use bytes::Bytes;
+use peercm_cm_proto::auth::Role;
+use peercm_cm_proto::control::{self, TransportMsg};
+use peercm_cm_proto::placement::{InterconnectInfo, InterconnectKind};
+use peercm_cm_proto::session::{ClientId, InterconnectId, LinkId, SessionState, TCP_INTERCONNECT};
+use peercm_cm_rdma_link::LinkCloseReason;
+use peercm_verbs_shim::AsyncEvent;
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// Nominal capacity given to the TCP interconnect for placement (it is only used when no RDMA
+/// rail is, so the figure only matters for utilization reports).
+const TCP_CAPACITY_MBPS: u32 = 10_000;
+
+impl Manager {
+    /// Acceptor side: an RDMA link joins the session on its first frame.
+    pub(crate) fn activate_rdma_link(&mut self, link: LinkId, now: Instant) {
+        let Some(AnyLink::Rdma {
+            rail, activated, ..
+        }) = self.links.get_mut(&link)
+        else {
+            return;
+        };
+        if *activated {
+            return;
+        }
+        *activated = true;
+        let rail = *rail;
+        if let Some(peer) = self.session.peer().cloned() {
+            self.session.handle_link_up_on(link, rail, peer, now);
+            self.note(format!("rdma link {link} up on rail {rail}"));
+            self.refresh_interconnects(now);
+        }
+    }
+
+    /// Tells the placement policy which interconnects have live links.
+    pub(crate) fn refresh_interconnects(&mut self, now: Instant) {
+        let live: HashSet<InterconnectId> = self
+            .links
+            .values()
+            .filter(|l| l.in_session())
+            .map(AnyLink::interconnect)
+            .collect();
+        let tcp = live.contains(&TCP_INTERCONNECT);
+        self.placement.upsert_interconnect(
+            InterconnectInfo {
+                id: TCP_INTERCONNECT,
+                kind: InterconnectKind::Tcp,
+                capacity_mbps: TCP_CAPACITY_MBPS,
+                failure_domain: "tcp".into(),
+                usable: tcp,
+            },
+            now,
+        );
+        for r in self.rails.local.clone() {
+            self.placement.upsert_interconnect(
+                InterconnectInfo {
+                    id: r.rail,
+                    kind: InterconnectKind::Rdma,
+                    capacity_mbps: r.capacity_mbps,
+                    failure_domain: r.device.clone(),
+                    usable: live.contains(&r.rail),
+                },
+                now,
+            );
+        }
+    }
+
+    /// Feeds each client's transmitted bytes since the last call to the placement policy.
+    pub(crate) fn feed_placement(&mut self, now: Instant) {
+        let ids: Vec<ClientId> = self.session.client_ids().collect();
+        for id in ids {
+            let total = self.session.client_bytes_out(id);
+            let fed = self.bytes_fed.entry(id).or_insert(0);
+            let delta = total.saturating_sub(*fed);
+            *fed = total;
+            if delta > 0 {
+                self.placement.record_bytes(id, delta, now);
+            }
+        }
+    }
+
+    /// Dialer: offers every rail that has no link yet.
+    pub(crate) fn offer_rails(&mut self, now: Instant) {
+        self.next_rail_round = now + Duration::from_millis(self.cfg.verbs.rail_retry_interval_ms);
+        if self.role != Role::Dialer
+            || self.session.state() != SessionState::Up
+            || self.rails.unavailable.is_some()
+        {
+            return;
+        }
+        let peer_rails = self
+            .session
+            .peer()
+            .map_or(0, |p| Rails::peer_rail_count(&p.capabilities));
+        let linked: Vec<u32> = self
+            .links
+            .values()
+            .filter_map(|l| match l {
+                AnyLink::Rdma { rail, .. } => Some(*rail),
+                AnyLink::Tcp(_) => None,
+            })
+            .collect();
+        for rail in self.rails.rails_to_offer(peer_rails, &linked, now) {
+            let link_id = self.next_link.fetch_add(1, Ordering::Relaxed);
+            match self.rails.begin_offer(rail, link_id, now) {
+                Ok(job) => {
+                    let tx = self.rail_tx.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let res = job.prepare();
+                        let _ = tx.send(RailDone::Prepared { rail, link_id, res });
+                    });
+                }
+                Err(e) => tracing::warn!(rail, error = %e, "cannot offer rail"),
+            }
+        }
+    }
+
+    /// Blocking rail work finished.
+    pub(crate) fn on_rail_done(&mut self, done: RailDone) {
+        let now = Instant::now();
+        match done {
+            RailDone::Prepared { rail, link_id, res } => {
+                if let Some(msg) = self.rails.prepared(rail, link_id, res, now) {
+                    if let Err(e) = self.session.send_transport(control::encode(&msg)) {
+                        tracing::warn!(rail, error = %e, "cannot send rail offer");
+                    }
+                }
+            }
+            RailDone::Connected {
+                rail,
+                link_id,
+                res,
+                reply,
+            } => {
+                let dialer = reply.is_none();
+                if let Some(m) = &reply {
+                    let _ = self.session.send_transport(control::encode(m));
+                }
+                let link = match res {
+                    Ok(link) => link,
+                    Err(e) => {
+                        tracing::warn!(rail, error = %e, "rail setup failed");
+                        if dialer {
+                            self.rails.connected(rail, link_id);
+                        }
+                        return;
+                    }
+                };
+                let wanted = if dialer {
+                    self.rails.connected(rail, link_id) && self.session.state() == SessionState::Up
+                } else {
+                    self.session.state() == SessionState::Up
+                };
+                if !wanted {
+                    link.close(); // abandoned meanwhile (session down, offer expired)
+                    return;
+                }
+                self.links.insert(
+                    link_id,
+                    AnyLink::Rdma {
+                        link,
+                        rail,
+                        activated: dialer,
+                    },
+                );
+                if dialer {
+                    if let Some(peer) = self.session.peer().cloned() {
+                        self.session.handle_link_up_on(link_id, rail, peer, now);
+                    }
+                    self.note(format!("rdma link {link_id} up on rail {rail}"));
+                    self.refresh_interconnects(now);
+                }
+            }
+        }
+    }
+
+    /// A TRANSPORT message from the partner's manager.
+    pub(crate) fn on_transport(&mut self, payload: Bytes) {
+        let msg: TransportMsg = match control::decode("TRANSPORT", &payload) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "malformed TRANSPORT message ignored");
+                return;
+            }
+        };
+        if let TransportMsg::Offer { rail, .. } = &msg {
+            // The dialer offers a rail it has no link on: any link we still hold there is dead.
+            let stale: Vec<LinkId> = self
+                .links
+                .iter()
+                .filter(|(_, l)| matches!(l, AnyLink::Rdma { rail: r, .. } if r == rail))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in stale {
+                self.close_link(id, "partner re-offered its rail".into());
+            }
+        }
+        let id = match &msg {
+            TransportMsg::Offer { .. } => self.next_link.fetch_add(1, Ordering::Relaxed),
+            _ => 0,
+        };
+        let sink = |link| -> Box<dyn peercm_cm_rdma_link::LinkSink> {
+            Box::new(ManagerSink {
+                link,
+                tx: self.link_tx.clone(),
+            })
+        };
+        let tx = self.rail_tx.clone();
+        match self.rails.handle(msg, id) {
+            RailAction::None => {}
+            RailAction::Reply(m) => {
+                let _ = self.session.send_transport(control::encode(&m));
+            }
+            RailAction::Accept {
+                rail,
+                attempt,
+                link_id,
+                job,
+                remote,
+            } => {
+                let sink = sink(link_id);
+                tokio::task::spawn_blocking(move || {
+                    let (res, reply) = match job.prepare() {
+                        Ok((prepared, endpoint)) => match prepared.connect(&remote, sink) {
+                            Ok(link) => (
+                                Ok(link),
+                                TransportMsg::Accept {
+                                    rail,
+                                    attempt,
+                                    endpoint,
+                                },
+                            ),
+                            Err(e) => {
+                                let reason = format!("connecting rail {rail}: {e}");
+                                (
+                                    Err(reason.clone()),
+                                    TransportMsg::Refuse {
+                                        rail,
+                                        attempt,
+                                        reason,
+                                    },
+                                )
+                            }
+                        },
+                        Err(reason) => (
+                            Err(reason.clone()),
+                            TransportMsg::Refuse {
+                                rail,
+                                attempt,
+                                reason,
+                            },
+                        ),
+                    };
+                    let _ = tx.send(RailDone::Connected {
+                        rail,
+                        link_id,
+                        res,
+                        reply: Some(reply),
+                    });
+                });
+            }
+            RailAction::Connect {
+                rail,
+                link_id,
+                prepared,
+                remote,
+            } => {
+                let sink = sink(link_id);
+                tokio::task::spawn_blocking(move || {
+                    let res = prepared
+                        .connect(&remote, sink)
+                        .map_err(|e| format!("connecting rail {rail}: {e}"));
+                    let _ = tx.send(RailDone::Connected {
+                        rail,
+                        link_id,
+                        res,
+                        reply: None,
+                    });
+                });
+            }
+        }
+    }
+
+    /// An async event from one of our devices.
+    pub(crate) fn on_device_event(&mut self, d: DeviceInput) {
+        let now = Instant::now();
+        let (rails, reason, up) = match d.event {
+            AsyncEvent::PortError { port } => (
+                self.rails.set_port_active(&d.device, port, false),
+                Some(LinkCloseReason::PortDown),
+                false,
+            ),
+            AsyncEvent::PortActive { port } => (
+                self.rails.set_port_active(&d.device, port, true),
+                None,
+                true,
+            ),
+            AsyncEvent::DeviceFatal => (
+                self.rails.rails_of_device(&d.device),
+                Some(LinkCloseReason::DeviceFatal),
+                false,
+            ),
+            other => {
+                tracing::info!(device = %d.device, event = ?other, "device event");
+                return;
+            }
+        };
+        self.note(format!("{}: {:?} (rails {rails:?})", d.device, d.event));
+        if let Some(reason) = reason {
+            for l in self.links.values() {
+                if let AnyLink::Rdma { link, rail, .. } = l {
+                    if rails.contains(rail) {
+                        link.fail(reason.clone());
+                    }
+                }
+            }
+        }
+        if up {
+            // Offer the rail again at once (dialer) rather than at the next round.
+            self.next_rail_round = now;
+        }
+    }
+}

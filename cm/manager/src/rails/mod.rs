@@ -1,0 +1,85 @@
+//! RDMA rails: this node's HCA ports numbered as interconnects, the opened devices and their
+//! async-event watchers, and the offer/accept bookkeeping that turns a rail into an RDMA link.
+//!
+//! Rail numbering: every port of every device the provider lists, sorted by device name then
+//! port number, is rail 1, 2, ... Both partners number their own ports the same way and
+//! announce them, in that order, as `TransportCap::Verbs` capabilities in the bootstrap
+//! handshake, so rail k pairs this node's k-th port with the partner's k-th port (rxe0 with
+//! rxe0, rxe1 with rxe1 on a dual-rail pair). A rail is the placement policy's interconnect id
+//! k; TCP is interconnect 0.
+//!
+//! Setup ("slam connect" over the bootstrap session): the dialer prepares a queue pair and its
+//! receive ring for a rail and sends `TransportMsg::Offer`; the acceptor prepares its own,
+//! connects it to the offer (INIT -> RTR -> RTS) and answers `Accept`; the dialer connects to
+//! the answer. The acceptor hands its link to the session on the first frame that arrives on
+//! it, which proves the dialer's queue pair is ready; the dialer hands its link over at once.
+//!
+//! - `discovery`: listing and opening the devices, numbering their ports as rails, the
+//!   capabilities announced to the partner.
+//! - `setup`: the blocking resource creation for one rail link (`SetupJob`, `RailDone`).
+//! - `negotiation`: the TRANSPORT offer/answer exchange and the dialer's offers in flight.
+//! - `events`: the device async-event watchers and the port state they change.
+//! - `sink`: `ManagerSink`, an RDMA link's way into the manager task.
+//! - `glue`: the manager's side of all this, an `impl Manager` block.
+
+mod discovery;
+mod events;
+mod glue;
+mod negotiation;
+mod setup;
+mod sink;
+
+pub(crate) use events::DeviceInput;
+use negotiation::Pending;
+pub(crate) use negotiation::RailAction;
+pub(crate) use setup::{RailDone, SetupJob};
+pub(crate) use sink::ManagerSink;
+
+use crate::config::VerbsTunables;
+use peercm_verbs_shim::{Device, Provider};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Where the verbs provider comes from.
+#[derive(Clone)]
+pub enum VerbsSource {
+    /// rdma-core's libibverbs, loaded at run time (production).
+    Real,
+    /// A given provider (a node of a simulated fabric in tests).
+    Provider(Arc<dyn Provider>),
+    /// No RDMA: TCP only.
+    Disabled,
+}
+
+impl std::fmt::Debug for VerbsSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            VerbsSource::Real => "Real",
+            VerbsSource::Provider(_) => "Provider",
+            VerbsSource::Disabled => "Disabled",
+        })
+    }
+}
+
+/// One local HCA port.
+#[derive(Debug, Clone)]
+pub(crate) struct LocalRail {
+    pub rail: u32,
+    pub device: String,
+    pub port: u8,
+    pub gid: [u8; 16],
+    pub gid_index: u8,
+    pub capacity_mbps: u32,
+    pub active: bool,
+}
+
+/// The node's RDMA side. See the module docs.
+pub(crate) struct Rails {
+    pub unavailable: Option<String>,
+    devices: BTreeMap<String, Arc<dyn Device>>,
+    pub local: Vec<LocalRail>,
+    pending: BTreeMap<u32, Pending>,
+    next_attempt: u64,
+    tunables: VerbsTunables,
+    max_payload_bytes: u32,
+}

@@ -1,0 +1,304 @@
+//! The TRANSPORT offer/answer negotiation over the bootstrap session: the dialer's offers in
+//! flight per rail, and what an offer, an answer or a refusal from the partner asks of the
+//! manager ([`RailAction`]).
+
+use super::{Rails, SetupJob};
+use peercm_cm_proto::control::TransportMsg;
+use peercm_cm_proto::session::LinkId;
+use peercm_cm_rdma_link::{LocalEndpoint, PreparedLink};
+use std::time::{Duration, Instant};
+
+/// Largest serialized endpoint accepted from the partner.
+const MAX_ENDPOINT_BYTES: usize = 1024;
+
+/// A dialer's rail setup in flight.
+pub(super) enum PendingState {
+    /// The queue pair and rings are being created (on a blocking thread).
+    Preparing,
+    /// The offer went out with this attempt number.
+    Offered {
+        attempt: u64,
+        prepared: Box<PreparedLink>,
+    },
+    /// The answer came; the queue pair is being connected (on a blocking thread).
+    Connecting,
+}
+
+/// The dialer's setup of one rail: the link it will create, since when, how far it got.
+pub(super) struct Pending {
+    link_id: LinkId,
+    since: Instant,
+    state: PendingState,
+}
+
+/// What the manager should do after a TRANSPORT message.
+pub(crate) enum RailAction {
+    /// Send this answer to the partner.
+    Reply(TransportMsg),
+    /// Acceptor: prepare `job`, connect it to `remote` and answer the offer (blocking work).
+    Accept {
+        rail: u32,
+        attempt: u64,
+        link_id: LinkId,
+        job: SetupJob,
+        remote: LocalEndpoint,
+    },
+    /// Dialer: connect the prepared link to the answer (blocking work).
+    Connect {
+        rail: u32,
+        link_id: LinkId,
+        prepared: Box<PreparedLink>,
+        remote: LocalEndpoint,
+    },
+    /// Nothing to do (logged).
+    None,
+}
+
+impl Rails {
+    /// Dialer: rails to offer now (local port active, partner has the rail, no link, no offer
+    /// in flight). Expired offers are dropped first.
+    pub fn rails_to_offer(&mut self, peer_rails: u32, linked: &[u32], now: Instant) -> Vec<u32> {
+        let timeout = Duration::from_millis(self.tunables.rail_offer_timeout_ms);
+        self.pending.retain(|rail, p| {
+            let keep = now.saturating_duration_since(p.since) < timeout;
+            if !keep {
+                tracing::warn!(rail, "rail offer unanswered: abandoned, will retry");
+            }
+            keep
+        });
+        self.local
+            .iter()
+            .filter(|r| r.active && r.rail <= peer_rails)
+            .filter(|r| !linked.contains(&r.rail) && !self.pending.contains_key(&r.rail))
+            .map(|r| r.rail)
+            .collect()
+    }
+
+    /// Dialer: starts setting up `rail`; the returned job runs on a blocking thread and its
+    /// result comes back through [`Rails::prepared`].
+    pub fn begin_offer(
+        &mut self,
+        rail: u32,
+        link_id: u64,
+        now: Instant,
+    ) -> Result<SetupJob, String> {
+        let job = self.setup_job(rail, link_id)?;
+        self.pending.insert(
+            rail,
+            Pending {
+                link_id,
+                since: now,
+                state: PendingState::Preparing,
+            },
+        );
+        Ok(job)
+    }
+
+    /// Dialer: the rail's resources are ready: the offer to send, unless the setup was
+    /// abandoned meanwhile (then the prepared link is dropped).
+    pub fn prepared(
+        &mut self,
+        rail: u32,
+        link_id: LinkId,
+        res: Result<(Box<PreparedLink>, Vec<u8>), String>,
+        now: Instant,
+    ) -> Option<TransportMsg> {
+        let current = self
+            .pending
+            .get(&rail)
+            .is_some_and(|p| p.link_id == link_id && matches!(p.state, PendingState::Preparing));
+        if !current {
+            return None;
+        }
+        match res {
+            Ok((prepared, endpoint)) => {
+                let attempt = self.next_attempt;
+                self.next_attempt += 1;
+                self.pending.insert(
+                    rail,
+                    Pending {
+                        link_id,
+                        since: now,
+                        state: PendingState::Offered { attempt, prepared },
+                    },
+                );
+                Some(TransportMsg::Offer {
+                    rail,
+                    attempt,
+                    endpoint,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(rail, error = %e, "cannot offer rail");
+                self.pending.remove(&rail);
+                None
+            }
+        }
+    }
+
+    /// Dialer: whether a connected link is the one the rail's setup is waiting for (it is
+    /// then no longer pending).
+    pub fn connected(&mut self, rail: u32, link_id: LinkId) -> bool {
+        let current = self
+            .pending
+            .get(&rail)
+            .is_some_and(|p| p.link_id == link_id && matches!(p.state, PendingState::Connecting));
+        if current {
+            self.pending.remove(&rail);
+        }
+        current
+    }
+
+    /// Handles a TRANSPORT message from the partner. `link_id` names the link an offer creates.
+    pub fn handle(&mut self, msg: TransportMsg, link_id: LinkId) -> RailAction {
+        match msg {
+            TransportMsg::Offer {
+                rail,
+                attempt,
+                endpoint,
+            } => {
+                let refuse = |reason: String| {
+                    tracing::warn!(rail, %reason, "refusing rail offer");
+                    RailAction::Reply(TransportMsg::Refuse {
+                        rail,
+                        attempt,
+                        reason,
+                    })
+                };
+                let remote = match decode_endpoint(&endpoint) {
+                    Ok(e) => e,
+                    Err(e) => return refuse(e),
+                };
+                match self.setup_job(rail, link_id) {
+                    Ok(job) => RailAction::Accept {
+                        rail,
+                        attempt,
+                        link_id,
+                        job,
+                        remote,
+                    },
+                    Err(e) => refuse(e),
+                }
+            }
+            TransportMsg::Accept {
+                rail,
+                attempt,
+                endpoint,
+            } => {
+                let offered = self.pending.get(&rail).is_some_and(
+                    |p| matches!(p.state, PendingState::Offered { attempt: a, .. } if a == attempt),
+                );
+                if !offered {
+                    tracing::debug!(rail, attempt, "answer to no pending offer ignored");
+                    return RailAction::None;
+                }
+                let remote = match decode_endpoint(&endpoint) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        tracing::warn!(rail, error = %e, "bad rail answer");
+                        self.pending.remove(&rail);
+                        return RailAction::None;
+                    }
+                };
+                let Some(p) = self.pending.get_mut(&rail) else {
+                    return RailAction::None;
+                };
+                let PendingState::Offered { prepared, .. } =
+                    std::mem::replace(&mut p.state, PendingState::Connecting)
+                else {
+                    return RailAction::None;
+                };
+                RailAction::Connect {
+                    rail,
+                    link_id: p.link_id,
+                    prepared,
+                    remote,
+                }
+            }
+            TransportMsg::Refuse {
+                rail,
+                attempt,
+                reason,
+            } => {
+                if self.pending.get(&rail).is_some_and(
+                    |p| matches!(p.state, PendingState::Offered { attempt: a, .. } if a == attempt),
+                ) {
+                    self.pending.remove(&rail);
+                    tracing::warn!(rail, %reason, "partner refused rail");
+                }
+                RailAction::None
+            }
+        }
+    }
+
+    /// Forgets offers in flight (the session went down).
+    pub fn clear_pending(&mut self) {
+        self.pending.clear();
+    }
+}
+
+fn decode_endpoint(bytes: &[u8]) -> Result<LocalEndpoint, String> {
+    if bytes.len() > MAX_ENDPOINT_BYTES {
+        return Err(format!(
+            "endpoint of {} bytes exceeds {MAX_ENDPOINT_BYTES}",
+            bytes.len()
+        ));
+    }
+    match postcard::take_from_bytes::<LocalEndpoint>(bytes) {
+        Ok((ep, [])) => Ok(ep),
+        Ok(_) => Err("trailing bytes after the endpoint".into()),
+        Err(e) => Err(format!("malformed endpoint: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use peercm_verbs_shim::{QpEndpoint, RemoteMr};
+
+    fn endpoint() -> LocalEndpoint {
+        LocalEndpoint {
+            qp: QpEndpoint {
+                qpn: 0x11,
+                psn: 0x1234,
+                gid: [7; 16],
+                mtu_bytes: 1024,
+                lid: 0,
+            },
+            ring: RemoteMr {
+                addr: 0x7f00_0000_0000,
+                rkey: 0xabcd,
+                len: 4 << 20,
+            },
+            ring_bytes: 4 << 20,
+            recv_depth: 256,
+            max_payload_bytes: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn endpoints_round_trip_and_bad_bytes_are_refused_without_panic() {
+        let good = postcard::to_stdvec(&endpoint()).unwrap();
+        assert_eq!(decode_endpoint(&good).unwrap(), endpoint());
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert!(decode_endpoint(&trailing).unwrap_err().contains("trailing"));
+        assert!(decode_endpoint(&vec![0u8; MAX_ENDPOINT_BYTES + 1])
+            .unwrap_err()
+            .contains("exceeds"));
+        // Every truncation and many mutations: an error or some endpoint, never a panic.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for cut in 0..good.len() {
+            assert!(decode_endpoint(&good[..cut]).is_err(), "truncated at {cut}");
+        }
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mut m = good.clone();
+            let i = (x as usize) % m.len();
+            m[i] ^= (x >> 32) as u8 | 1;
+            let _ = decode_endpoint(&m);
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! Rail link setup: creating one rail link's queue pair and receive ring, work the manager hands
+//! to a blocking thread, and the result that comes back ([`RailDone`]).
+
+use super::{LocalRail, Rails};
+use peercm_cm_proto::control::TransportMsg;
+use peercm_cm_proto::session::LinkId;
+use peercm_cm_rdma_link::{PreparedLink, RdmaLinkConfig};
+use peercm_verbs_shim::{Device, QpParams};
+use std::sync::Arc;
+
+/// QP local ACK timeout: exponent 15, 4.096 us x 2^15 = 134 ms. With [`QP_RETRY_COUNT`]
+/// retries the hardware gives up after at least (6 + 1) x 134 ms = 0.94 s of silence, well
+/// after the session's 500 ms heartbeat verdict: the manager, not the HCA, decides that a
+/// partner is gone (docs/operations.md, "Detection").
+const QP_ACK_TIMEOUT_US: u64 = 134_000;
+/// QP transport retries (rdma_rxe treats 7 as "forever", so 6).
+const QP_RETRY_COUNT: u8 = 6;
+
+/// Resource creation for one rail link: cheap to build on the manager task, run on a blocking
+/// thread (creating a PD, CQ, QP and registering rings takes milliseconds on hardware and up
+/// to seconds under emulation, and the manager must keep heartbeating meanwhile).
+pub(crate) struct SetupJob {
+    rail: u32,
+    device: Arc<dyn Device>,
+    cfg: RdmaLinkConfig,
+}
+
+impl SetupJob {
+    /// Creates the queue pair and rings; returns them with this side's encoded endpoint.
+    pub fn prepare(self) -> Result<(Box<PreparedLink>, Vec<u8>), String> {
+        let rail = self.rail;
+        let (prepared, ep) = PreparedLink::new(self.device, self.cfg)
+            .map_err(|e| format!("preparing rail {rail}: {e}"))?;
+        let bytes = postcard::to_stdvec(&ep).map_err(|e| format!("encoding endpoint: {e}"))?;
+        Ok((Box::new(prepared), bytes))
+    }
+}
+
+/// Blocking rail work finished; back on the manager task.
+pub(crate) enum RailDone {
+    /// Dialer: the rail's resources exist; the offer can go out.
+    Prepared {
+        rail: u32,
+        link_id: LinkId,
+        res: Result<(Box<PreparedLink>, Vec<u8>), String>,
+    },
+    /// A link is connected (or failed to). `reply` is the acceptor's answer to send.
+    Connected {
+        rail: u32,
+        link_id: LinkId,
+        res: Result<peercm_cm_rdma_link::RdmaLink, String>,
+        reply: Option<TransportMsg>,
+    },
+}
+
+impl Rails {
+    fn link_config(&self, rail: &LocalRail, link_id: u64) -> RdmaLinkConfig {
+        RdmaLinkConfig {
+            link_id,
+            port: rail.port,
+            gid_index: rail.gid_index,
+            ring_bytes: self.tunables.ring_bytes,
+            recv_depth: self.tunables.recv_depth,
+            max_payload_bytes: self.max_payload_bytes,
+            qp: QpParams {
+                ack_timeout_us: QP_ACK_TIMEOUT_US,
+                retry_count: QP_RETRY_COUNT,
+                ..QpParams::default()
+            },
+            ..RdmaLinkConfig::default()
+        }
+    }
+
+    pub(super) fn setup_job(&self, rail: u32, link_id: u64) -> Result<SetupJob, String> {
+        let r = self
+            .local
+            .get(rail.wrapping_sub(1) as usize)
+            .ok_or_else(|| format!("this node has no rail {rail}"))?;
+        if !r.active {
+            return Err(format!(
+                "rail {rail} ({} port {}) is not ACTIVE",
+                r.device, r.port
+            ));
+        }
+        let device = self
+            .devices
+            .get(&r.device)
+            .ok_or_else(|| format!("device {} is not open", r.device))?
+            .clone();
+        Ok(SetupJob {
+            rail,
+            device,
+            cfg: self.link_config(r, link_id),
+        })
+    }
+}
