@@ -16,4 +16,4 @@ pub mod link;
 
 pub use codec::FrameCodec;
 pub use handshake::{accept, dial, HandshakeFailure, TcpHandshakeConfig};
-pub use link::{spawn_link, LinkHandle, LinkInput, Outgoing};
+pub use link::{spawn_link, LinkHandle, TcpLinkClosed, TcpLinkSink};

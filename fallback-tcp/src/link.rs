@@ -1,14 +1,18 @@
-//! One established TCP link: a reader task forwarding decoded frames to the manager and a writer
-//! task batching frames onto the socket. Either task ending closes the link; the manager hears
-//! exactly one [`LinkInput::Closed`] per link.
+//! One established TCP link: a reader task forwarding decoded frames to the link's
+//! [`TcpLinkSink`] (the manager) and a writer task batching frames onto the socket. Either task
+//! ending closes the link; the sink hears exactly one [`TcpLinkSink::closed`] per link, with a
+//! typed [`TcpLinkClosed`] reason.
 
 use crate::codec::{CodecError, FrameCodec};
 use crate::handshake::FramedLink;
 use futures::{SinkExt, StreamExt};
+use peercm_cm_proto::frame::FrameError;
 use peercm_cm_proto::session::{ClientId, LinkId};
 use peercm_cm_proto::Frame;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
@@ -16,41 +20,50 @@ use tracing::Instrument;
 /// Most frames a writer puts on the socket before one flush.
 const WRITE_BATCH_MAX: usize = 256;
 
-/// What a link tells the manager.
-#[derive(Debug)]
-pub enum LinkInput {
-    /// A frame arrived.
-    Frame {
-        /// The link.
-        link: LinkId,
-        /// The frame.
-        frame: Frame,
-    },
-    /// The writer put `bytes` on the socket; `local_done` are local-model sends it carried.
-    Written {
-        /// The link.
-        link: LinkId,
-        /// Bytes written.
-        bytes: u64,
-        /// Local-model sends now transmitted.
-        local_done: Vec<(ClientId, u64)>,
-    },
-    /// The link is gone.
-    Closed {
-        /// The link.
-        link: LinkId,
-        /// Why, for the log.
-        reason: String,
-    },
+/// Why a TCP link closed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum TcpLinkClosed {
+    /// The partner closed the connection.
+    #[error("closed by peer")]
+    PeerClosed,
+    /// The partner sent bytes that are not a valid frame; the link is no longer trusted.
+    #[error("invalid frame: {0}")]
+    InvalidFrame(#[source] FrameError),
+    /// Reading from the socket failed.
+    #[error("read error: {0}")]
+    Read(#[source] std::io::Error),
+    /// Writing to the socket failed.
+    #[error("write error: {0}")]
+    Write(#[source] CodecError),
+    /// The [`LinkHandle`] was dropped: nobody sends on this link any more.
+    #[error("writer dropped")]
+    HandleDropped,
 }
 
-/// A frame for the writer.
+/// The consumer of one TCP link's events (the manager). The link's reader and writer tasks
+/// each hold a clone and await its futures, so a slow consumer pushes back on the socket.
+/// [`TcpLinkSink::closed`] is called exactly once, last.
+pub trait TcpLinkSink: Clone + Send + Sync + 'static {
+    /// A frame arrived. Resolves to false if the consumer is gone (the link then stops).
+    fn frame(&self, frame: Frame) -> impl Future<Output = bool> + Send;
+    /// The writer put frames totalling `bytes` encoded bytes on the socket; `local_done` are
+    /// the local-model marks queued with them, in order. Resolves to false if the consumer
+    /// is gone.
+    fn written(
+        &self,
+        bytes: u64,
+        local_done: Vec<(ClientId, u64)>,
+    ) -> impl Future<Output = bool> + Send;
+    /// The link is gone; nothing follows.
+    fn closed(&self, reason: TcpLinkClosed) -> impl Future<Output = ()> + Send;
+}
+
+/// A frame queued for the writer.
 #[derive(Debug)]
-pub struct Outgoing {
-    /// The frame.
-    pub frame: Frame,
-    /// Report this local-model send once written.
-    pub local_done: Option<(ClientId, u64)>,
+struct Outgoing {
+    frame: Frame,
+    local_done: Option<(ClientId, u64)>,
 }
 
 /// The manager's handle on a link.
@@ -66,9 +79,10 @@ pub struct LinkHandle {
 }
 
 impl LinkHandle {
-    /// Queues a frame; false if the writer is gone (the Closed input is on its way).
-    pub fn send(&self, out: Outgoing) -> bool {
-        self.tx.send(out).is_ok()
+    /// Queues a frame, with the local-model send it completes once written; false if the
+    /// writer is gone (the sink's `closed` is on its way).
+    pub fn send(&self, frame: Frame, local_done: Option<(ClientId, u64)>) -> bool {
+        self.tx.send(Outgoing { frame, local_done }).is_ok()
     }
 
     /// Tears the link down at once (both tasks aborted, socket dropped).
@@ -85,11 +99,7 @@ impl Drop for LinkHandle {
 }
 
 /// Starts the reader and writer of an authenticated connection.
-pub fn spawn_link(
-    framed: FramedLink,
-    id: LinkId,
-    to_manager: mpsc::Sender<LinkInput>,
-) -> LinkHandle {
+pub fn spawn_link<S: TcpLinkSink>(framed: FramedLink, id: LinkId, sink: S) -> LinkHandle {
     let remote = framed
         .get_ref()
         .peer_addr()
@@ -104,43 +114,39 @@ pub fn spawn_link(
     let closed_once = Arc::new(AtomicBool::new(false));
 
     let span = tracing::info_span!("link", id, remote = %remote);
-    let to_m = to_manager.clone();
+    let to_m = sink.clone();
     let once = closed_once.clone();
     let reader_task = tokio::spawn(
         async move {
             let reason = loop {
                 match reader.next().await {
                     Some(Ok(frame)) => {
-                        if to_m
-                            .send(LinkInput::Frame { link: id, frame })
-                            .await
-                            .is_err()
-                        {
+                        if !to_m.frame(frame).await {
                             return;
                         }
                     }
                     Some(Err(CodecError::Frame(e))) => {
                         tracing::warn!(error = %e, "closing link: peer sent an invalid frame");
-                        break format!("invalid frame: {e}");
+                        break TcpLinkClosed::InvalidFrame(e);
                     }
-                    Some(Err(CodecError::Io(e))) => break format!("read error: {e}"),
-                    None => break "closed by peer".to_string(),
+                    Some(Err(CodecError::Io(e))) => break TcpLinkClosed::Read(e),
+                    None => break TcpLinkClosed::PeerClosed,
                 }
             };
             if !once.swap(true, Ordering::SeqCst) {
-                let _ = to_m.send(LinkInput::Closed { link: id, reason }).await;
+                to_m.closed(reason).await;
             }
         }
         .instrument(span.clone()),
     );
-    let to_m = to_manager;
+    let to_m = sink;
     let once = closed_once;
     let writer_task = tokio::spawn(
         async move {
             let mut batch = Vec::with_capacity(WRITE_BATCH_MAX);
             let reason = loop {
                 let Some(first) = rx.recv().await else {
-                    break "writer dropped".to_string();
+                    break TcpLinkClosed::HandleDropped;
                 };
                 batch.push(first);
                 while batch.len() < WRITE_BATCH_MAX {
@@ -166,22 +172,14 @@ pub fn spawn_link(
                     }
                 }
                 if let Some(e) = failed {
-                    break format!("write error: {e}");
+                    break TcpLinkClosed::Write(e);
                 }
-                if to_m
-                    .send(LinkInput::Written {
-                        link: id,
-                        bytes,
-                        local_done,
-                    })
-                    .await
-                    .is_err()
-                {
+                if !to_m.written(bytes, local_done).await {
                     return;
                 }
             };
             if !once.swap(true, Ordering::SeqCst) {
-                let _ = to_m.send(LinkInput::Closed { link: id, reason }).await;
+                to_m.closed(reason).await;
             }
         }
         .instrument(span),

@@ -12,10 +12,11 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use peercm_cm_manager::config::PeerConfig;
-use peercm_cm_manager::status::NodeStatus;
+use peercm_cm_manager::status::{FallbackReason, NodeEvent, NodeStatus};
 use peercm_cm_manager::{
     ClientEvent, ClientHandle, ClientSpec, LatencyClass, Node, NodeConfig, SendModel, VerbsSource,
 };
+use peercm_cm_proto::placement::MoveReason;
 use peercm_verbs_shim::sim::harness::seed_from_env;
 use peercm_verbs_shim::sim::SimFabric;
 use std::time::Duration;
@@ -314,12 +315,10 @@ async fn all_rails_down_continues_on_tcp_mid_stream_and_returns_to_rdma() {
         rdma_links(s) == 0 && s.clients.iter().all(|c| c.interconnect == Some(0))
     })
     .await;
-    assert!(
-        s.fallback
-            .as_deref()
-            .is_some_and(|r| r.contains("no RDMA rail")),
-        "fallback reason reported: {:?}",
-        s.fallback
+    assert_eq!(
+        s.fallback,
+        Some(FallbackReason::NoUsableRail),
+        "fallback reason reported"
     );
     assert!(
         moved.iter().any(|m| m.1 == 0) || placed(&s, "mirror") == Some(0),
@@ -338,7 +337,13 @@ async fn all_rails_down_continues_on_tcp_mid_stream_and_returns_to_rdma() {
     let sb = b.status().await.unwrap();
     assert_eq!(sb.stats.delivered, 3 * N, "every message exactly once");
     assert!(
-        s.timeline.iter().any(|t| t.what.contains("FallbackToTcp")),
+        s.timeline.iter().any(|t| matches!(
+            t.event,
+            NodeEvent::ClientMoved {
+                reason: MoveReason::FallbackToTcp,
+                ..
+            }
+        )),
         "the timeline records the fallback"
     );
     drop(c.config);
@@ -357,8 +362,8 @@ async fn a_partner_without_rdma_means_tcp_with_the_reason_reported() {
     .await;
     assert_eq!(rdma_links(&s), 0);
     assert_eq!(
-        s.fallback.as_deref(),
-        Some("the partner offers no RDMA"),
+        s.fallback,
+        Some(FallbackReason::PartnerHasNoRdma),
         "reason reported"
     );
     let sb = b.status().await.unwrap();

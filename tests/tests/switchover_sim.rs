@@ -10,6 +10,7 @@ mod common;
 
 use common::*;
 use peercm_cm_manager::config::PeerConfig;
+use peercm_cm_manager::status::{FallbackReason, NodeEvent};
 use peercm_cm_manager::{
     ClientEvent, ClientHandle, ClientSpec, LatencyClass, Node, NodeConfig, SendModel, VerbsSource,
 };
@@ -160,8 +161,8 @@ async fn partner_crash_autoswitches_to_the_backup_and_resends_everything_unackno
     assert_eq!(s.peer.as_deref(), Some("node-c"));
     assert!(s.epoch > epoch_before, "the switch carries a higher epoch");
     assert_eq!(
-        s.fallback.as_deref(),
-        Some("the partner offers no RDMA"),
+        s.fallback,
+        Some(FallbackReason::PartnerHasNoRdma),
         "c has no RDMA: TCP"
     );
     drop(ma);
@@ -293,7 +294,7 @@ async fn a_partner_declared_dead_is_fenced_and_its_rdma_writes_fail() {
     assert!(
         s.timeline
             .iter()
-            .filter(|e| e.what.contains("fenced"))
+            .filter(|e| matches!(e.event, NodeEvent::RdmaLinkFenced { .. }))
             .count()
             >= 2,
         "both RDMA links to b fenced: {:#?}",
@@ -302,7 +303,10 @@ async fn a_partner_declared_dead_is_fenced_and_its_rdma_writes_fail() {
     // b wakes up and, still believing in its links, writes into a's fenced rings.
     // Its links then fail: the first WRITE into a fenced ring gets a remote access error.
     wait_status(&t.b, "b's RDMA writes refused and its rails gone", |s| {
-        rdma_links(s) == 0 && s.timeline.iter().any(|e| e.what.contains("RemAccessErr"))
+        rdma_links(s) == 0
+            && s.timeline.iter().any(|e| {
+                matches!(&e.event, NodeEvent::LinkLost { reason, .. } | NodeEvent::FencedLinkClosed { reason, .. } if reason.contains("RemAccessErr"))
+            })
     })
     .await;
 }
@@ -351,7 +355,7 @@ async fn an_unreachable_backup_is_skipped_for_the_next_one_in_order() {
     assert!(
         s.timeline
             .iter()
-            .any(|e| e.what.contains(&format!("switching partner to {dead}"))),
+            .any(|e| matches!(&e.event, NodeEvent::SwitchingPartner { to, .. } if *to == dead.to_string())),
         "tried the dead backup first: {:#?}",
         s.timeline
     );

@@ -17,9 +17,17 @@ pub enum VerbsUnavailable {
     /// Devices exist but none has an ACTIVE port.
     #[error("no RDMA port is ACTIVE")]
     NoActivePort,
-    /// This build has no verbs backend yet.
-    #[error("this build of peercm has no verbs backend yet; using TCP")]
-    BackendNotBuilt,
+}
+
+impl VerbsUnavailable {
+    /// A stable code for scripts and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            VerbsUnavailable::LibraryMissing(_) => "library_missing",
+            VerbsUnavailable::NoDevice => "no_device",
+            VerbsUnavailable::NoActivePort => "no_active_port",
+        }
+    }
 }
 
 /// Port state as reported by the device.

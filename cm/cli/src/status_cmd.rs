@@ -100,7 +100,9 @@ pub fn render(doc: &Value) -> String {
         s(doc, "session"),
         doc.get("epoch").and_then(Value::as_u64).unwrap_or(0)
     );
-    match doc.get("fallback").and_then(Value::as_str) {
+    // Reasons are {"code", "message"} objects (peercm_cm_manager::status).
+    let message = |key: &str| doc.get(key)?.get("message")?.as_str();
+    match message("fallback") {
         Some(why) => {
             let _ = writeln!(out, "transport: TCP fallback ({why})");
         }
@@ -108,7 +110,7 @@ pub fn render(doc: &Value) -> String {
             let _ = writeln!(out, "transport: RDMA where placed");
         }
     }
-    if let Some(why) = doc.get("verbs_unavailable").and_then(Value::as_str) {
+    if let Some(why) = message("verbs_unavailable") {
         let _ = writeln!(out, "verbs: unavailable here: {why}");
     }
     let _ = writeln!(
@@ -214,7 +216,8 @@ mod tests {
     fn renders_interconnects_clients_and_fallback() {
         let doc = serde_json::json!({
             "node_id": "ctrl-a", "peer": "ctrl-b", "session": "up", "epoch": 3,
-            "fallback": "no RDMA rail is usable (ports down or links failed)",
+            "fallback": {"code": "no_usable_rail",
+                         "message": "no RDMA rail is usable (ports down or links failed)"},
             "verbs_unavailable": null,
             "interconnects": [
                 {"id": 0, "name": "tcp", "device": null, "capacity_mbps": 10000, "usable": true,
@@ -226,7 +229,10 @@ mod tests {
             ],
             "clients": [{"name": "mirror", "state": "Connected", "unacked": 4, "interconnect": 0}],
             "links": [{"id": 1}],
-            "timeline": [{"at_ms": 1200, "what": "client mirror: rail 1 -> tcp (FallbackToTcp)"}]
+            "timeline": [{"at_ms": 1200,
+                          "event": {"kind": "client_moved", "client": "mirror", "from": 1, "to": 0,
+                                    "reason": "FallbackToTcp"},
+                          "what": "client mirror: rail 1 -> tcp (FallbackToTcp)"}]
         });
         let text = render(&doc);
         assert!(text.contains("partner ctrl-b"), "{text}");

@@ -24,6 +24,12 @@ pub enum CmError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// Only the dialing node (the one with `[peer]`) switches partners; this one listens.
+    #[error("only the dialing node (with [peer]) switches partners")]
+    NotDialer,
+    /// A partner switch was asked for, but no backup partner is configured.
+    #[error("no backup partner configured ([peer] backups)")]
+    NoBackupPartner,
     /// The node has been shut down.
     #[error("the node has stopped")]
     Stopped,

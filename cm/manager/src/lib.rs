@@ -15,6 +15,7 @@
 //! - `links`: the manager's handle on a TCP or RDMA link.
 //! - [`rails`]: RDMA rails (HCA ports), their setup over the bootstrap session, device events.
 //! - [`status`]: what `peercm status` reports.
+//! - [`timeline`]: the node's notable events, typed.
 //! - [`error`]: the error type, [`CmError`].
 //!
 //! The cargo feature `fault-injection` (tests and lane runners only) adds `Node::kill_link` and
@@ -28,6 +29,7 @@ pub mod manager;
 pub mod node;
 pub mod rails;
 pub mod status;
+pub mod timeline;
 
 pub use client::ClientHandle;
 pub use config::NodeConfig;

@@ -1,8 +1,18 @@
-//! What a node reports about itself (`peercm status`, the demo summary, tests).
+//! What a node reports about itself (`peercm status`, the demo summary, tests): the snapshot
+//! [`NodeStatus`] and the typed reasons in it ([`TransportKind`], [`FallbackReason`],
+//! [`RdmaUnavailable`]). The timeline's events are in [`crate::timeline`].
+//!
+//! In JSON, a reason is an object `{"code": ..., "message": ...}`: `code` is stable (scripts and
+//! metrics match on it), `message` is the sentence shown to operators.
 
+pub use crate::timeline::{NodeEvent, TimelineEntry};
 use peercm_cm_proto::port::PortState;
 use peercm_cm_proto::session::{SessionState, SessionStats};
-use serde::Serialize;
+use peercm_verbs_shim::VerbsUnavailable;
+use serde::ser::SerializeStruct;
+use serde::{Serialize, Serializer};
+use std::fmt;
+use thiserror::Error;
 
 /// A snapshot of a node.
 #[derive(Debug, Clone, Serialize)]
@@ -16,9 +26,9 @@ pub struct NodeStatus {
     /// The partner's node id, once known.
     pub peer: Option<String>,
     /// Why this node cannot use verbs (RDMA) at all, if it cannot.
-    pub verbs_unavailable: Option<String>,
+    pub verbs_unavailable: Option<RdmaUnavailable>,
     /// Why clients are on TCP right now, if they are.
-    pub fallback: Option<String>,
+    pub fallback: Option<FallbackReason>,
     /// Every interconnect: capacity, state, load and the clients placed on it.
     pub interconnects: Vec<InterconnectStatus>,
     /// Live links.
@@ -36,8 +46,8 @@ pub struct NodeStatus {
 pub struct LinkStatus {
     /// Link id.
     pub id: u64,
-    /// Transport (`tcp` or `rdma`).
-    pub transport: &'static str,
+    /// The transport carrying it.
+    pub transport: TransportKind,
     /// Interconnect (0 = TCP, k = RDMA rail k).
     pub interconnect: u32,
     /// Remote address.
@@ -82,11 +92,125 @@ pub struct InterconnectStatus {
     pub clients: Vec<String>,
 }
 
-/// A notable event.
-#[derive(Debug, Clone, Serialize)]
-pub struct TimelineEntry {
-    /// Milliseconds since the node started.
-    pub at_ms: u64,
-    /// What happened.
-    pub what: String,
+/// Which transport carries a link (`"tcp"` or `"rdma"` in JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    /// A TCP connection.
+    Tcp,
+    /// An RDMA queue pair on a rail.
+    Rdma,
+}
+
+impl fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TransportKind::Tcp => "tcp",
+            TransportKind::Rdma => "rdma",
+        })
+    }
+}
+
+/// Why this node cannot use RDMA at all (it then runs on TCP only).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum RdmaUnavailable {
+    /// The configuration turns RDMA off.
+    #[error("RDMA disabled in the configuration (verbs.enabled = false)")]
+    DisabledInConfig,
+    /// The embedding application started the node without RDMA (`VerbsSource::Disabled`).
+    #[error("RDMA disabled for this node")]
+    DisabledForNode,
+    /// The verbs layer says why: no library, no device, no active port.
+    #[error(transparent)]
+    Verbs(VerbsUnavailable),
+    /// Devices are listed but none could be opened.
+    #[error("no RDMA device could be opened")]
+    NoDeviceOpened,
+}
+
+impl RdmaUnavailable {
+    /// A stable code for scripts and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RdmaUnavailable::DisabledInConfig => "disabled_in_config",
+            RdmaUnavailable::DisabledForNode => "disabled_for_node",
+            RdmaUnavailable::Verbs(v) => v.code(),
+            RdmaUnavailable::NoDeviceOpened => "no_device_opened",
+        }
+    }
+}
+
+/// Why clients are on TCP right now.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum FallbackReason {
+    /// This node cannot use RDMA at all.
+    #[error("verbs unavailable here: {0}")]
+    VerbsUnavailable(RdmaUnavailable),
+    /// The partner announced no RDMA rail.
+    #[error("the partner offers no RDMA")]
+    PartnerHasNoRdma,
+    /// Both sides have rails but none has a live link (ports down, links failed).
+    #[error("no RDMA rail is usable (ports down or links failed)")]
+    NoUsableRail,
+}
+
+impl FallbackReason {
+    /// A stable code for scripts and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            FallbackReason::VerbsUnavailable(_) => "verbs_unavailable",
+            FallbackReason::PartnerHasNoRdma => "partner_has_no_rdma",
+            FallbackReason::NoUsableRail => "no_usable_rail",
+        }
+    }
+}
+
+/// `{"code": ..., "message": ...}`.
+fn serialize_coded<S: Serializer>(
+    code: &'static str,
+    message: &dyn fmt::Display,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let mut st = s.serialize_struct("Reason", 2)?;
+    st.serialize_field("code", code)?;
+    st.serialize_field("message", &message.to_string())?;
+    st.end()
+}
+
+impl Serialize for RdmaUnavailable {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serialize_coded(self.code(), self, s)
+    }
+}
+
+impl Serialize for FallbackReason {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serialize_coded(self.code(), self, s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_serialize_as_a_stable_code_and_a_sentence() {
+        let r = FallbackReason::VerbsUnavailable(RdmaUnavailable::Verbs(
+            VerbsUnavailable::NoActivePort,
+        ));
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["code"], "verbs_unavailable");
+        assert_eq!(
+            v["message"],
+            "verbs unavailable here: no RDMA port is ACTIVE"
+        );
+        let v = serde_json::to_value(RdmaUnavailable::DisabledInConfig).unwrap();
+        assert_eq!(v["code"], "disabled_in_config");
+        let v = serde_json::to_value(FallbackReason::PartnerHasNoRdma).unwrap();
+        assert_eq!(v["code"], "partner_has_no_rdma");
+        assert_eq!(v["message"], "the partner offers no RDMA");
+        assert_eq!(serde_json::to_value(TransportKind::Rdma).unwrap(), "rdma");
+    }
 }

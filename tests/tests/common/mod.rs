@@ -134,5 +134,8 @@ pub async fn wait_status(
 
 /// RDMA links a node has.
 pub fn rdma_links(s: &peercm_cm_manager::NodeStatus) -> usize {
-    s.links.iter().filter(|l| l.transport == "rdma").count()
+    s.links
+        .iter()
+        .filter(|l| l.transport == peercm_cm_manager::status::TransportKind::Rdma)
+        .count()
 }

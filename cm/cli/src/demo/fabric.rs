@@ -1,7 +1,7 @@
 //! The demo's simulated RDMA side: the fabric of HCAs and cables, and the placement of the
 //! clients on its rails as node-a reports it.
 
-use peercm_cm_manager::status::NodeStatus;
+use peercm_cm_manager::status::{NodeStatus, TransportKind};
 use peercm_cm_manager::Node;
 use peercm_verbs_shim::sim::SimFabric;
 use std::time::{Duration, Instant};
@@ -35,7 +35,11 @@ pub(super) async fn settle_rails(node: &Node, rails: usize) -> anyhow::Result<No
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let s = node.status().await?;
-        let rdma = s.links.iter().filter(|l| l.transport == "rdma").count();
+        let rdma = s
+            .links
+            .iter()
+            .filter(|l| l.transport == TransportKind::Rdma)
+            .count();
         let m = placed(&s, "mirror");
         let h = placed(&s, "heartbeat");
         let settled = rdma == rails && m.is_some_and(|r| r >= 1) && (rails < 2 || h != m);

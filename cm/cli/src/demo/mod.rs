@@ -22,7 +22,7 @@ use fabric::{demo_fabric, placed, print_placement, settle_rails};
 use peercm_clients::heartbeat::Heartbeat;
 use peercm_clients::mirror::{digest_of, MirrorReceiver, MirrorSender};
 use peercm_cm_manager::config::PeerConfig;
-use peercm_cm_manager::status::NodeStatus;
+use peercm_cm_manager::status::{NodeStatus, TransportKind};
 use peercm_cm_manager::{
     ClientSpec, ClusterSecret, LatencyClass, Node, NodeConfig, SendModel, VerbsSource,
 };
@@ -332,7 +332,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
 fn tcp_links(s: &NodeStatus) -> BTreeSet<u64> {
     s.links
         .iter()
-        .filter(|l| l.transport == "tcp")
+        .filter(|l| l.transport == TransportKind::Tcp)
         .map(|l| l.id)
         .collect()
 }

@@ -6,6 +6,8 @@ use crate::error::CmError;
 #[cfg(feature = "fault-injection")]
 use crate::links::AnyLink;
 use crate::status::NodeStatus;
+#[cfg(feature = "fault-injection")]
+use crate::timeline::CloseCause;
 use bytes::Bytes;
 use peercm_cm_proto::auth::Role;
 use peercm_cm_proto::port::PortState;
@@ -144,13 +146,10 @@ impl Manager {
             }
             Command::SwitchPeer { reply } => {
                 let res = if self.role != Role::Dialer {
-                    Err(CmError::Config(
-                        "only the dialing node (with [peer]) switches partners".into(),
-                    ))
+                    Err(CmError::NotDialer)
                 } else {
-                    self.switch_peer(Instant::now()).ok_or_else(|| {
-                        CmError::Config("no backup partner configured ([peer] backups)".into())
-                    })
+                    self.switch_peer(Instant::now())
+                        .ok_or(CmError::NoBackupPartner)
                 };
                 let _ = reply.send(res);
             }
@@ -172,7 +171,7 @@ impl Manager {
                 });
                 let found = victim.filter(|v| self.links.contains_key(v));
                 if let Some(v) = found {
-                    self.close_link(v, "killed on request (fault injection)".into());
+                    self.close_link(v, CloseCause::Killed);
                 }
                 let _ = reply.send(Ok(found));
             }

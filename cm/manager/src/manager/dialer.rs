@@ -3,22 +3,48 @@
 //! a session link.
 
 use super::Manager;
-use crate::links::AnyLink;
+use crate::links::{AnyLink, TcpSink};
 use crate::rails::Rails;
+use crate::timeline::NodeEvent;
 use peercm_cm_proto::auth::Role;
 use peercm_cm_proto::control::NodeInfo;
 use peercm_fallback_tcp::handshake::FramedLink;
-use peercm_fallback_tcp::spawn_link;
+use peercm_fallback_tcp::{spawn_link, HandshakeFailure};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use thiserror::Error;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
 /// A link produced by the dialer or the listener, after a successful handshake.
 pub(crate) enum NewLink {
     /// A dial to the partner address at this index of the switch order finished.
-    Dialed(usize, Result<(FramedLink, NodeInfo), String>),
+    Dialed(usize, Result<(FramedLink, NodeInfo), DialError>),
+    /// An inbound connection completed the handshake.
     Accepted(FramedLink, NodeInfo),
+}
+
+/// Why a dial to the partner failed.
+#[derive(Debug, Error)]
+pub(crate) enum DialError {
+    /// The TCP connection failed.
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        /// The partner address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The TCP connection did not complete within the handshake timeout.
+    #[error("connect to {addr}: timed out")]
+    ConnectTimeout {
+        /// The partner address.
+        addr: SocketAddr,
+    },
+    /// The handshake failed.
+    #[error(transparent)]
+    Handshake(#[from] HandshakeFailure),
 }
 
 impl Manager {
@@ -99,9 +125,9 @@ impl Manager {
                     {
                         Ok(Ok(stream)) => peercm_fallback_tcp::dial(stream, &hs)
                             .await
-                            .map_err(|e| e.to_string()),
-                        Ok(Err(e)) => Err(format!("connect to {addr}: {e}")),
-                        Err(_) => Err(format!("connect to {addr}: timed out")),
+                            .map_err(DialError::from),
+                        Ok(Err(source)) => Err(DialError::Connect { addr, source }),
+                        Err(_) => Err(DialError::ConnectTimeout { addr }),
                     };
                     let _ = new_tx.send(NewLink::Dialed(target, res)).await;
                 }
@@ -147,18 +173,22 @@ impl Manager {
             }
         }
         let id = self.next_link.fetch_add(1, Ordering::Relaxed);
-        let handle = spawn_link(framed, id, self.link_tx.clone());
-        self.note(format!(
-            "link {id} up ({} {}, peer {})",
-            if dialed { "dialed" } else { "accepted" },
-            handle.remote,
-            peer.node_id
-        ));
+        let sink = TcpSink {
+            link: id,
+            tx: self.link_tx.clone(),
+        };
+        let handle = spawn_link(framed, id, sink);
+        self.note(NodeEvent::TcpLinkUp {
+            link: id,
+            dialed,
+            remote: handle.remote.clone(),
+            peer: peer.node_id.clone(),
+        });
         let peer_rails = Rails::peer_rail_count(&peer.capabilities);
         self.links.insert(id, AnyLink::Tcp(handle));
         self.session.handle_link_up(id, peer, Instant::now());
         if peer_rails == 0 && self.rails.unavailable.is_none() {
-            self.note("partner offers no RDMA: using TCP".into());
+            self.note(NodeEvent::PartnerHasNoRdma);
         }
         self.refresh_interconnects(Instant::now());
     }

@@ -22,18 +22,17 @@ mod status;
 pub(crate) use commands::Command;
 use dialer::NewLink;
 use partner::FENCE_PARK;
-use status::ic_name;
 
 use crate::config::NodeConfig;
-use crate::links::AnyLink;
+use crate::links::{AnyLink, LinkInput};
 use crate::rails::{DeviceInput, RailDone, Rails, VerbsSource};
-use crate::status::TimelineEntry;
+use crate::timeline::{CloseCause, NodeEvent, TimelineEntry};
 use peercm_cm_proto::auth::Role;
 use peercm_cm_proto::control::NodeInfo;
 use peercm_cm_proto::handshake::HandshakeConfig;
 use peercm_cm_proto::placement::{Placement, PlacementConfig};
 use peercm_cm_proto::session::{ClientEvent, ClientId, LinkId, Session, SessionState};
-use peercm_fallback_tcp::{LinkInput, Outgoing, TcpHandshakeConfig};
+use peercm_fallback_tcp::TcpHandshakeConfig;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -173,18 +172,17 @@ impl Manager {
             listener_task: None,
         };
         let mut m = m;
-        if let Some(why) = m.rails.unavailable.clone() {
-            m.note(format!("verbs unavailable, using TCP: {why}"));
+        if let Some(reason) = m.rails.unavailable.clone() {
+            m.note(NodeEvent::VerbsUnavailable { reason });
         } else {
             for r in m.rails.local.clone() {
-                m.note(format!(
-                    "rail {}: {} port {} ({} Mb/s, {})",
-                    r.rail,
-                    r.device,
-                    r.port,
-                    r.capacity_mbps,
-                    if r.active { "ACTIVE" } else { "down" }
-                ));
+                m.note(NodeEvent::RailFound {
+                    rail: r.rail,
+                    device: r.device,
+                    port: r.port,
+                    capacity_mbps: r.capacity_mbps,
+                    active: r.active,
+                });
             }
             m.rails.spawn_watchers(m.dev_tx.clone());
         }
@@ -290,7 +288,8 @@ impl Manager {
                 self.activate_rdma_link(link, now);
                 if let Err(e) = self.session.handle_frame(link, frame, now) {
                     tracing::warn!(link, error = %e, "protocol violation: closing link");
-                    self.close_link(link, format!("protocol violation: {e}"));
+                    let detail = e.to_string();
+                    self.close_link(link, CloseCause::ProtocolViolation { detail });
                 }
             }
             LinkInput::Written {
@@ -303,11 +302,16 @@ impl Manager {
             LinkInput::Closed { link, reason } => {
                 if let Some(i) = self.fenced.iter().position(|(_, l)| l.id() == link) {
                     self.fenced.remove(i);
-                    self.note(format!("fenced rdma link {link} closed: {reason}"));
+                    let reason = reason.to_string();
+                    self.note(NodeEvent::FencedLinkClosed { link, reason });
                     return;
                 }
                 if let Some(l) = self.links.remove(&link) {
-                    self.note(format!("{} link {link} lost: {reason}", l.transport()));
+                    self.note(NodeEvent::LinkLost {
+                        link,
+                        transport: l.transport(),
+                        reason: reason.to_string(),
+                    });
                     if l.in_session() {
                         self.session.handle_link_down(link, now);
                     }
@@ -317,10 +321,10 @@ impl Manager {
         }
     }
 
-    pub(crate) fn close_link(&mut self, link: LinkId, reason: String) {
+    pub(crate) fn close_link(&mut self, link: LinkId, cause: CloseCause) {
         if let Some(h) = self.links.remove(&link) {
             h.abort();
-            self.note(format!("link {link} closed: {reason}"));
+            self.note(NodeEvent::LinkClosed { link, cause });
             if h.in_session() {
                 self.session.handle_link_down(link, Instant::now());
             }
@@ -333,11 +337,11 @@ impl Manager {
         while let Some(link) = self.session.poll_close_link() {
             if let Some(h) = self.links.remove(&link) {
                 closed_any = true;
-                self.note(format!(
-                    "{} link {link} closed: silent for {} ms",
-                    h.transport(),
-                    self.cfg.session.link_timeout_ms
-                ));
+                self.note(NodeEvent::LinkSilent {
+                    link,
+                    transport: h.transport(),
+                    silent_ms: self.cfg.session.link_timeout_ms,
+                });
                 self.retire_link(h, now);
             }
         }
@@ -365,36 +369,38 @@ impl Manager {
             self.on_transport(payload);
         }
         while let Some(mv) = self.placement.poll_move() {
-            let name = self
+            let client = self
                 .session
                 .client_name(mv.client)
                 .unwrap_or("?")
                 .to_string();
             if self.session.place(mv.client, mv.to).is_ok() {
-                self.note(format!(
-                    "client {name}: {} -> {} ({:?})",
-                    ic_name(mv.from),
-                    ic_name(Some(mv.to)),
-                    mv.reason
-                ));
+                self.note(NodeEvent::ClientMoved {
+                    client,
+                    from: mv.from,
+                    to: mv.to,
+                    reason: mv.reason,
+                });
             }
         }
         while let Some(t) = self.session.poll_transmit(now) {
             if let Some(h) = self.links.get(&t.link) {
                 // A failed send means the writer is gone; its Closed input is on the way.
-                let _ = h.send(Outgoing {
-                    frame: t.frame,
-                    local_done: t.local_done,
-                });
+                let _ = h.send(t.frame, t.local_done);
             }
         }
         while let Some((id, ev)) = self.session.poll_event() {
-            match &ev {
-                ClientEvent::Up | ClientEvent::Down { .. } => {
-                    let name = self.session.client_name(id).unwrap_or("?").to_string();
-                    self.note(format!("client {name}: {ev:?}"));
-                }
-                _ => {}
+            let client = || self.session.client_name(id).unwrap_or("?").to_string();
+            let noted = match &ev {
+                ClientEvent::Up => Some(NodeEvent::ClientUp { client: client() }),
+                ClientEvent::Down { reason } => Some(NodeEvent::ClientDown {
+                    client: client(),
+                    reason: *reason,
+                }),
+                _ => None,
+            };
+            if let Some(e) = noted {
+                self.note(e);
             }
             if let Some(tx) = self.clients.get(&id) {
                 let _ = tx.send(ev);

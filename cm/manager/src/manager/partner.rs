@@ -4,6 +4,7 @@
 
 use super::Manager;
 use crate::links::AnyLink;
+use crate::timeline::NodeEvent;
 use peercm_cm_proto::auth::Role;
 use peercm_cm_proto::session::LinkId;
 use std::time::{Duration, Instant};
@@ -23,7 +24,7 @@ impl Manager {
                     l.abort();
                     return;
                 }
-                self.note(format!("rdma link {} fenced", link.id()));
+                self.note(NodeEvent::RdmaLinkFenced { link: link.id() });
                 self.fenced.push((now, l));
             }
             AnyLink::Tcp(_) => l.abort(),
@@ -60,10 +61,9 @@ impl Manager {
         }
         let since = *self.lost_all_at.get_or_insert(now);
         if self.switch_deadline().is_some_and(|d| now >= d) {
-            self.note(format!(
-                "partner unreachable for {} ms",
-                now.saturating_duration_since(since).as_millis()
-            ));
+            self.note(NodeEvent::PartnerUnreachable {
+                for_ms: now.saturating_duration_since(since).as_millis() as u64,
+            });
             self.switch_peer(now);
         }
     }
@@ -94,10 +94,10 @@ impl Manager {
         self.dialing = 0; // dials to the old partner finish unheeded
         self.next_dial_at = now;
         self.backoff = Duration::from_millis(self.cfg.session.reconnect_backoff_min_ms);
-        self.note(format!(
-            "switching partner to {to} (epoch after {})",
-            self.session.epoch()
-        ));
+        self.note(NodeEvent::SwitchingPartner {
+            to: to.to_string(),
+            epoch: self.session.epoch(),
+        });
         Some(to.to_string())
     }
 }

@@ -3,23 +3,21 @@
 
 use super::Manager;
 use crate::rails::Rails;
-use crate::status::{ClientStatus, InterconnectStatus, LinkStatus, NodeStatus, TimelineEntry};
-use peercm_cm_proto::session::{InterconnectId, TCP_INTERCONNECT};
+use crate::status::{ClientStatus, FallbackReason, InterconnectStatus, LinkStatus, NodeStatus};
+use crate::timeline::{ic_name, NodeEvent, TimelineEntry};
 use std::time::Instant;
 
 /// Timeline entries kept for status output.
 const TIMELINE_MAX: usize = 64;
 
 impl Manager {
-    pub(crate) fn note(&mut self, what: String) {
-        tracing::info!("{what}");
+    pub(crate) fn note(&mut self, event: NodeEvent) {
+        let entry = TimelineEntry::new(self.started.elapsed().as_millis() as u64, event);
+        tracing::info!("{}", entry.what);
         if self.timeline.len() == TIMELINE_MAX {
             self.timeline.pop_front();
         }
-        self.timeline.push_back(TimelineEntry {
-            at_ms: self.started.elapsed().as_millis() as u64,
-            what,
-        });
+        self.timeline.push_back(entry);
     }
 
     pub(super) fn status(&self) -> NodeStatus {
@@ -62,20 +60,20 @@ impl Manager {
     }
 
     /// Why clients are on TCP, when they are.
-    fn fallback_reason(&self) -> Option<String> {
+    fn fallback_reason(&self) -> Option<FallbackReason> {
         if let Some(why) = &self.rails.unavailable {
-            return Some(format!("verbs unavailable here: {why}"));
+            return Some(FallbackReason::VerbsUnavailable(why.clone()));
         }
         let peer_rails = self
             .session
             .peer()
             .map(|p| Rails::peer_rail_count(&p.capabilities))?;
         if peer_rails == 0 {
-            return Some("the partner offers no RDMA".into());
+            return Some(FallbackReason::PartnerHasNoRdma);
         }
         self.placement
             .on_tcp()
-            .then(|| "no RDMA rail is usable (ports down or links failed)".into())
+            .then_some(FallbackReason::NoUsableRail)
     }
 
     fn interconnects(&self) -> Vec<InterconnectStatus> {
@@ -103,14 +101,5 @@ impl Manager {
                 }
             })
             .collect()
-    }
-}
-
-/// How an interconnect is named in the timeline.
-pub(super) fn ic_name(ic: Option<InterconnectId>) -> String {
-    match ic {
-        None => "unplaced".into(),
-        Some(TCP_INTERCONNECT) => "tcp".into(),
-        Some(r) => format!("rail {r}"),
     }
 }

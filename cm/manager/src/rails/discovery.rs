@@ -4,6 +4,7 @@
 
 use super::{LocalRail, Rails, VerbsSource};
 use crate::config::VerbsTunables;
+use crate::status::RdmaUnavailable;
 use peercm_cm_proto::control::TransportCap;
 use peercm_verbs_shim::{Device, PortState, Provider};
 use std::collections::BTreeMap;
@@ -50,18 +51,17 @@ impl Rails {
         };
         let provider: Arc<dyn Provider> = match source {
             _ if !tunables.enabled => {
-                rails.unavailable =
-                    Some("RDMA disabled in the configuration (verbs.enabled = false)".into());
+                rails.unavailable = Some(RdmaUnavailable::DisabledInConfig);
                 return rails;
             }
             VerbsSource::Disabled => {
-                rails.unavailable = Some("RDMA disabled for this node".into());
+                rails.unavailable = Some(RdmaUnavailable::DisabledForNode);
                 return rails;
             }
             VerbsSource::Real => match peercm_verbs_shim::real::RealProvider::load() {
                 Ok(p) => Arc::new(p),
                 Err(why) => {
-                    rails.unavailable = Some(why.to_string());
+                    rails.unavailable = Some(RdmaUnavailable::Verbs(why));
                     return rails;
                 }
             },
@@ -70,7 +70,7 @@ impl Rails {
         let mut infos = match provider.devices() {
             Ok(d) => d,
             Err(why) => {
-                rails.unavailable = Some(why.to_string());
+                rails.unavailable = Some(RdmaUnavailable::Verbs(why));
                 return rails;
             }
         };
@@ -106,7 +106,7 @@ impl Rails {
             rails.devices.insert(info.name.clone(), dev);
         }
         if rails.local.is_empty() {
-            rails.unavailable = Some("no RDMA device could be opened".into());
+            rails.unavailable = Some(RdmaUnavailable::NoDeviceOpened);
         }
         rails
     }

@@ -3,9 +3,10 @@
 //! events, and telling the placement policy which interconnects are usable and how much each
 //! client sends.
 
-use super::{DeviceInput, ManagerSink, RailAction, RailDone, Rails};
-use crate::links::AnyLink;
+use super::{DeviceInput, RailAction, RailDone, RailSetupError, Rails};
+use crate::links::{AnyLink, RdmaSink};
 use crate::manager::Manager;
+use crate::timeline::{CloseCause, NodeEvent};
 use bytes::Bytes;
 use peercm_cm_proto::auth::Role;
 use peercm_cm_proto::control::{self, TransportMsg};
@@ -37,7 +38,7 @@ impl Manager {
         let rail = *rail;
         if let Some(peer) = self.session.peer().cloned() {
             self.session.handle_link_up_on(link, rail, peer, now);
-            self.note(format!("rdma link {link} up on rail {rail}"));
+            self.note(NodeEvent::RdmaLinkUp { link, rail });
             self.refresh_interconnects(now);
         }
     }
@@ -177,7 +178,10 @@ impl Manager {
                     if let Some(peer) = self.session.peer().cloned() {
                         self.session.handle_link_up_on(link_id, rail, peer, now);
                     }
-                    self.note(format!("rdma link {link_id} up on rail {rail}"));
+                    self.note(NodeEvent::RdmaLinkUp {
+                        link: link_id,
+                        rail,
+                    });
                     self.refresh_interconnects(now);
                 }
             }
@@ -202,7 +206,7 @@ impl Manager {
                 .map(|(id, _)| *id)
                 .collect();
             for id in stale {
-                self.close_link(id, "partner re-offered its rail".into());
+                self.close_link(id, CloseCause::RailReoffered);
             }
         }
         let id = match &msg {
@@ -210,7 +214,7 @@ impl Manager {
             _ => 0,
         };
         let sink = |link| -> Box<dyn peercm_cm_rdma_link::LinkSink> {
-            Box::new(ManagerSink {
+            Box::new(RdmaSink {
                 link,
                 tx: self.link_tx.clone(),
             })
@@ -240,10 +244,11 @@ impl Manager {
                                     endpoint,
                                 },
                             ),
-                            Err(e) => {
-                                let reason = format!("connecting rail {rail}: {e}");
+                            Err(source) => {
+                                let e = RailSetupError::Connect { rail, source };
+                                let reason = e.to_string();
                                 (
-                                    Err(reason.clone()),
+                                    Err(e),
                                     TransportMsg::Refuse {
                                         rail,
                                         attempt,
@@ -252,14 +257,17 @@ impl Manager {
                                 )
                             }
                         },
-                        Err(reason) => (
-                            Err(reason.clone()),
-                            TransportMsg::Refuse {
-                                rail,
-                                attempt,
-                                reason,
-                            },
-                        ),
+                        Err(e) => {
+                            let reason = e.to_string();
+                            (
+                                Err(e),
+                                TransportMsg::Refuse {
+                                    rail,
+                                    attempt,
+                                    reason,
+                                },
+                            )
+                        }
                     };
                     let _ = tx.send(RailDone::Connected {
                         rail,
@@ -279,7 +287,7 @@ impl Manager {
                 tokio::task::spawn_blocking(move || {
                     let res = prepared
                         .connect(&remote, sink)
-                        .map_err(|e| format!("connecting rail {rail}: {e}"));
+                        .map_err(|source| RailSetupError::Connect { rail, source });
                     let _ = tx.send(RailDone::Connected {
                         rail,
                         link_id,
@@ -315,7 +323,11 @@ impl Manager {
                 return;
             }
         };
-        self.note(format!("{}: {:?} (rails {rails:?})", d.device, d.event));
+        self.note(NodeEvent::DeviceEvent {
+            device: d.device.clone(),
+            event: d.event,
+            rails: rails.clone(),
+        });
         if let Some(reason) = reason {
             for l in self.links.values() {
                 if let AnyLink::Rdma { link, rail, .. } = l {

@@ -16,26 +16,27 @@
 //!
 //! - `discovery`: listing and opening the devices, numbering their ports as rails, the
 //!   capabilities announced to the partner.
+//! - `error`: `RailSetupError`, why a rail link could not be set up.
 //! - `setup`: the blocking resource creation for one rail link (`SetupJob`, `RailDone`).
 //! - `negotiation`: the TRANSPORT offer/answer exchange and the dialer's offers in flight.
 //! - `events`: the device async-event watchers and the port state they change.
-//! - `sink`: `ManagerSink`, an RDMA link's way into the manager task.
 //! - `glue`: the manager's side of all this, an `impl Manager` block.
 
 mod discovery;
+mod error;
 mod events;
 mod glue;
 mod negotiation;
 mod setup;
-mod sink;
 
+pub(crate) use error::RailSetupError;
 pub(crate) use events::DeviceInput;
 use negotiation::Pending;
 pub(crate) use negotiation::RailAction;
 pub(crate) use setup::{RailDone, SetupJob};
-pub(crate) use sink::ManagerSink;
 
 use crate::config::VerbsTunables;
+use crate::status::RdmaUnavailable;
 use peercm_verbs_shim::{Device, Provider};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -75,7 +76,7 @@ pub(crate) struct LocalRail {
 
 /// The node's RDMA side. See the module docs.
 pub(crate) struct Rails {
-    pub unavailable: Option<String>,
+    pub unavailable: Option<RdmaUnavailable>,
     devices: BTreeMap<String, Arc<dyn Device>>,
     pub local: Vec<LocalRail>,
     pending: BTreeMap<u32, Pending>,

@@ -2,7 +2,7 @@
 //! flight per rail, and what an offer, an answer or a refusal from the partner asks of the
 //! manager ([`RailAction`]).
 
-use super::{Rails, SetupJob};
+use super::{RailSetupError, Rails, SetupJob};
 use peercm_cm_proto::control::TransportMsg;
 use peercm_cm_proto::session::LinkId;
 use peercm_cm_rdma_link::{LocalEndpoint, PreparedLink};
@@ -81,7 +81,7 @@ impl Rails {
         rail: u32,
         link_id: u64,
         now: Instant,
-    ) -> Result<SetupJob, String> {
+    ) -> Result<SetupJob, RailSetupError> {
         let job = self.setup_job(rail, link_id)?;
         self.pending.insert(
             rail,
@@ -100,7 +100,7 @@ impl Rails {
         &mut self,
         rail: u32,
         link_id: LinkId,
-        res: Result<(Box<PreparedLink>, Vec<u8>), String>,
+        res: Result<(Box<PreparedLink>, Vec<u8>), RailSetupError>,
         now: Instant,
     ) -> Option<TransportMsg> {
         let current = self
@@ -157,12 +157,12 @@ impl Rails {
                 attempt,
                 endpoint,
             } => {
-                let refuse = |reason: String| {
-                    tracing::warn!(rail, %reason, "refusing rail offer");
+                let refuse = |e: RailSetupError| {
+                    tracing::warn!(rail, error = %e, "refusing rail offer");
                     RailAction::Reply(TransportMsg::Refuse {
                         rail,
                         attempt,
-                        reason,
+                        reason: e.to_string(),
                     })
                 };
                 let remote = match decode_endpoint(&endpoint) {
@@ -237,17 +237,17 @@ impl Rails {
     }
 }
 
-fn decode_endpoint(bytes: &[u8]) -> Result<LocalEndpoint, String> {
+fn decode_endpoint(bytes: &[u8]) -> Result<LocalEndpoint, RailSetupError> {
     if bytes.len() > MAX_ENDPOINT_BYTES {
-        return Err(format!(
-            "endpoint of {} bytes exceeds {MAX_ENDPOINT_BYTES}",
-            bytes.len()
-        ));
+        return Err(RailSetupError::EndpointTooLong {
+            len: bytes.len(),
+            max: MAX_ENDPOINT_BYTES,
+        });
     }
     match postcard::take_from_bytes::<LocalEndpoint>(bytes) {
         Ok((ep, [])) => Ok(ep),
-        Ok(_) => Err("trailing bytes after the endpoint".into()),
-        Err(e) => Err(format!("malformed endpoint: {e}")),
+        Ok(_) => Err(RailSetupError::EndpointTrailingBytes),
+        Err(e) => Err(RailSetupError::EndpointMalformed(e)),
     }
 }
 
@@ -282,10 +282,15 @@ mod tests {
         assert_eq!(decode_endpoint(&good).unwrap(), endpoint());
         let mut trailing = good.clone();
         trailing.push(0);
-        assert!(decode_endpoint(&trailing).unwrap_err().contains("trailing"));
-        assert!(decode_endpoint(&vec![0u8; MAX_ENDPOINT_BYTES + 1])
-            .unwrap_err()
-            .contains("exceeds"));
+        assert!(matches!(
+            decode_endpoint(&trailing),
+            Err(RailSetupError::EndpointTrailingBytes)
+        ));
+        assert!(matches!(
+            decode_endpoint(&vec![0u8; MAX_ENDPOINT_BYTES + 1]),
+            Err(RailSetupError::EndpointTooLong { len, max: MAX_ENDPOINT_BYTES })
+                if len == MAX_ENDPOINT_BYTES + 1
+        ));
         // Every truncation and many mutations: an error or some endpoint, never a panic.
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
         for cut in 0..good.len() {

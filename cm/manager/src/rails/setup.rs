@@ -1,7 +1,7 @@
 //! Rail link setup: creating one rail link's queue pair and receive ring, work the manager hands
 //! to a blocking thread, and the result that comes back ([`RailDone`]).
 
-use super::{LocalRail, Rails};
+use super::{LocalRail, RailSetupError, Rails};
 use peercm_cm_proto::control::TransportMsg;
 use peercm_cm_proto::session::LinkId;
 use peercm_cm_rdma_link::{PreparedLink, RdmaLinkConfig};
@@ -27,11 +27,11 @@ pub(crate) struct SetupJob {
 
 impl SetupJob {
     /// Creates the queue pair and rings; returns them with this side's encoded endpoint.
-    pub fn prepare(self) -> Result<(Box<PreparedLink>, Vec<u8>), String> {
+    pub fn prepare(self) -> Result<(Box<PreparedLink>, Vec<u8>), RailSetupError> {
         let rail = self.rail;
         let (prepared, ep) = PreparedLink::new(self.device, self.cfg)
-            .map_err(|e| format!("preparing rail {rail}: {e}"))?;
-        let bytes = postcard::to_stdvec(&ep).map_err(|e| format!("encoding endpoint: {e}"))?;
+            .map_err(|source| RailSetupError::Prepare { rail, source })?;
+        let bytes = postcard::to_stdvec(&ep).map_err(RailSetupError::EncodeEndpoint)?;
         Ok((Box::new(prepared), bytes))
     }
 }
@@ -42,13 +42,13 @@ pub(crate) enum RailDone {
     Prepared {
         rail: u32,
         link_id: LinkId,
-        res: Result<(Box<PreparedLink>, Vec<u8>), String>,
+        res: Result<(Box<PreparedLink>, Vec<u8>), RailSetupError>,
     },
     /// A link is connected (or failed to). `reply` is the acceptor's answer to send.
     Connected {
         rail: u32,
         link_id: LinkId,
-        res: Result<peercm_cm_rdma_link::RdmaLink, String>,
+        res: Result<peercm_cm_rdma_link::RdmaLink, RailSetupError>,
         reply: Option<TransportMsg>,
     },
 }
@@ -71,21 +71,22 @@ impl Rails {
         }
     }
 
-    pub(super) fn setup_job(&self, rail: u32, link_id: u64) -> Result<SetupJob, String> {
+    pub(super) fn setup_job(&self, rail: u32, link_id: u64) -> Result<SetupJob, RailSetupError> {
         let r = self
             .local
             .get(rail.wrapping_sub(1) as usize)
-            .ok_or_else(|| format!("this node has no rail {rail}"))?;
+            .ok_or(RailSetupError::NoSuchRail(rail))?;
         if !r.active {
-            return Err(format!(
-                "rail {rail} ({} port {}) is not ACTIVE",
-                r.device, r.port
-            ));
+            return Err(RailSetupError::PortNotActive {
+                rail,
+                device: r.device.clone(),
+                port: r.port,
+            });
         }
         let device = self
             .devices
             .get(&r.device)
-            .ok_or_else(|| format!("device {} is not open", r.device))?
+            .ok_or_else(|| RailSetupError::DeviceNotOpen(r.device.clone()))?
             .clone();
         Ok(SetupJob {
             rail,

@@ -65,7 +65,7 @@ impl Default for PlacementConfig {
 }
 
 /// Why a client moves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum MoveReason {
     /// First placement of a client (it had no interconnect yet).
     Initial,

@@ -4,8 +4,9 @@
 
 use super::args::Hca;
 use super::clients::{CONFIG, HEARTBEAT, MIRROR};
-use peercm_cm_manager::status::NodeStatus;
+use peercm_cm_manager::status::{NodeEvent, NodeStatus, TimelineEntry, TransportKind};
 use peercm_cm_manager::{ClusterSecret, Node, NodeConfig};
+use peercm_verbs_shim::types::AsyncEvent;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -75,7 +76,7 @@ pub fn rdma_links(s: &NodeStatus) -> Vec<u32> {
     let mut v: Vec<u32> = s
         .links
         .iter()
-        .filter(|l| l.transport == "rdma")
+        .filter(|l| l.transport == TransportKind::Rdma)
         .map(|l| l.interconnect)
         .collect();
     v.sort_unstable();
@@ -147,4 +148,21 @@ pub fn brief(s: &NodeStatus) -> String {
         s.verbs_unavailable,
         tail.join(" | ")
     )
+}
+
+/// Whether `t` is the manager's note of a PORT_ERR (`active` false) or PORT_ACTIVE (`active`
+/// true) on `device`.
+pub(crate) fn is_port_event(t: &TimelineEntry, device: &str, active: bool) -> bool {
+    match &t.event {
+        NodeEvent::DeviceEvent {
+            device: d, event, ..
+        } if d == device => {
+            if active {
+                matches!(event, AsyncEvent::PortActive { .. })
+            } else {
+                matches!(event, AsyncEvent::PortError { .. })
+            }
+        }
+        _ => false,
+    }
 }

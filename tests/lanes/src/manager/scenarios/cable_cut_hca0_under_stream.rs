@@ -7,8 +7,9 @@ use super::super::args::Role;
 use super::super::clients::{CONFIG, HEARTBEAT, MIRROR};
 use super::super::devices::{gid_table, port_state};
 use super::super::leader::{Figures, Leader};
-use super::super::node::{placed, rdma_links, separated, wait_status};
+use super::super::node::{is_port_event, placed, rdma_links, separated, wait_status};
 use super::super::{ms, since};
+use peercm_cm_manager::status::{NodeEvent, TransportKind};
 use peercm_verbs_shim::types::AsyncEvent;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -102,11 +103,7 @@ impl Leader {
                 node,
                 "the manager's PORT_ERR note",
                 Duration::from_secs(5),
-                |s| {
-                    s.timeline
-                        .iter()
-                        .any(|t| t.what.contains(&dev) && t.what.contains("PortError"))
-                },
+                |s| s.timeline.iter().any(|t| is_port_event(t, &dev, false)),
             )
             .await
             .map(|(s, _)| s)
@@ -114,13 +111,16 @@ impl Leader {
             Err(_) => s_detect.clone(),
         };
         let tl = &s_noted.timeline;
-        let m_port_err = tl
-            .iter()
-            .find(|t| t.what.contains(&hca0.device) && t.what.contains("PortError"));
-        let m_lost = tl
-            .iter()
-            .rev()
-            .find(|t| t.what.starts_with("rdma link") && t.what.contains("lost"));
+        let m_port_err = tl.iter().find(|t| is_port_event(t, &hca0.device, false));
+        let m_lost = tl.iter().rev().find(|t| {
+            matches!(
+                t.event,
+                NodeEvent::LinkLost {
+                    transport: TransportKind::Rdma,
+                    ..
+                }
+            )
+        });
         if let (Some(pe), Some(l)) = (m_port_err, m_lost) {
             fig!(
                 f,

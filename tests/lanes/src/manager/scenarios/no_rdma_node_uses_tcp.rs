@@ -10,6 +10,7 @@ use super::super::node::{brief, node_config, rdma_links, secret, wait_status};
 use super::super::since;
 use super::super::stream::{run_stream, StreamCfg};
 use peercm_cm_manager::config::PeerConfig;
+use peercm_cm_manager::status::{FallbackReason, TransportKind};
 use peercm_cm_manager::{Node, VerbsSource};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -53,7 +54,7 @@ impl Leader {
         .await?;
         fig!(f, "start_to_clients_up_on_tcp_ms", since(t_up, t_start));
         let mut problems = Vec::new();
-        if s.fallback.as_deref() != Some("the partner offers no RDMA") {
+        if s.fallback != Some(FallbackReason::PartnerHasNoRdma) {
             problems.push(format!(
                 "fallback reason {:?}, expected \"the partner offers no RDMA\"",
                 s.fallback
@@ -66,7 +67,7 @@ impl Leader {
                 s.verbs_unavailable
             ));
         }
-        if !rdma_links(&s).is_empty() || s.links.iter().any(|l| l.transport != "tcp") {
+        if !rdma_links(&s).is_empty() || s.links.iter().any(|l| l.transport != TransportKind::Tcp) {
             problems.push(format!("non-TCP links: {}", brief(&s)));
         }
         fig!(
@@ -142,8 +143,10 @@ impl Leader {
         }
         Ok(format!(
             "n3 has no rxe ({}); node-a-tcp on n1 reports fallback \"{}\", links {}; mirror {n} x {} B sync over TCP {:.2} MB/s + config/heartbeat 50 each; n3 got all in order, CRCs ok",
-            c["status"]["verbs_unavailable"].as_str().unwrap_or("?"),
-            s.fallback.as_deref().unwrap_or(""),
+            c["status"]["verbs_unavailable"]["message"]
+                .as_str()
+                .unwrap_or("?"),
+            s.fallback.as_ref().map(ToString::to_string).unwrap_or_default(),
             f["links"].as_str().unwrap_or(""),
             self.args.record_bytes,
             m.mbytes_per_s()

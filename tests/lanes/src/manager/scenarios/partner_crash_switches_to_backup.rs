@@ -10,6 +10,7 @@ use super::super::clients::{CONFIG, HEARTBEAT, MIRROR};
 use super::super::leader::{Figures, Leader};
 use super::super::node::{rdma_links, wait_status};
 use super::super::since;
+use peercm_cm_manager::status::{FallbackReason, NodeEvent, TransportKind};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::AtomicBool;
@@ -56,7 +57,10 @@ impl Leader {
             let st = node.status().await.map_err(|e| e.to_string())?;
             let now = Instant::now();
             let to_b = st.peer.as_deref() == Some("node-b");
-            if t_tcp_gone.is_none() && to_b && !st.links.iter().any(|l| l.transport == "tcp") {
+            if t_tcp_gone.is_none()
+                && to_b
+                && !st.links.iter().any(|l| l.transport == TransportKind::Tcp)
+            {
                 t_tcp_gone = Some(now);
             }
             if t_all_gone.is_none() && st.links.is_empty() {
@@ -177,18 +181,28 @@ impl Leader {
         }
         // On the manager's clock: what it noted.
         let tl = &s_end.timeline;
-        let pick = |needle: &str| tl.iter().find(|e| e.what.contains(needle));
-        for (key, needle) in [
-            ("timeline_unreachable", "partner unreachable"),
-            ("timeline_switching", "switching partner"),
-        ] {
-            if let Some(e) = pick(needle) {
+        fn unreachable(e: &NodeEvent) -> bool {
+            matches!(e, NodeEvent::PartnerUnreachable { .. })
+        }
+        fn switching(e: &NodeEvent) -> bool {
+            matches!(e, NodeEvent::SwitchingPartner { .. })
+        }
+        type IsEvent = fn(&NodeEvent) -> bool;
+        let wanted: [(&str, &str, IsEvent); 2] = [
+            ("timeline_unreachable", "partner unreachable", unreachable),
+            ("timeline_switching", "switching partner", switching),
+        ];
+        for (key, needle, is) in wanted {
+            if let Some(e) = tl.iter().find(|e| is(&e.event)) {
                 fig!(f, key, format!("+{} ms: {}", e.at_ms, e.what));
             } else {
                 problems.push(format!("the timeline shows no {needle:?}"));
             }
         }
-        let fenced = tl.iter().filter(|e| e.what.contains("fenced")).count();
+        let fenced = tl
+            .iter()
+            .filter(|e| matches!(e.event, NodeEvent::RdmaLinkFenced { .. }))
+            .count();
         fig!(f, "fenced_rdma_links", fenced);
         if s_end.epoch <= epoch0 {
             problems.push(format!(
@@ -196,7 +210,7 @@ impl Leader {
                 s_end.epoch
             ));
         }
-        if s_end.fallback.as_deref() != Some("the partner offers no RDMA") {
+        if s_end.fallback != Some(FallbackReason::PartnerHasNoRdma) {
             problems.push(format!(
                 "fallback {:?} with the backup (no RDMA), expected \"the partner offers no RDMA\"",
                 s_end.fallback

@@ -7,7 +7,7 @@ use super::super::args::Role;
 use super::super::clients::{CONFIG, HEARTBEAT, MIRROR};
 use super::super::devices::port_state;
 use super::super::leader::{Figures, Leader};
-use super::super::node::{placement, rdma_links, separated, wait_status};
+use super::super::node::{is_port_event, placement, rdma_links, separated, wait_status};
 use super::super::since;
 use peercm_verbs_shim::types::AsyncEvent;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -105,7 +105,7 @@ impl Leader {
         if let Some(pa) = tl
             .iter()
             .rev()
-            .find(|t| t.what.contains(&hca0.device) && t.what.contains("PortActive"))
+            .find(|t| is_port_event(t, &hca0.device, true))
         {
             fig!(f, "timeline_port_active", pa.what.clone());
         } else {

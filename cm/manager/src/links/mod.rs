@@ -1,9 +1,24 @@
-//! [`AnyLink`]: the manager's handle on one live link, whichever transport carries it: a TCP
-//! connection (reader and writer tasks) or an RDMA queue pair (a CQ-polling thread).
+//! The manager's side of its links. [`AnyLink`] (here) is the manager's handle on one live link,
+//! whichever transport carries it: a TCP connection (reader and writer tasks) or an RDMA queue
+//! pair (a CQ-polling thread).
+//!
+//! - `input`: [`LinkInput`], what every transport tells the manager, and [`LinkLoss`].
+//! - `sinks`: the manager's implementations of the transports' sink traits.
+//!
+//! The dependency points one way: the transports define their sink traits and know nothing of
+//! the manager's types.
 
-use peercm_cm_proto::session::{InterconnectId, TCP_INTERCONNECT};
+mod input;
+mod sinks;
+
+pub(crate) use input::LinkInput;
+pub(crate) use sinks::{RdmaSink, TcpSink};
+
+use crate::status::TransportKind;
+use peercm_cm_proto::session::{ClientId, InterconnectId, TCP_INTERCONNECT};
+use peercm_cm_proto::Frame;
 use peercm_cm_rdma_link::{LinkCloseReason, RdmaLink};
-use peercm_fallback_tcp::{LinkHandle, Outgoing};
+use peercm_fallback_tcp::LinkHandle;
 
 /// One live link.
 pub(crate) enum AnyLink {
@@ -22,11 +37,12 @@ pub(crate) enum AnyLink {
 }
 
 impl AnyLink {
-    /// Queues a frame; false if the link is gone (its Closed input is on the way).
-    pub fn send(&self, out: Outgoing) -> bool {
+    /// Queues a frame, with the local-model send it completes once written; false if the link
+    /// is gone (its Closed input is on the way).
+    pub fn send(&self, frame: Frame, local_done: Option<(ClientId, u64)>) -> bool {
         match self {
-            AnyLink::Tcp(h) => h.send(out),
-            AnyLink::Rdma { link, .. } => link.send(out.frame, out.local_done),
+            AnyLink::Tcp(h) => h.send(frame, local_done),
+            AnyLink::Rdma { link, .. } => link.send(frame, local_done),
         }
     }
 
@@ -54,11 +70,11 @@ impl AnyLink {
         }
     }
 
-    /// Transport name for status output.
-    pub fn transport(&self) -> &'static str {
+    /// The transport carrying it.
+    pub fn transport(&self) -> TransportKind {
         match self {
-            AnyLink::Tcp(_) => "tcp",
-            AnyLink::Rdma { .. } => "rdma",
+            AnyLink::Tcp(_) => TransportKind::Tcp,
+            AnyLink::Rdma { .. } => TransportKind::Rdma,
         }
     }
 

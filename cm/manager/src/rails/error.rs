@@ -1,0 +1,60 @@
+//! [`RailSetupError`]: why one rail link could not be set up, on either side. Its sentence is
+//! also the `reason` of a TRANSPORT refusal sent to the partner.
+
+use peercm_cm_rdma_link::RdmaLinkError;
+use thiserror::Error;
+
+/// Why a rail link could not be set up.
+#[derive(Debug, Error)]
+pub(crate) enum RailSetupError {
+    /// The partner named a rail this node does not have.
+    #[error("this node has no rail {0}")]
+    NoSuchRail(u32),
+    /// The rail's port is down.
+    #[error("rail {rail} ({device} port {port}) is not ACTIVE")]
+    PortNotActive {
+        /// The rail.
+        rail: u32,
+        /// Its device.
+        device: String,
+        /// Its port.
+        port: u8,
+    },
+    /// The rail's device was not opened at start.
+    #[error("device {0} is not open")]
+    DeviceNotOpen(String),
+    /// Creating the queue pair or registering the ring failed.
+    #[error("preparing rail {rail}: {source}")]
+    Prepare {
+        /// The rail.
+        rail: u32,
+        /// What failed.
+        source: RdmaLinkError,
+    },
+    /// This side's endpoint could not be encoded.
+    #[error("encoding endpoint: {0}")]
+    EncodeEndpoint(postcard::Error),
+    /// The partner's endpoint is longer than any valid one.
+    #[error("endpoint of {len} bytes exceeds {max}")]
+    EndpointTooLong {
+        /// Its length.
+        len: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// The partner's endpoint has bytes after its end.
+    #[error("trailing bytes after the endpoint")]
+    EndpointTrailingBytes,
+    /// The partner's endpoint does not decode.
+    #[error("malformed endpoint: {0}")]
+    EndpointMalformed(postcard::Error),
+    /// Connecting the queue pair to the partner's (INIT -> RTR -> RTS) failed, or the
+    /// partner's endpoint does not fit this side's limits.
+    #[error("connecting rail {rail}: {source}")]
+    Connect {
+        /// The rail.
+        rail: u32,
+        /// What failed.
+        source: RdmaLinkError,
+    },
+}
