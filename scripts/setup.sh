@@ -49,4 +49,9 @@ if [ "${PEERCM_SKIP_FUZZ:-0}" != "1" ]; then
     cargo install cargo-fuzz --locked --quiet
   fi
 fi
+# cargo-machete: the dependency audit of scripts/test.sh.
+if ! cargo machete --version >/dev/null 2>&1; then
+  say "installing cargo-machete"
+  cargo install cargo-machete --locked --quiet
+fi
 say "ready: $(cargo --version)"

@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # The whole peercm test suite. This is what CI runs (.ci/run calls exactly this).
 #
-#   1. setup (idempotent installs)          6. fuzz targets: build, then run each briefly
-#   2. cargo fmt --check                     7. peercm demo (the main job) must pass
-#   3. cargo clippy -D warnings              8. no `unsafe` outside verbs-shim
-#   4. cargo test (unit, property, chaos, loopback-TCP integration)
-#   5. soft-RoCE lanes: the verbs scenario suite on rdma_rxe in two QEMU/TCG VMs, plus
-#      `peercm devices` in and outside the VMs (scripts/softroce/verbs-lane.sh), then the
-#      connection manager's scenarios on rxe in three VMs (scripts/softroce/manager-lane.sh;
-#      docs/softroce-lane.md). Needs root; scripts/softroce/setup.sh installs QEMU and Debian's
-#      kernel once. If the lanes cannot run here the suite FAILS, unless PEERCM_SKIP_SOFTROCE=1.
+#    1. setup (idempotent installs)
+#    2. cargo fmt --check
+#    3. cargo clippy -D warnings
+#    4. dependency audit: cargo machete (no unused dependencies)
+#    5. cargo doc -D warnings, with all features and with the product's features
+#    6. cargo test (unit, property, chaos, loopback-TCP integration)
+#    7. soft-RoCE lanes: the verbs scenario suite on rdma_rxe in two QEMU/TCG VMs, plus
+#       `peercm devices` in and outside the VMs (scripts/softroce/verbs-lane.sh), then the
+#       connection manager's scenarios on rxe in three VMs (scripts/softroce/manager-lane.sh;
+#       docs/softroce-lane.md). Needs root; scripts/softroce/setup.sh installs QEMU and Debian's
+#       kernel once. If the lanes cannot run here the suite FAILS, unless PEERCM_SKIP_SOFTROCE=1.
+#    8. fuzz targets: build, then run each briefly
+#    9. peercm demo (the main job) must pass
+#   10. no `unsafe` outside verbs-shim
 #
 # Ends with one line "peercm: N passed, N failed" counting every test run (each lane scenario
 # that passed on both sides counts once).
@@ -44,6 +49,23 @@ cargo fmt --all -- --check
 
 step "cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+# The dependency audit is cargo-machete, which reads the sources and needs no network.
+# cargo-deny is not used: its advisory database is fetched from GitHub at run time, and neither
+# this machine nor CI has network access to GitHub. Machete is imprecise: a dependency used only
+# through a macro or a feature is a false positive, listed with the reason under
+# [package.metadata.cargo-machete] ignored = [...] in that crate's Cargo.toml. It reads every .rs
+# file under a crate's folder, nested crates included (tests/ sees tests/lanes/).
+step "dependency audit: cargo machete"
+cargo machete --skip-target-dir
+
+# Docs twice: with every feature (test support included), and with the features the product
+# build uses (tests/lanes left out: it turns on the fault-injection and scenarios features).
+step "cargo doc -D warnings (all features)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features --quiet
+
+step "cargo doc -D warnings (product features)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --exclude peercm-tests-lanes --no-deps --quiet
 
 step "cargo test"
 set +e
