@@ -5,7 +5,7 @@
 use crate::codec::{CodecError, FrameCodec};
 use crate::handshake::FramedLink;
 use futures::{SinkExt, StreamExt};
-use peercm_cm_proto::session::{ClientId, LinkId};
+use peercm_cm_proto::session::{LinkId, LocalDone};
 use peercm_cm_proto::Frame;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -33,7 +33,7 @@ pub enum LinkInput {
         /// Bytes written.
         bytes: u64,
         /// Local-model sends now transmitted.
-        local_done: Vec<(ClientId, u64)>,
+        local_done: Vec<LocalDone>,
     },
     /// The link is gone.
     Closed {
@@ -50,7 +50,7 @@ pub struct Outgoing {
     /// The frame.
     pub frame: Frame,
     /// Report this local-model send once written.
-    pub local_done: Option<(ClientId, u64)>,
+    pub local_done: Option<LocalDone>,
 }
 
 /// The manager's handle on a link.
@@ -103,7 +103,7 @@ pub fn spawn_link(
     let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
     let closed_once = Arc::new(AtomicBool::new(false));
 
-    let span = tracing::info_span!("link", id, remote = %remote);
+    let span = tracing::info_span!("link", id = id.get(), remote = %remote);
     let to_m = to_manager.clone();
     let once = closed_once.clone();
     let reader_task = tokio::spawn(

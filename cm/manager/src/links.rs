@@ -1,7 +1,7 @@
 //! [`AnyLink`]: the manager's handle on one live link, whichever transport carries it: a TCP
 //! connection (reader and writer tasks) or an RDMA queue pair (a CQ-polling thread).
 
-use peercm_cm_proto::session::{InterconnectId, TCP_INTERCONNECT};
+use peercm_cm_proto::session::{InterconnectId, LinkId};
 use peercm_cm_rdma_link::{LinkCloseReason, RdmaLink};
 use peercm_fallback_tcp::{LinkHandle, Outgoing};
 
@@ -14,7 +14,7 @@ pub(crate) enum AnyLink {
         /// The link.
         link: RdmaLink,
         /// Its rail (= interconnect id).
-        rail: u32,
+        rail: InterconnectId,
         /// Acceptor side: handed to the session only once the first frame proves the
         /// partner's queue pair is ready.
         activated: bool,
@@ -39,7 +39,7 @@ impl AnyLink {
     }
 
     /// The link id.
-    pub fn id(&self) -> u64 {
+    pub fn id(&self) -> LinkId {
         match self {
             AnyLink::Tcp(h) => h.id,
             AnyLink::Rdma { link, .. } => link.id(),
@@ -49,7 +49,7 @@ impl AnyLink {
     /// The interconnect it belongs to.
     pub fn interconnect(&self) -> InterconnectId {
         match self {
-            AnyLink::Tcp(_) => TCP_INTERCONNECT,
+            AnyLink::Tcp(_) => InterconnectId::TCP,
             AnyLink::Rdma { rail, .. } => *rail,
         }
     }

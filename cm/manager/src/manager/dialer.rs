@@ -7,6 +7,7 @@ use crate::links::AnyLink;
 use crate::rails::Rails;
 use peercm_cm_proto::auth::Role;
 use peercm_cm_proto::control::NodeInfo;
+use peercm_cm_proto::session::LinkId;
 use peercm_fallback_tcp::handshake::FramedLink;
 use peercm_fallback_tcp::spawn_link;
 use std::sync::atomic::Ordering;
@@ -146,7 +147,7 @@ impl Manager {
                 return;
             }
         }
-        let id = self.next_link.fetch_add(1, Ordering::Relaxed);
+        let id = LinkId::new(self.next_link.fetch_add(1, Ordering::Relaxed));
         let handle = spawn_link(framed, id, self.link_tx.clone());
         self.note(format!(
             "link {id} up ({} {}, peer {})",

@@ -4,7 +4,7 @@
 use super::Manager;
 use crate::rails::Rails;
 use crate::status::{ClientStatus, InterconnectStatus, LinkStatus, NodeStatus, TimelineEntry};
-use peercm_cm_proto::session::{InterconnectId, TCP_INTERCONNECT};
+use peercm_cm_proto::session::InterconnectId;
 use std::time::Instant;
 
 /// Timeline entries kept for status output.
@@ -110,7 +110,7 @@ impl Manager {
 pub(super) fn ic_name(ic: Option<InterconnectId>) -> String {
     match ic {
         None => "unplaced".into(),
-        Some(TCP_INTERCONNECT) => "tcp".into(),
+        Some(InterconnectId::TCP) => "tcp".into(),
         Some(r) => format!("rail {r}"),
     }
 }

@@ -1,7 +1,7 @@
 //! [`ManagerSink`]: how an RDMA link's thread hands frames, completions and its close to the
 //! manager task, as the same link input a TCP link produces.
 
-use peercm_cm_proto::session::LinkId;
+use peercm_cm_proto::session::{LinkId, LocalDone};
 use peercm_cm_rdma_link::{LinkCloseReason, LinkSink};
 use peercm_fallback_tcp::LinkInput;
 use tokio::sync::mpsc;
@@ -23,7 +23,7 @@ impl LinkSink for ManagerSink {
             .is_ok()
     }
 
-    fn written(&mut self, bytes: u64, local_done: Vec<(u32, u64)>) {
+    fn written(&mut self, bytes: u64, local_done: Vec<LocalDone>) {
         let _ = self.tx.blocking_send(LinkInput::Written {
             link: self.link,
             bytes,

@@ -10,7 +10,7 @@ use super::super::node::{brief, node_config, rdma_links, secret, wait_status};
 use super::super::since;
 use super::super::stream::{run_stream, StreamCfg};
 use peercm_cm_manager::config::PeerConfig;
-use peercm_cm_manager::{Node, VerbsSource};
+use peercm_cm_manager::{InterconnectId, Node, VerbsSource};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
@@ -48,7 +48,12 @@ impl Leader {
             a2,
             "every client placed on TCP",
             Duration::from_secs(15),
-            |s| s.clients.len() == 3 && s.clients.iter().all(|c| c.interconnect == Some(0)),
+            |s| {
+                s.clients.len() == 3
+                    && s.clients
+                        .iter()
+                        .all(|c| c.interconnect == Some(InterconnectId::TCP))
+            },
         )
         .await?;
         fig!(f, "start_to_clients_up_on_tcp_ms", since(t_up, t_start));
