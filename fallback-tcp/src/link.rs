@@ -7,7 +7,7 @@ use crate::codec::{CodecError, FrameCodec};
 use crate::handshake::FramedLink;
 use futures::{SinkExt, StreamExt};
 use peercm_cm_proto::frame::FrameError;
-use peercm_cm_proto::session::{ClientId, LinkId};
+use peercm_cm_proto::session::{LinkId, LocalDone};
 use peercm_cm_proto::Frame;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,11 +50,7 @@ pub trait TcpLinkSink: Clone + Send + Sync + 'static {
     /// The writer put frames totalling `bytes` encoded bytes on the socket; `local_done` are
     /// the local-model marks queued with them, in order. Resolves to false if the consumer
     /// is gone.
-    fn written(
-        &self,
-        bytes: u64,
-        local_done: Vec<(ClientId, u64)>,
-    ) -> impl Future<Output = bool> + Send;
+    fn written(&self, bytes: u64, local_done: Vec<LocalDone>) -> impl Future<Output = bool> + Send;
     /// The link is gone; nothing follows.
     fn closed(&self, reason: TcpLinkClosed) -> impl Future<Output = ()> + Send;
 }
@@ -63,7 +59,7 @@ pub trait TcpLinkSink: Clone + Send + Sync + 'static {
 #[derive(Debug)]
 struct Outgoing {
     frame: Frame,
-    local_done: Option<(ClientId, u64)>,
+    local_done: Option<LocalDone>,
 }
 
 /// The manager's handle on a link.
@@ -81,7 +77,7 @@ pub struct LinkHandle {
 impl LinkHandle {
     /// Queues a frame, with the local-model send it completes once written; false if the
     /// writer is gone (the sink's `closed` is on its way).
-    pub fn send(&self, frame: Frame, local_done: Option<(ClientId, u64)>) -> bool {
+    pub fn send(&self, frame: Frame, local_done: Option<LocalDone>) -> bool {
         self.tx.send(Outgoing { frame, local_done }).is_ok()
     }
 
@@ -113,7 +109,7 @@ pub fn spawn_link<S: TcpLinkSink>(framed: FramedLink, id: LinkId, sink: S) -> Li
     let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
     let closed_once = Arc::new(AtomicBool::new(false));
 
-    let span = tracing::info_span!("link", id, remote = %remote);
+    let span = tracing::info_span!("link", id = id.get(), remote = %remote);
     let to_m = sink.clone();
     let once = closed_once.clone();
     let reader_task = tokio::spawn(

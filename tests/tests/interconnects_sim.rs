@@ -14,7 +14,8 @@ use common::*;
 use peercm_cm_manager::config::PeerConfig;
 use peercm_cm_manager::status::{FallbackReason, NodeEvent, NodeStatus};
 use peercm_cm_manager::{
-    ClientEvent, ClientHandle, ClientSpec, LatencyClass, Node, NodeConfig, SendModel, VerbsSource,
+    ClientEvent, ClientHandle, ClientSpec, InterconnectId, LatencyClass, Node, NodeConfig,
+    SendModel, VerbsSource,
 };
 use peercm_cm_proto::placement::MoveReason;
 use peercm_verbs_shim::sim::harness::seed_from_env;
@@ -22,6 +23,10 @@ use peercm_verbs_shim::sim::SimFabric;
 use std::time::Duration;
 
 const HCAS: [&str; 2] = ["hca0", "hca1"];
+/// The rails of `HCAS` (and of a third HCA), as interconnect ids; TCP is `InterconnectId::TCP`.
+const RAIL1: InterconnectId = InterconnectId::rail(1);
+const RAIL2: InterconnectId = InterconnectId::rail(2);
+const RAIL3: InterconnectId = InterconnectId::rail(3);
 
 fn fabric(seed: u64) -> SimFabric {
     fabric_with(seed, &HCAS)
@@ -75,7 +80,7 @@ fn client_spec(mbytes: u32, latency: LatencyClass, model: SendModel) -> ClientSp
     }
 }
 
-fn placed(s: &NodeStatus, client: &str) -> Option<u32> {
+fn placed(s: &NodeStatus, client: &str) -> Option<InterconnectId> {
     s.clients
         .iter()
         .find(|c| c.name == client)
@@ -93,8 +98,8 @@ fn settle(h: &mut ClientHandle) -> Vec<ClientEvent> {
 fn separated(s: &NodeStatus) -> bool {
     let m = placed(s, "mirror");
     rdma_links(s) == 2
-        && matches!(m, Some(1 | 2))
-        && matches!(placed(s, "heartbeat"), Some(1 | 2))
+        && matches!(m, Some(RAIL1 | RAIL2))
+        && matches!(placed(s, "heartbeat"), Some(RAIL1 | RAIL2))
         && placed(s, "heartbeat") != m
         && placed(s, "config") != m
 }
@@ -177,7 +182,7 @@ async fn send_all(
     h: &mut ClientHandle,
     name: &str,
     range: std::ops::RangeInclusive<u64>,
-) -> Vec<(u32, u32)> {
+) -> Vec<(InterconnectId, InterconnectId)> {
     let n = range.clone().count() as u64;
     let mut migrated = Vec::new();
     let mut acked = 0u64;
@@ -256,7 +261,8 @@ async fn cable_cut_under_load_migrates_to_the_surviving_rail_then_fails_back() {
     let s = wait_status(&a, "the steady placement", separated).await;
     settle(&mut c.mirror.0);
     let rail = placed(&s, "mirror").unwrap();
-    let hca = HCAS[(rail - 1) as usize];
+    let hca = HCAS[rail.rail_index().unwrap()];
+    let other = InterconnectId::rail(3 - rail.get());
 
     const N: u64 = 4000;
     let rx = receive(c.mirror.1, "mirror", N);
@@ -267,16 +273,16 @@ async fn cable_cut_under_load_migrates_to_the_surviving_rail_then_fails_back() {
     let mut moved = send_all(&mut c.mirror.0, "mirror", N / 2 + 1..=N).await;
     let h = rx.await.unwrap();
     assert!(
-        moved.contains(&(rail, 3 - rail)) || moved.iter().any(|m| m.0 == rail),
+        moved.contains(&(rail, other)) || moved.iter().any(|m| m.0 == rail),
         "mirror told it migrated off rail {rail}: {moved:?}"
     );
     let s = wait_status(&a, "mirror off the cut rail", |s| {
-        rdma_links(s) == 1 && placed(s, "mirror") == Some(3 - rail)
+        rdma_links(s) == 1 && placed(s, "mirror") == Some(other)
     })
     .await;
     eprintln!(
         "sim: cable cut -> mirror on rail {} after {:?}",
-        3 - rail,
+        other,
         cut_at.elapsed()
     );
     assert!(s.fallback.is_none());
@@ -301,7 +307,7 @@ async fn all_rails_down_continues_on_tcp_mid_stream_and_returns_to_rdma() {
     let (a, b) = start(&f, true).await;
     let mut c = clients(&a, &b).await;
     wait_status(&a, "two rails", |s| {
-        rdma_links(s) == 2 && matches!(placed(s, "mirror"), Some(1 | 2))
+        rdma_links(s) == 2 && matches!(placed(s, "mirror"), Some(RAIL1 | RAIL2))
     })
     .await;
     const N: u64 = 3000;
@@ -312,7 +318,10 @@ async fn all_rails_down_continues_on_tcp_mid_stream_and_returns_to_rdma() {
     }
     let moved = send_all(&mut c.mirror.0, "mirror", N + 1..=2 * N).await;
     let s = wait_status(&a, "everything on TCP", |s| {
-        rdma_links(s) == 0 && s.clients.iter().all(|c| c.interconnect == Some(0))
+        rdma_links(s) == 0
+            && s.clients
+                .iter()
+                .all(|c| c.interconnect == Some(InterconnectId::TCP))
     })
     .await;
     assert_eq!(
@@ -321,14 +330,14 @@ async fn all_rails_down_continues_on_tcp_mid_stream_and_returns_to_rdma() {
         "fallback reason reported"
     );
     assert!(
-        moved.iter().any(|m| m.1 == 0) || placed(&s, "mirror") == Some(0),
+        moved.iter().any(|m| m.1.is_tcp()) || placed(&s, "mirror") == Some(InterconnectId::TCP),
         "mirror moved to TCP: {moved:?}"
     );
     for h in HCAS {
         f.restore_cable(("a", h, 1)).unwrap();
     }
     let s = wait_status(&a, "back on RDMA", |s| {
-        rdma_links(s) == 2 && matches!(placed(s, "mirror"), Some(1 | 2))
+        rdma_links(s) == 2 && matches!(placed(s, "mirror"), Some(RAIL1 | RAIL2))
     })
     .await;
     assert!(s.fallback.is_none(), "no fallback once RDMA is back");
@@ -357,7 +366,9 @@ async fn a_partner_without_rdma_means_tcp_with_the_reason_reported() {
     let (a, b) = start(&f, false).await;
     let mut c = clients(&a, &b).await;
     let s = wait_status(&a, "clients placed on TCP", |s| {
-        s.clients.iter().all(|c| c.interconnect == Some(0))
+        s.clients
+            .iter()
+            .all(|c| c.interconnect == Some(InterconnectId::TCP))
     })
     .await;
     assert_eq!(rdma_links(&s), 0);
@@ -391,15 +402,15 @@ async fn three_rails_heavy_client_alone_light_clients_spread_heartbeat_apart() {
             let h = placed(s, "heartbeat");
             let k = placed(s, "config");
             rdma_links(s) == 3
-                && matches!(m, Some(1..=3))
-                && matches!(h, Some(1..=3))
-                && matches!(k, Some(1..=3))
+                && matches!(m, Some(RAIL1 | RAIL2 | RAIL3))
+                && matches!(h, Some(RAIL1 | RAIL2 | RAIL3))
+                && matches!(k, Some(RAIL1 | RAIL2 | RAIL3))
                 && h != m
                 && k != m
         },
     )
     .await;
-    let loads: Vec<(u32, Vec<String>)> = s
+    let loads: Vec<(InterconnectId, Vec<String>)> = s
         .interconnects
         .iter()
         .map(|i| (i.id, i.clients.clone()))
@@ -457,7 +468,7 @@ async fn measured_demand_growth_moves_the_light_clients_off_without_flapping() {
             rdma_links(s) == 2
                 && s.clients
                     .iter()
-                    .all(|c| matches!(c.interconnect, Some(1 | 2)))
+                    .all(|c| matches!(c.interconnect, Some(RAIL1 | RAIL2)))
                 && placed(s, "heartbeat") != placed(s, "config")
         },
     )

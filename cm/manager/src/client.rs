@@ -34,7 +34,7 @@ impl ClientHandle {
         cmd: mpsc::UnboundedSender<Command>,
         events: mpsc::UnboundedReceiver<ClientEvent>,
     ) -> Self {
-        let span = tracing::info_span!("client", name = %name, id);
+        let span = tracing::info_span!("client", name = %name, id = id.get());
         ClientHandle {
             id,
             name,

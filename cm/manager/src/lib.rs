@@ -39,7 +39,7 @@ pub use peercm_cm_proto::auth::ClusterSecret;
 pub use peercm_cm_proto::control::NackReason;
 pub use peercm_cm_proto::port::PortState;
 pub use peercm_cm_proto::session::{
-    ClientEvent, ClientSpec, DownReason, LatencyClass, SessionState,
+    ClientEvent, ClientSpec, DownReason, InterconnectId, LatencyClass, LinkId, SessionState,
 };
 pub use peercm_cm_proto::stream::SendModel;
 pub use rails::VerbsSource;

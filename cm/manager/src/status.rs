@@ -7,7 +7,7 @@
 
 pub use crate::timeline::{NodeEvent, TimelineEntry};
 use peercm_cm_proto::port::PortState;
-use peercm_cm_proto::session::{SessionState, SessionStats};
+use peercm_cm_proto::session::{InterconnectId, LinkId, SessionState, SessionStats};
 use peercm_verbs_shim::VerbsUnavailable;
 use serde::ser::SerializeStruct;
 use serde::{Serialize, Serializer};
@@ -45,11 +45,11 @@ pub struct NodeStatus {
 #[derive(Debug, Clone, Serialize)]
 pub struct LinkStatus {
     /// Link id.
-    pub id: u64,
+    pub id: LinkId,
     /// The transport carrying it.
     pub transport: TransportKind,
     /// Interconnect (0 = TCP, k = RDMA rail k).
-    pub interconnect: u32,
+    pub interconnect: InterconnectId,
     /// Remote address.
     pub remote: String,
 }
@@ -64,14 +64,14 @@ pub struct ClientStatus {
     /// Sends not yet completed.
     pub unacked: usize,
     /// The interconnect its data is placed on.
-    pub interconnect: Option<u32>,
+    pub interconnect: Option<InterconnectId>,
 }
 
 /// One interconnect (TCP, or an RDMA rail).
 #[derive(Debug, Clone, Serialize)]
 pub struct InterconnectStatus {
     /// Id (0 = TCP, k = rail k).
-    pub id: u32,
+    pub id: InterconnectId,
     /// `tcp` or `rail k`.
     pub name: String,
     /// The local HCA port of a rail.

@@ -5,7 +5,7 @@
 
 use crate::status::{RdmaUnavailable, TransportKind};
 use peercm_cm_proto::placement::MoveReason;
-use peercm_cm_proto::session::{DownReason, InterconnectId, LinkId, TCP_INTERCONNECT};
+use peercm_cm_proto::session::{DownReason, InterconnectId, LinkId};
 use peercm_verbs_shim::AsyncEvent;
 use serde::Serialize;
 use std::fmt;
@@ -262,7 +262,7 @@ impl fmt::Display for NodeEvent {
 pub(crate) fn ic_name(ic: Option<InterconnectId>) -> String {
     match ic {
         None => "unplaced".into(),
-        Some(TCP_INTERCONNECT) => "tcp".into(),
+        Some(InterconnectId::TCP) => "tcp".into(),
         Some(r) => format!("rail {r}"),
     }
 }
@@ -277,8 +277,8 @@ mod tests {
             1200,
             NodeEvent::ClientMoved {
                 client: "mirror".into(),
-                from: Some(1),
-                to: TCP_INTERCONNECT,
+                from: Some(InterconnectId::rail(1)),
+                to: InterconnectId::TCP,
                 reason: MoveReason::FallbackToTcp,
             },
         );
@@ -289,7 +289,7 @@ mod tests {
         assert_eq!(v["event"]["reason"], "FallbackToTcp");
         assert_eq!(v["what"], e.what);
         let closed = NodeEvent::LinkClosed {
-            link: 7,
+            link: LinkId::new(7),
             cause: CloseCause::RailReoffered,
         };
         assert_eq!(

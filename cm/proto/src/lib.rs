@@ -8,6 +8,7 @@
 //! transports (`peercm-fallback-tcp`, `peercm-cm-rdma-link`) sit on top.
 //!
 //! Modules:
+//! - [`ids`]: typed identities (clients, the partner's clients, interconnects, links).
 //! - [`frame`]: the fixed frame header, its encoder and its bounded, panic-free decoder.
 //! - [`control`]: payloads of control messages (handshake, ACK/NACK, CLIENT-UP, FLOW, ...).
 //! - [`auth`]: HMAC-SHA256 challenge-response over the shared cluster secret.
@@ -23,6 +24,7 @@ pub mod auth;
 pub mod control;
 pub mod frame;
 pub mod handshake;
+pub mod ids;
 pub mod placement;
 pub mod port;
 pub mod session;

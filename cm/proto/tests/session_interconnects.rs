@@ -11,14 +11,14 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use peercm_cm_proto::session::{
-    ClientEvent, ClientSpec, LatencyClass, SessionState, TransportSendError,
-    MAX_TRANSPORT_PAYLOAD_BYTES, TCP_INTERCONNECT,
+    ClientEvent, ClientId, ClientSpec, InterconnectId, LatencyClass, LinkId, SessionState,
+    TransportSendError, MAX_TRANSPORT_PAYLOAD_BYTES,
 };
 use peercm_cm_proto::stream::SendModel;
 use peercm_cm_proto::MsgType;
 
-const RAIL1: u32 = 1;
-const RAIL2: u32 = 2;
+const RAIL1: InterconnectId = InterconnectId::rail(1);
+const RAIL2: InterconnectId = InterconnectId::rail(2);
 
 fn spec() -> ClientSpec {
     ClientSpec {
@@ -29,7 +29,7 @@ fn spec() -> ClientSpec {
 }
 
 /// A pair with one TCP link and one link on each of two rails, and a connected client.
-fn three_path_pair(seed: u64) -> (Pair, u32, u32, [u64; 3]) {
+fn three_path_pair(seed: u64) -> (Pair, ClientId, ClientId, [LinkId; 3]) {
     let mut p = Pair::new(seed);
     let ca = p.a.register("mirror", spec()).unwrap();
     let cb = p.b.register("mirror", spec()).unwrap();
@@ -40,11 +40,11 @@ fn three_path_pair(seed: u64) -> (Pair, u32, u32, [u64; 3]) {
     p.drive();
     assert_eq!(p.a.state(), SessionState::Up);
     assert_eq!(p.a.link_interconnect(r1), Some(RAIL1));
-    assert_eq!(p.a.link_interconnect(tcp), Some(TCP_INTERCONNECT));
+    assert_eq!(p.a.link_interconnect(tcp), Some(InterconnectId::TCP));
     (p, ca, cb, [tcp, r1, r2])
 }
 
-fn data_seqs_on(p: &Pair, link: u64) -> Vec<u64> {
+fn data_seqs_on(p: &Pair, link: LinkId) -> Vec<u64> {
     p.queued(link, true)
         .into_iter()
         .filter(|(t, _)| *t == MsgType::Data)
@@ -52,7 +52,7 @@ fn data_seqs_on(p: &Pair, link: u64) -> Vec<u64> {
         .collect()
 }
 
-fn assert_exactly_once_in_order(p: &Pair, cb: u32, n: u64, seed: u64) {
+fn assert_exactly_once_in_order(p: &Pair, cb: ClientId, n: u64, seed: u64) {
     let got = delivered(&p.b_events, cb);
     assert_eq!(got.len() as u64, n, "seed {seed}: delivered count");
     for (i, m) in got.iter().enumerate() {
@@ -156,7 +156,7 @@ fn losing_the_placed_interconnect_continues_on_the_survivors() {
         p.drive();
         assert_exactly_once_in_order(&p, cb, sent, seed);
         // The runtime then moves it to TCP explicitly.
-        p.a.place(ca, TCP_INTERCONNECT).unwrap();
+        p.a.place(ca, InterconnectId::TCP).unwrap();
         for _ in 0..50 {
             p.a.send(ca, msg(sent), SendModel::Async).unwrap();
             sent += 1;
@@ -196,5 +196,5 @@ fn transport_needs_an_up_session() {
 #[test]
 fn placing_an_unknown_client_is_refused() {
     let (mut p, _ca, _cb, _) = three_path_pair(1);
-    assert!(p.a.place(999, RAIL1).is_err());
+    assert!(p.a.place(ClientId::new(999), RAIL1).is_err());
 }

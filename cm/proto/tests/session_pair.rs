@@ -9,7 +9,7 @@ use common::*;
 use peercm_cm_proto::control::NackReason;
 use peercm_cm_proto::port::PortState;
 use peercm_cm_proto::session::{
-    ClientEvent, ClientSpec, DownReason, LatencyClass, SessionConfig, SessionState,
+    ClientEvent, ClientId, ClientSpec, DownReason, LatencyClass, SessionConfig, SessionState,
 };
 use peercm_cm_proto::stream::SendModel;
 use std::time::Duration;
@@ -22,7 +22,7 @@ fn spec(model: SendModel) -> ClientSpec {
     }
 }
 
-fn up_pair(seed: u64, links: usize, model: SendModel) -> (Pair, u32, u32) {
+fn up_pair(seed: u64, links: usize, model: SendModel) -> (Pair, ClientId, ClientId) {
     let mut p = Pair::new(seed);
     let ca = p.a.register("mirror", spec(model)).unwrap();
     let cb = p.b.register("mirror", spec(model)).unwrap();

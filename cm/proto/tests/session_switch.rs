@@ -11,7 +11,7 @@ mod common;
 use common::*;
 use peercm_cm_proto::control::NackReason;
 use peercm_cm_proto::session::{
-    ClientEvent, ClientSpec, DownReason, LatencyClass, SessionConfig, SessionState,
+    ClientEvent, ClientId, ClientSpec, DownReason, LatencyClass, SessionConfig, SessionState,
 };
 use peercm_cm_proto::stream::SendModel;
 use std::collections::BTreeSet;
@@ -37,7 +37,7 @@ fn code(payload: &bytes::Bytes) -> i32 {
 }
 
 /// (client seq -> code) of every Acked event of `client` on a; panics on a duplicate.
-fn acked(p: &Pair, client: u32) -> std::collections::BTreeMap<u64, Option<i32>> {
+fn acked(p: &Pair, client: ClientId) -> std::collections::BTreeMap<u64, Option<i32>> {
     let mut out = std::collections::BTreeMap::new();
     for (c, e) in &p.a_events {
         if let (true, ClientEvent::Acked { seq, code }) = (*c == client, e) {

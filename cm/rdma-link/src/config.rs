@@ -3,6 +3,7 @@
 
 use crate::error::RdmaLinkError;
 use peercm_cm_proto::frame::{DEFAULT_MAX_PAYLOAD_BYTES, HEADER_LEN};
+use peercm_cm_proto::session::LinkId;
 use peercm_verbs_shim::{Access, QpParams};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -29,7 +30,7 @@ pub const MAX_RECV_DEPTH: u32 = 8192;
 pub struct RdmaLinkConfig {
     /// The manager's id for this link: names the thread (`peercm-rdma-<id>`) and the tracing
     /// span. Default 0.
-    pub link_id: u64,
+    pub link_id: LinkId,
     /// Local port (from 1). Default 1.
     pub port: u8,
     /// GID index addressing the partner (RoCEv2 over IPv4: the IPv4-mapped entry, often 1 on
@@ -67,7 +68,7 @@ pub struct RdmaLinkConfig {
 impl Default for RdmaLinkConfig {
     fn default() -> Self {
         RdmaLinkConfig {
-            link_id: 0,
+            link_id: LinkId::new(0),
             port: 1,
             gid_index: 0,
             ring_bytes: 4 << 20,

@@ -52,7 +52,10 @@ mod wrid;
 pub use config::RdmaLinkConfig;
 pub use endpoint::LocalEndpoint;
 pub use error::{EndpointError, LinkCloseReason, RdmaLinkError, RequestKind, SendError};
-pub use link::{LocalDone, RdmaLink};
+pub use link::RdmaLink;
+/// The local-model mark a frame carries through [`RdmaLink::send`] back to
+/// [`LinkSink::written`] (the session's own type).
+pub use peercm_cm_proto::session::LocalDone;
 pub use prepare::PreparedLink;
 pub use sink::LinkSink;
 pub use stats::LinkStats;

@@ -16,6 +16,7 @@ use crate::stats::{bump, Counters, LinkStats};
 use crate::wrid;
 use bytes::{Bytes, BytesMut};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
+use peercm_cm_proto::session::{LinkId, LocalDone};
 use peercm_cm_proto::Frame;
 use peercm_verbs_shim::{MemoryRegion, QueuePair, RemoteMr, SendWr, Sge};
 use std::collections::VecDeque;
@@ -23,19 +24,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
-/// A local-model mark reported through [`crate::LinkSink::written`]: (client, sequence).
-pub type LocalDone = Option<(u32, u64)>;
-
 /// An encoded frame waiting for credit.
 pub(crate) struct Pending {
     bytes: Bytes,
-    local_done: LocalDone,
+    local_done: Option<LocalDone>,
 }
 
 /// The send side's books, under the send lock.
 pub(crate) struct Core {
     /// Data messages in flight and the partner's ring.
-    pub window: SendWindow<LocalDone>,
+    pub window: SendWindow<Option<LocalDone>>,
     /// Frames waiting for credit, in order.
     pub pending: VecDeque<Pending>,
     /// Credit and probe WRITEs not completed yet.
@@ -51,7 +49,7 @@ pub(crate) struct Core {
 }
 
 impl Core {
-    pub(crate) fn new(window: SendWindow<LocalDone>) -> Self {
+    pub(crate) fn new(window: SendWindow<Option<LocalDone>>) -> Self {
         Core {
             window,
             pending: VecDeque::new(),
@@ -73,7 +71,7 @@ impl Core {
 
 /// What the handle and the link thread share.
 pub(crate) struct Shared {
-    pub id: u64,
+    pub id: LinkId,
     pub device: String,
     pub core: Mutex<Core>,
     pub qp: RwLock<Box<dyn QueuePair>>,
@@ -107,7 +105,7 @@ fn verbs_reason(what: &str, e: impl std::fmt::Display) -> LinkCloseReason {
 impl Shared {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
-        id: u64,
+        id: LinkId,
         device: String,
         core: Core,
         qp: Box<dyn QueuePair>,
@@ -165,11 +163,11 @@ impl Shared {
         if self.closing.swap(true, Ordering::SeqCst) {
             return;
         }
-        tracing::debug!(link = self.id, %reason, "close requested");
+        tracing::debug!(link = self.id.get(), %reason, "close requested");
         lock(&self.core).closed = true;
         let mut qp = self.qp.write().unwrap_or_else(PoisonError::into_inner);
         if let Err(e) = qp.to_error() {
-            tracing::debug!(link = self.id, error = %e, "moving the QP to ERR");
+            tracing::debug!(link = self.id.get(), error = %e, "moving the QP to ERR");
         }
     }
 
@@ -303,7 +301,7 @@ impl std::fmt::Debug for RdmaLink {
 
 impl RdmaLink {
     /// The link id (from the config).
-    pub fn id(&self) -> u64 {
+    pub fn id(&self) -> LinkId {
         self.shared.id
     }
 
@@ -329,12 +327,12 @@ impl RdmaLink {
     /// Returns false if the link is closed (the sink's `closed` is on its way) -- or if the
     /// frame is larger than [`Self::max_frame_bytes`], which is refused and logged; use
     /// [`Self::try_send`] to tell the two apart.
-    pub fn send(&self, frame: Frame, local_done: Option<(u32, u64)>) -> bool {
+    pub fn send(&self, frame: Frame, local_done: Option<LocalDone>) -> bool {
         match self.try_send(frame, local_done) {
             Ok(()) => true,
             Err(SendError::Closed) => false,
             Err(e) => {
-                tracing::warn!(link = self.shared.id, error = %e, "frame refused");
+                tracing::warn!(link = self.shared.id.get(), error = %e, "frame refused");
                 false
             }
         }
@@ -343,7 +341,7 @@ impl RdmaLink {
     /// [`Self::send`] with the reason for a refusal: [`SendError::TooLarge`] for a frame above
     /// [`Self::max_frame_bytes`] (checked before anything is posted; frames are never split),
     /// [`SendError::Closed`] once the link is closing.
-    pub fn try_send(&self, frame: Frame, local_done: Option<(u32, u64)>) -> Result<(), SendError> {
+    pub fn try_send(&self, frame: Frame, local_done: Option<LocalDone>) -> Result<(), SendError> {
         let sh = &self.shared;
         if sh.closing.load(Ordering::SeqCst) {
             return Err(SendError::Closed);
@@ -400,7 +398,7 @@ impl RdmaLink {
             .ring
             .deregister()
             .map_err(|e| RdmaLinkError::verbs("deregistering the receive ring (fence)", e))?;
-        tracing::info!(link = self.shared.id, "receive ring fenced");
+        tracing::info!(link = self.shared.id.get(), "receive ring fenced");
         Ok(())
     }
 

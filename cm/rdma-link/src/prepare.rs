@@ -13,6 +13,7 @@ use crate::sink::LinkSink;
 use crate::worker::{Worker, SCRATCH_BYTES};
 use crate::wrid;
 use peercm_cm_proto::frame::{FrameDecoder, HEADER_LEN};
+use peercm_cm_proto::session::LinkId;
 use peercm_verbs_shim::{
     Access, CompletionQueue, Device, MemoryRegion, ProtectionDomain, QpCaps, QpParams, QueuePair,
     RecvWr, Sge,
@@ -52,8 +53,8 @@ impl std::fmt::Debug for PreparedLink {
 }
 
 /// A 24-bit initial PSN derived from the QP number and link id (splitmix64).
-fn initial_psn(qpn: u32, link_id: u64) -> u32 {
-    let mut x = (u64::from(qpn) << 32) ^ link_id ^ 0x5EED_5EED_0F9C_3E11;
+fn initial_psn(qpn: u32, link_id: LinkId) -> u32 {
+    let mut x = (u64::from(qpn) << 32) ^ link_id.get() ^ 0x5EED_5EED_0F9C_3E11;
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -123,7 +124,7 @@ impl PreparedLink {
             recv_depth: cfg.recv_depth,
             max_payload_bytes: cfg.max_payload_bytes,
         };
-        tracing::debug!(link = cfg.link_id, device = %name, qpn, "RDMA link prepared");
+        tracing::debug!(link = cfg.link_id.get(), device = %name, qpn, "RDMA link prepared");
         Ok((
             PreparedLink {
                 cfg,
@@ -228,7 +229,7 @@ impl PreparedLink {
             HEADER_LEN + remote.send_max_payload_bytes(&cfg) as usize,
             max_send_wr,
         ));
-        let span = tracing::info_span!("rdma_link", id = cfg.link_id, device = %device);
+        let span = tracing::info_span!("rdma_link", id = cfg.link_id.get(), device = %device);
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         let worker = Worker {
             sh: shared.clone(),

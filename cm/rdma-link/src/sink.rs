@@ -2,6 +2,7 @@
 //! manager), always from the link's own thread.
 
 use crate::error::LinkCloseReason;
+use peercm_cm_proto::session::LocalDone;
 use peercm_cm_proto::Frame;
 
 /// The consumer of one link's events. Every method is called from the link's CQ-polling
@@ -13,7 +14,7 @@ pub trait LinkSink: Send {
     fn frame(&mut self, frame: Frame) -> bool;
     /// WRITEs of frames totalling `bytes` encoded bytes completed (the partner's HCA has them);
     /// `local_done` are the marks passed to `send` with those frames, in order.
-    fn written(&mut self, bytes: u64, local_done: Vec<(u32, u64)>);
+    fn written(&mut self, bytes: u64, local_done: Vec<LocalDone>);
     /// The link is closed; nothing is delivered after this.
     fn closed(&mut self, reason: LinkCloseReason);
 }

@@ -143,7 +143,7 @@ fn fail_and_close_report_their_reason_once_and_the_idle_partner_notices() {
     let seed = seed_from_env(0xD0_0003);
     let f = fabric(seed);
     let (a, b) = connect_pair(&f, cfg(1), cfg(2));
-    assert!(a.link.send(data_frame(1, 0, 100), Some((1, 0))));
+    assert!(a.link.send(data_frame(1, 0, 100), Some(mark(1, 0))));
     match next(&b.events, Duration::from_secs(5), "first frame") {
         Some(Event::Frame(fr)) => check_frame(&fr, 1, 0),
         other => panic!("{other:?}"),

@@ -35,7 +35,7 @@ fn a_frame_above_the_maximum_is_refused_before_posting() {
     assert_eq!(a.link.max_frame_bytes(), 36 + 4096);
     let err = a
         .link
-        .try_send(data_frame(1, 0, 4097), Some((1, 0)))
+        .try_send(data_frame(1, 0, 4097), Some(mark(1, 0)))
         .unwrap_err();
     assert_eq!(
         err,
@@ -49,7 +49,7 @@ fn a_frame_above_the_maximum_is_refused_before_posting() {
     // Nothing was posted, the link is still up and the largest frame goes through.
     assert!(!a.link.is_closed());
     a.link
-        .try_send(data_frame(1, 0, 4096), Some((1, 0)))
+        .try_send(data_frame(1, 0, 4096), Some(mark(1, 0)))
         .unwrap();
     match next(&b.events, Duration::from_secs(5), "the largest frame") {
         Some(Event::Frame(fr)) => check_frame(&fr, 1, 0),

@@ -2,7 +2,7 @@
 //! clients on its rails as node-a reports it.
 
 use peercm_cm_manager::status::{NodeStatus, TransportKind};
-use peercm_cm_manager::Node;
+use peercm_cm_manager::{InterconnectId, Node};
 use peercm_verbs_shim::sim::SimFabric;
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,7 @@ pub(super) fn demo_fabric(hcas: &[String]) -> anyhow::Result<SimFabric> {
 }
 
 /// The interconnect `client` is placed on.
-pub(super) fn placed(s: &NodeStatus, client: &str) -> Option<u32> {
+pub(super) fn placed(s: &NodeStatus, client: &str) -> Option<InterconnectId> {
     s.clients
         .iter()
         .find(|c| c.name == client)
@@ -42,7 +42,7 @@ pub(super) async fn settle_rails(node: &Node, rails: usize) -> anyhow::Result<No
             .count();
         let m = placed(&s, "mirror");
         let h = placed(&s, "heartbeat");
-        let settled = rdma == rails && m.is_some_and(|r| r >= 1) && (rails < 2 || h != m);
+        let settled = rdma == rails && m.is_some_and(|r| !r.is_tcp()) && (rails < 2 || h != m);
         if settled || Instant::now() >= deadline {
             return Ok(s);
         }

@@ -24,7 +24,7 @@ use peercm_clients::mirror::{digest_of, MirrorReceiver, MirrorSender};
 use peercm_cm_manager::config::PeerConfig;
 use peercm_cm_manager::status::{NodeStatus, TransportKind};
 use peercm_cm_manager::{
-    ClientSpec, ClusterSecret, LatencyClass, Node, NodeConfig, SendModel, VerbsSource,
+    ClientSpec, ClusterSecret, LatencyClass, LinkId, Node, NodeConfig, SendModel, VerbsSource,
 };
 use relay::{CutConnection, Relay};
 use std::collections::BTreeSet;
@@ -156,11 +156,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         let s = settle_rails(&node_a, hcas.len()).await?;
         println!("placement (node-a) before traffic:");
         print_placement(&s);
-        cut_rail = placed(&s, "mirror").filter(|r| *r >= 1);
+        // The mirror's rail, with its HCA's position in `hcas`.
+        cut_rail = placed(&s, "mirror").and_then(|r| Some((r, r.rail_index()?)));
     }
 
     let start = Instant::now();
-    let mut killed: Option<(u64, CutConnection)> = None;
+    let mut killed: Option<(LinkId, CutConnection)> = None;
     let mut killed_at = 0;
     let mut cut = None;
     let mut restored = None;
@@ -171,8 +172,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
                 sender.poll().await?;
                 tokio::task::yield_now().await;
             }
-            if let (false, Some(rail), Some(f)) = (args.no_kill, cut_rail, &fabric) {
-                let hca = hcas[(rail - 1) as usize].as_str();
+            if let (false, Some((rail, k)), Some(f)) = (args.no_kill, cut_rail, &fabric) {
+                let hca = hcas[k].as_str();
                 if lsn == (n / 3).max(1) {
                     f.cut_cable(("a", hca, 1)).context("cutting the cable")?;
                     cut = Some((rail, lsn));
@@ -329,7 +330,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
 }
 
 /// node-a's TCP links.
-fn tcp_links(s: &NodeStatus) -> BTreeSet<u64> {
+fn tcp_links(s: &NodeStatus) -> BTreeSet<LinkId> {
     s.links
         .iter()
         .filter(|l| l.transport == TransportKind::Tcp)
@@ -342,7 +343,7 @@ fn tcp_links(s: &NodeStatus) -> BTreeSet<u64> {
 async fn cut_connection(
     relay: &Relay,
     node: &Node,
-) -> anyhow::Result<Option<(u64, CutConnection)>> {
+) -> anyhow::Result<Option<(LinkId, CutConnection)>> {
     let before = tcp_links(&node.status().await?);
     let Some(cut) = relay.cut_one() else {
         return Ok(None);

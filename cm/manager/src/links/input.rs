@@ -3,7 +3,7 @@
 //! transport delivers through its own sink trait (see `sinks`); both end up here, on one bounded
 //! channel into the manager task.
 
-use peercm_cm_proto::session::{ClientId, LinkId};
+use peercm_cm_proto::session::{LinkId, LocalDone};
 use peercm_cm_proto::Frame;
 use peercm_cm_rdma_link::LinkCloseReason;
 use peercm_fallback_tcp::TcpLinkClosed;
@@ -26,7 +26,7 @@ pub(crate) enum LinkInput {
         /// Bytes written.
         bytes: u64,
         /// Local-model sends now transmitted.
-        local_done: Vec<(ClientId, u64)>,
+        local_done: Vec<LocalDone>,
     },
     /// The link is gone (the last input of a link).
     Closed {

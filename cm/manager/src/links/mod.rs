@@ -15,7 +15,7 @@ pub(crate) use input::LinkInput;
 pub(crate) use sinks::{RdmaSink, TcpSink};
 
 use crate::status::TransportKind;
-use peercm_cm_proto::session::{ClientId, InterconnectId, TCP_INTERCONNECT};
+use peercm_cm_proto::session::{InterconnectId, LinkId, LocalDone};
 use peercm_cm_proto::Frame;
 use peercm_cm_rdma_link::{LinkCloseReason, RdmaLink};
 use peercm_fallback_tcp::LinkHandle;
@@ -29,7 +29,7 @@ pub(crate) enum AnyLink {
         /// The link.
         link: RdmaLink,
         /// Its rail (= interconnect id).
-        rail: u32,
+        rail: InterconnectId,
         /// Acceptor side: handed to the session only once the first frame proves the
         /// partner's queue pair is ready.
         activated: bool,
@@ -39,7 +39,7 @@ pub(crate) enum AnyLink {
 impl AnyLink {
     /// Queues a frame, with the local-model send it completes once written; false if the link
     /// is gone (its Closed input is on the way).
-    pub fn send(&self, frame: Frame, local_done: Option<(ClientId, u64)>) -> bool {
+    pub fn send(&self, frame: Frame, local_done: Option<LocalDone>) -> bool {
         match self {
             AnyLink::Tcp(h) => h.send(frame, local_done),
             AnyLink::Rdma { link, .. } => link.send(frame, local_done),
@@ -55,7 +55,7 @@ impl AnyLink {
     }
 
     /// The link id.
-    pub fn id(&self) -> u64 {
+    pub fn id(&self) -> LinkId {
         match self {
             AnyLink::Tcp(h) => h.id,
             AnyLink::Rdma { link, .. } => link.id(),
@@ -65,7 +65,7 @@ impl AnyLink {
     /// The interconnect it belongs to.
     pub fn interconnect(&self) -> InterconnectId {
         match self {
-            AnyLink::Tcp(_) => TCP_INTERCONNECT,
+            AnyLink::Tcp(_) => InterconnectId::TCP,
             AnyLink::Rdma { rail, .. } => *rail,
         }
     }

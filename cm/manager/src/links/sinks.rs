@@ -4,7 +4,7 @@
 //! what the link reports into [`LinkInput`], so slow processing pushes back on every transport.
 
 use super::input::{LinkInput, LinkLoss};
-use peercm_cm_proto::session::{ClientId, LinkId};
+use peercm_cm_proto::session::{LinkId, LocalDone};
 use peercm_cm_proto::Frame;
 use peercm_cm_rdma_link::{LinkCloseReason, LinkSink};
 use peercm_fallback_tcp::{TcpLinkClosed, TcpLinkSink};
@@ -28,7 +28,7 @@ impl TcpLinkSink for TcpSink {
         self.tx.send(input).await.is_ok()
     }
 
-    async fn written(&self, bytes: u64, local_done: Vec<(ClientId, u64)>) -> bool {
+    async fn written(&self, bytes: u64, local_done: Vec<LocalDone>) -> bool {
         let input = LinkInput::Written {
             link: self.link,
             bytes,
@@ -65,7 +65,7 @@ impl LinkSink for RdmaSink {
             .is_ok()
     }
 
-    fn written(&mut self, bytes: u64, local_done: Vec<(ClientId, u64)>) {
+    fn written(&mut self, bytes: u64, local_done: Vec<LocalDone>) {
         let _ = self.tx.blocking_send(LinkInput::Written {
             link: self.link,
             bytes,

@@ -8,6 +8,7 @@ use crate::rails::Rails;
 use crate::timeline::NodeEvent;
 use peercm_cm_proto::auth::Role;
 use peercm_cm_proto::control::NodeInfo;
+use peercm_cm_proto::session::LinkId;
 use peercm_fallback_tcp::handshake::FramedLink;
 use peercm_fallback_tcp::{spawn_link, HandshakeFailure};
 use std::net::SocketAddr;
@@ -172,7 +173,7 @@ impl Manager {
                 return;
             }
         }
-        let id = self.next_link.fetch_add(1, Ordering::Relaxed);
+        let id = LinkId::new(self.next_link.fetch_add(1, Ordering::Relaxed));
         let sink = TcpSink {
             link: id,
             tx: self.link_tx.clone(),

@@ -287,7 +287,11 @@ impl Manager {
                 self.last_partner_rx = Some(now);
                 self.activate_rdma_link(link, now);
                 if let Err(e) = self.session.handle_frame(link, frame, now) {
-                    tracing::warn!(link, error = %e, "protocol violation: closing link");
+                    tracing::warn!(
+                        link = link.get(),
+                        error = %e,
+                        "protocol violation: closing link"
+                    );
                     let detail = e.to_string();
                     self.close_link(link, CloseCause::ProtocolViolation { detail });
                 }

@@ -20,7 +20,7 @@ impl Manager {
         match l {
             AnyLink::Rdma { ref link, .. } => {
                 if let Err(e) = link.fence() {
-                    tracing::warn!(link = link.id(), error = %e, "fencing failed: closing");
+                    tracing::warn!(link = link.id().get(), error = %e, "fencing failed: closing");
                     l.abort();
                     return;
                 }

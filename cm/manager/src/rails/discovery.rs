@@ -6,6 +6,7 @@ use super::{LocalRail, Rails, VerbsSource};
 use crate::config::VerbsTunables;
 use crate::status::RdmaUnavailable;
 use peercm_cm_proto::control::TransportCap;
+use peercm_cm_proto::session::InterconnectId;
 use peercm_verbs_shim::{Device, PortState, Provider};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -94,7 +95,7 @@ impl Rails {
                     .copied()
                     .unwrap_or(p.capacity_mbps);
                 rails.local.push(LocalRail {
-                    rail: rails.local.len() as u32 + 1,
+                    rail: InterconnectId::rail(rails.local.len() as u32 + 1),
                     device: info.name.clone(),
                     port: p.port,
                     gid,

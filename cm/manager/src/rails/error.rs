@@ -1,6 +1,7 @@
 //! [`RailSetupError`]: why one rail link could not be set up, on either side. Its sentence is
 //! also the `reason` of a TRANSPORT refusal sent to the partner.
 
+use peercm_cm_proto::session::InterconnectId;
 use peercm_cm_rdma_link::RdmaLinkError;
 use thiserror::Error;
 
@@ -9,12 +10,12 @@ use thiserror::Error;
 pub(crate) enum RailSetupError {
     /// The partner named a rail this node does not have.
     #[error("this node has no rail {0}")]
-    NoSuchRail(u32),
+    NoSuchRail(InterconnectId),
     /// The rail's port is down.
     #[error("rail {rail} ({device} port {port}) is not ACTIVE")]
     PortNotActive {
         /// The rail.
-        rail: u32,
+        rail: InterconnectId,
         /// Its device.
         device: String,
         /// Its port.
@@ -27,7 +28,7 @@ pub(crate) enum RailSetupError {
     #[error("preparing rail {rail}: {source}")]
     Prepare {
         /// The rail.
-        rail: u32,
+        rail: InterconnectId,
         /// What failed.
         source: RdmaLinkError,
     },
@@ -53,7 +54,7 @@ pub(crate) enum RailSetupError {
     #[error("connecting rail {rail}: {source}")]
     Connect {
         /// The rail.
-        rail: u32,
+        rail: InterconnectId,
         /// What failed.
         source: RdmaLinkError,
     },

@@ -2,6 +2,7 @@
 //! device fatal) to the manager, which marks the rails they concern.
 
 use super::Rails;
+use peercm_cm_proto::session::InterconnectId;
 use peercm_verbs_shim::AsyncEvent;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -50,7 +51,7 @@ impl Rails {
     }
 
     /// Marks a port active or not; returns the rails it carries.
-    pub fn set_port_active(&mut self, device: &str, port: u8, active: bool) -> Vec<u32> {
+    pub fn set_port_active(&mut self, device: &str, port: u8, active: bool) -> Vec<InterconnectId> {
         let mut hit = Vec::new();
         for r in self
             .local
@@ -64,7 +65,7 @@ impl Rails {
     }
 
     /// Rails of a device (for DEVICE_FATAL).
-    pub fn rails_of_device(&mut self, device: &str) -> Vec<u32> {
+    pub fn rails_of_device(&mut self, device: &str) -> Vec<InterconnectId> {
         self.local
             .iter_mut()
             .filter(|r| r.device == device)

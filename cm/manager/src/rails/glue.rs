@@ -11,7 +11,7 @@ use bytes::Bytes;
 use peercm_cm_proto::auth::Role;
 use peercm_cm_proto::control::{self, TransportMsg};
 use peercm_cm_proto::placement::{InterconnectInfo, InterconnectKind};
-use peercm_cm_proto::session::{ClientId, InterconnectId, LinkId, SessionState, TCP_INTERCONNECT};
+use peercm_cm_proto::session::{ClientId, InterconnectId, LinkId, SessionState};
 use peercm_cm_rdma_link::LinkCloseReason;
 use peercm_verbs_shim::AsyncEvent;
 use std::collections::HashSet;
@@ -51,10 +51,10 @@ impl Manager {
             .filter(|l| l.in_session())
             .map(AnyLink::interconnect)
             .collect();
-        let tcp = live.contains(&TCP_INTERCONNECT);
+        let tcp = live.contains(&InterconnectId::TCP);
         self.placement.upsert_interconnect(
             InterconnectInfo {
-                id: TCP_INTERCONNECT,
+                id: InterconnectId::TCP,
                 kind: InterconnectKind::Tcp,
                 capacity_mbps: TCP_CAPACITY_MBPS,
                 failure_domain: "tcp".into(),
@@ -103,7 +103,7 @@ impl Manager {
             .session
             .peer()
             .map_or(0, |p| Rails::peer_rail_count(&p.capabilities));
-        let linked: Vec<u32> = self
+        let linked: Vec<InterconnectId> = self
             .links
             .values()
             .filter_map(|l| match l {
@@ -112,7 +112,7 @@ impl Manager {
             })
             .collect();
         for rail in self.rails.rails_to_offer(peer_rails, &linked, now) {
-            let link_id = self.next_link.fetch_add(1, Ordering::Relaxed);
+            let link_id = LinkId::new(self.next_link.fetch_add(1, Ordering::Relaxed));
             match self.rails.begin_offer(rail, link_id, now) {
                 Ok(job) => {
                     let tx = self.rail_tx.clone();
@@ -121,7 +121,7 @@ impl Manager {
                         let _ = tx.send(RailDone::Prepared { rail, link_id, res });
                     });
                 }
-                Err(e) => tracing::warn!(rail, error = %e, "cannot offer rail"),
+                Err(e) => tracing::warn!(rail = rail.get(), error = %e, "cannot offer rail"),
             }
         }
     }
@@ -133,7 +133,7 @@ impl Manager {
             RailDone::Prepared { rail, link_id, res } => {
                 if let Some(msg) = self.rails.prepared(rail, link_id, res, now) {
                     if let Err(e) = self.session.send_transport(control::encode(&msg)) {
-                        tracing::warn!(rail, error = %e, "cannot send rail offer");
+                        tracing::warn!(rail = rail.get(), error = %e, "cannot send rail offer");
                     }
                 }
             }
@@ -150,7 +150,7 @@ impl Manager {
                 let link = match res {
                     Ok(link) => link,
                     Err(e) => {
-                        tracing::warn!(rail, error = %e, "rail setup failed");
+                        tracing::warn!(rail = rail.get(), error = %e, "rail setup failed");
                         if dialer {
                             self.rails.connected(rail, link_id);
                         }
@@ -199,10 +199,11 @@ impl Manager {
         };
         if let TransportMsg::Offer { rail, .. } = &msg {
             // The dialer offers a rail it has no link on: any link we still hold there is dead.
+            let rail = InterconnectId::rail(*rail);
             let stale: Vec<LinkId> = self
                 .links
                 .iter()
-                .filter(|(_, l)| matches!(l, AnyLink::Rdma { rail: r, .. } if r == rail))
+                .filter(|(_, l)| matches!(l, AnyLink::Rdma { rail: r, .. } if *r == rail))
                 .map(|(id, _)| *id)
                 .collect();
             for id in stale {
@@ -210,8 +211,10 @@ impl Manager {
             }
         }
         let id = match &msg {
-            TransportMsg::Offer { .. } => self.next_link.fetch_add(1, Ordering::Relaxed),
-            _ => 0,
+            TransportMsg::Offer { .. } => {
+                LinkId::new(self.next_link.fetch_add(1, Ordering::Relaxed))
+            }
+            _ => LinkId::new(0),
         };
         let sink = |link| -> Box<dyn peercm_cm_rdma_link::LinkSink> {
             Box::new(RdmaSink {
@@ -239,7 +242,7 @@ impl Manager {
                             Ok(link) => (
                                 Ok(link),
                                 TransportMsg::Accept {
-                                    rail,
+                                    rail: rail.get(),
                                     attempt,
                                     endpoint,
                                 },
@@ -250,7 +253,7 @@ impl Manager {
                                 (
                                     Err(e),
                                     TransportMsg::Refuse {
-                                        rail,
+                                        rail: rail.get(),
                                         attempt,
                                         reason,
                                     },
@@ -262,7 +265,7 @@ impl Manager {
                             (
                                 Err(e),
                                 TransportMsg::Refuse {
-                                    rail,
+                                    rail: rail.get(),
                                     attempt,
                                     reason,
                                 },

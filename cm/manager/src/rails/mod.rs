@@ -37,6 +37,7 @@ pub(crate) use setup::{RailDone, SetupJob};
 
 use crate::config::VerbsTunables;
 use crate::status::RdmaUnavailable;
+use peercm_cm_proto::session::InterconnectId;
 use peercm_verbs_shim::{Device, Provider};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -65,7 +66,7 @@ impl std::fmt::Debug for VerbsSource {
 /// One local HCA port.
 #[derive(Debug, Clone)]
 pub(crate) struct LocalRail {
-    pub rail: u32,
+    pub rail: InterconnectId,
     pub device: String,
     pub port: u8,
     pub gid: [u8; 16],
@@ -79,7 +80,7 @@ pub(crate) struct Rails {
     pub unavailable: Option<RdmaUnavailable>,
     devices: BTreeMap<String, Arc<dyn Device>>,
     pub local: Vec<LocalRail>,
-    pending: BTreeMap<u32, Pending>,
+    pending: BTreeMap<InterconnectId, Pending>,
     next_attempt: u64,
     tunables: VerbsTunables,
     max_payload_bytes: u32,

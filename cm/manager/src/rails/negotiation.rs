@@ -4,7 +4,7 @@
 
 use super::{RailSetupError, Rails, SetupJob};
 use peercm_cm_proto::control::TransportMsg;
-use peercm_cm_proto::session::LinkId;
+use peercm_cm_proto::session::{InterconnectId, LinkId};
 use peercm_cm_rdma_link::{LocalEndpoint, PreparedLink};
 use std::time::{Duration, Instant};
 
@@ -37,7 +37,7 @@ pub(crate) enum RailAction {
     Reply(TransportMsg),
     /// Acceptor: prepare `job`, connect it to `remote` and answer the offer (blocking work).
     Accept {
-        rail: u32,
+        rail: InterconnectId,
         attempt: u64,
         link_id: LinkId,
         job: SetupJob,
@@ -45,7 +45,7 @@ pub(crate) enum RailAction {
     },
     /// Dialer: connect the prepared link to the answer (blocking work).
     Connect {
-        rail: u32,
+        rail: InterconnectId,
         link_id: LinkId,
         prepared: Box<PreparedLink>,
         remote: LocalEndpoint,
@@ -57,18 +57,26 @@ pub(crate) enum RailAction {
 impl Rails {
     /// Dialer: rails to offer now (local port active, partner has the rail, no link, no offer
     /// in flight). Expired offers are dropped first.
-    pub fn rails_to_offer(&mut self, peer_rails: u32, linked: &[u32], now: Instant) -> Vec<u32> {
+    pub fn rails_to_offer(
+        &mut self,
+        peer_rails: u32,
+        linked: &[InterconnectId],
+        now: Instant,
+    ) -> Vec<InterconnectId> {
         let timeout = Duration::from_millis(self.tunables.rail_offer_timeout_ms);
         self.pending.retain(|rail, p| {
             let keep = now.saturating_duration_since(p.since) < timeout;
             if !keep {
-                tracing::warn!(rail, "rail offer unanswered: abandoned, will retry");
+                tracing::warn!(
+                    rail = rail.get(),
+                    "rail offer unanswered: abandoned, will retry"
+                );
             }
             keep
         });
         self.local
             .iter()
-            .filter(|r| r.active && r.rail <= peer_rails)
+            .filter(|r| r.active && r.rail.get() <= peer_rails)
             .filter(|r| !linked.contains(&r.rail) && !self.pending.contains_key(&r.rail))
             .map(|r| r.rail)
             .collect()
@@ -78,8 +86,8 @@ impl Rails {
     /// result comes back through [`Rails::prepared`].
     pub fn begin_offer(
         &mut self,
-        rail: u32,
-        link_id: u64,
+        rail: InterconnectId,
+        link_id: LinkId,
         now: Instant,
     ) -> Result<SetupJob, RailSetupError> {
         let job = self.setup_job(rail, link_id)?;
@@ -98,7 +106,7 @@ impl Rails {
     /// abandoned meanwhile (then the prepared link is dropped).
     pub fn prepared(
         &mut self,
-        rail: u32,
+        rail: InterconnectId,
         link_id: LinkId,
         res: Result<(Box<PreparedLink>, Vec<u8>), RailSetupError>,
         now: Instant,
@@ -123,13 +131,13 @@ impl Rails {
                     },
                 );
                 Some(TransportMsg::Offer {
-                    rail,
+                    rail: rail.get(),
                     attempt,
                     endpoint,
                 })
             }
             Err(e) => {
-                tracing::warn!(rail, error = %e, "cannot offer rail");
+                tracing::warn!(rail = rail.get(), error = %e, "cannot offer rail");
                 self.pending.remove(&rail);
                 None
             }
@@ -138,7 +146,7 @@ impl Rails {
 
     /// Dialer: whether a connected link is the one the rail's setup is waiting for (it is
     /// then no longer pending).
-    pub fn connected(&mut self, rail: u32, link_id: LinkId) -> bool {
+    pub fn connected(&mut self, rail: InterconnectId, link_id: LinkId) -> bool {
         let current = self
             .pending
             .get(&rail)
@@ -169,9 +177,10 @@ impl Rails {
                     Ok(e) => e,
                     Err(e) => return refuse(e),
                 };
-                match self.setup_job(rail, link_id) {
+                let ic = InterconnectId::rail(rail);
+                match self.setup_job(ic, link_id) {
                     Ok(job) => RailAction::Accept {
-                        rail,
+                        rail: ic,
                         attempt,
                         link_id,
                         job,
@@ -185,17 +194,22 @@ impl Rails {
                 attempt,
                 endpoint,
             } => {
+                let rail = InterconnectId::rail(rail);
                 let offered = self.pending.get(&rail).is_some_and(
                     |p| matches!(p.state, PendingState::Offered { attempt: a, .. } if a == attempt),
                 );
                 if !offered {
-                    tracing::debug!(rail, attempt, "answer to no pending offer ignored");
+                    tracing::debug!(
+                        rail = rail.get(),
+                        attempt,
+                        "answer to no pending offer ignored"
+                    );
                     return RailAction::None;
                 }
                 let remote = match decode_endpoint(&endpoint) {
                     Ok(e) => e,
                     Err(e) => {
-                        tracing::warn!(rail, error = %e, "bad rail answer");
+                        tracing::warn!(rail = rail.get(), error = %e, "bad rail answer");
                         self.pending.remove(&rail);
                         return RailAction::None;
                     }
@@ -220,11 +234,12 @@ impl Rails {
                 attempt,
                 reason,
             } => {
+                let rail = InterconnectId::rail(rail);
                 if self.pending.get(&rail).is_some_and(
                     |p| matches!(p.state, PendingState::Offered { attempt: a, .. } if a == attempt),
                 ) {
                     self.pending.remove(&rail);
-                    tracing::warn!(rail, %reason, "partner refused rail");
+                    tracing::warn!(rail = rail.get(), %reason, "partner refused rail");
                 }
                 RailAction::None
             }

@@ -3,7 +3,7 @@
 
 use super::{LocalRail, RailSetupError, Rails};
 use peercm_cm_proto::control::TransportMsg;
-use peercm_cm_proto::session::LinkId;
+use peercm_cm_proto::session::{InterconnectId, LinkId};
 use peercm_cm_rdma_link::{PreparedLink, RdmaLinkConfig};
 use peercm_verbs_shim::{Device, QpParams};
 use std::sync::Arc;
@@ -20,7 +20,7 @@ const QP_RETRY_COUNT: u8 = 6;
 /// thread (creating a PD, CQ, QP and registering rings takes milliseconds on hardware and up
 /// to seconds under emulation, and the manager must keep heartbeating meanwhile).
 pub(crate) struct SetupJob {
-    rail: u32,
+    rail: InterconnectId,
     device: Arc<dyn Device>,
     cfg: RdmaLinkConfig,
 }
@@ -40,13 +40,13 @@ impl SetupJob {
 pub(crate) enum RailDone {
     /// Dialer: the rail's resources exist; the offer can go out.
     Prepared {
-        rail: u32,
+        rail: InterconnectId,
         link_id: LinkId,
         res: Result<(Box<PreparedLink>, Vec<u8>), RailSetupError>,
     },
     /// A link is connected (or failed to). `reply` is the acceptor's answer to send.
     Connected {
-        rail: u32,
+        rail: InterconnectId,
         link_id: LinkId,
         res: Result<peercm_cm_rdma_link::RdmaLink, RailSetupError>,
         reply: Option<TransportMsg>,
@@ -54,7 +54,7 @@ pub(crate) enum RailDone {
 }
 
 impl Rails {
-    fn link_config(&self, rail: &LocalRail, link_id: u64) -> RdmaLinkConfig {
+    fn link_config(&self, rail: &LocalRail, link_id: LinkId) -> RdmaLinkConfig {
         RdmaLinkConfig {
             link_id,
             port: rail.port,
@@ -71,10 +71,14 @@ impl Rails {
         }
     }
 
-    pub(super) fn setup_job(&self, rail: u32, link_id: u64) -> Result<SetupJob, RailSetupError> {
-        let r = self
-            .local
-            .get(rail.wrapping_sub(1) as usize)
+    pub(super) fn setup_job(
+        &self,
+        rail: InterconnectId,
+        link_id: LinkId,
+    ) -> Result<SetupJob, RailSetupError> {
+        let r = rail
+            .rail_index()
+            .and_then(|i| self.local.get(i))
             .ok_or(RailSetupError::NoSuchRail(rail))?;
         if !r.active {
             return Err(RailSetupError::PortNotActive {

@@ -14,7 +14,7 @@ use peercm_cm_proto::auth::Role;
 use peercm_cm_proto::control::{NodeInfo, TransportCap};
 use peercm_cm_proto::frame::{Flags, Frame, MsgType};
 use peercm_cm_proto::session::{
-    ClientEvent, ClientSpec, LatencyClass, LinkId, Session, SessionConfig, SessionState,
+    ClientEvent, ClientId, ClientSpec, LatencyClass, LinkId, Session, SessionConfig, SessionState,
 };
 use peercm_cm_proto::stream::SendModel;
 use peercm_cm_proto::testkit::{arbitrary_frame, seq_like, FrameSpace, Unstructured};
@@ -74,8 +74,8 @@ struct World {
     next_link: LinkId,
     b_instance: u64,
     /// Sync messages delivered to a's clients (candidates for replies).
-    a_pending_replies: Vec<(u32, u64)>,
-    a_delivered: Vec<(u32, u64)>,
+    a_pending_replies: Vec<(ClientId, u64)>,
+    a_delivered: Vec<(ClientId, u64)>,
 }
 
 impl World {
@@ -94,7 +94,7 @@ impl World {
             b: Session::new(cfg, Role::Acceptor),
             now: Instant::now(),
             links: BTreeMap::new(),
-            next_link: 1,
+            next_link: LinkId::new(1),
             b_instance: 2,
             a_pending_replies: Vec::new(),
             a_delivered: Vec::new(),
@@ -114,7 +114,7 @@ impl World {
         assert_eq!(w.a.state(), SessionState::Up, "setup brings the session up");
         // Some traffic both ways, partly delivered, so streams have state.
         for i in 0..6u8 {
-            for id in 1..=3 {
+            for id in (1..=3).map(ClientId::new) {
                 let _ =
                     w.a.send(id, Bytes::from(vec![i; 3]), MODELS[usize::from(i) % 3]);
                 let _ =
@@ -127,7 +127,7 @@ impl World {
 
     fn add_link(&mut self) -> LinkId {
         let id = self.next_link;
-        self.next_link += 1;
+        self.next_link = LinkId::new(self.next_link.get() + 1);
         self.links.insert(id, Default::default());
         self.a
             .handle_link_up(id, node("b", self.b_instance), self.now);
@@ -253,7 +253,7 @@ impl World {
         let ids: Vec<LinkId> = self.links.keys().copied().collect();
         if ids.is_empty() || sel == 255 {
             // A link nobody knows (late frame from a closed link).
-            return 1000 + u64::from(sel);
+            return LinkId::new(1000 + u64::from(sel));
         }
         ids[usize::from(sel) % ids.len()]
     }
@@ -284,7 +284,7 @@ impl World {
                 self.deliver(pick);
             }
             6 => {
-                let id = u32::from(inp.u8() % 5);
+                let id = ClientId::new(u32::from(inp.u8() % 5));
                 let model = MODELS[usize::from(inp.u8()) % 3];
                 let payload = inp.bytes(80);
                 let _ = self.a.send(id, payload, model);
@@ -294,14 +294,14 @@ impl World {
                     let i = usize::from(inp.u8()) % self.a_pending_replies.len();
                     self.a_pending_replies.swap_remove(i)
                 } else {
-                    (u32::from(inp.u8() % 5), inp.seq(3))
+                    (ClientId::new(u32::from(inp.u8() % 5)), inp.seq(3))
                 };
                 let _ = self.a.reply(id, seq, inp.u32() as i32);
             }
             8 => {
                 let (id, seq) = match self.a_delivered.last() {
                     Some(&(id, seq)) if inp.u8() % 2 == 0 => (id, seq),
-                    _ => (u32::from(inp.u8() % 5), inp.seq(3)),
+                    _ => (ClientId::new(u32::from(inp.u8() % 5)), inp.seq(3)),
                 };
                 self.a.consumed(id, seq);
             }
@@ -327,7 +327,7 @@ impl World {
             }
             _ => {
                 let name = NAMES[usize::from(inp.u8()) % NAMES.len()];
-                let id = u32::from(inp.u8() % 6);
+                let id = ClientId::new(u32::from(inp.u8() % 6));
                 let _ = match inp.u8() % 4 {
                     0 => self.a.register(name, spec(SendModel::Async)).map(|_| ()),
                     1 => self.a.connect(id).map(|_| ()),

@@ -98,8 +98,7 @@ use crate::session::{ClientId, LatencyClass};
 use rate::decayed_rate;
 use snapshot::utilization;
 
-/// Identifies one interconnect to the partner node (an HCA port, or TCP), chosen by the runtime.
-pub type InterconnectId = u32;
+pub use crate::ids::InterconnectId;
 
 /// Bytes in one MB (demand and rates are in MB/s).
 const BYTES_PER_MB: f64 = 1_000_000.0;
@@ -383,7 +382,7 @@ mod tests {
         for id in 1..=2 {
             p.upsert_interconnect(
                 InterconnectInfo {
-                    id,
+                    id: InterconnectId::new(id),
                     kind: InterconnectKind::Rdma,
                     capacity_mbps: 25_000,
                     failure_domain: format!("mlx5_{id}"),
@@ -392,9 +391,10 @@ mod tests {
                 t0,
             );
         }
-        p.add_client(1, 5000, LatencyClass::Bulk, t0);
-        p.add_client(2, 5000, LatencyClass::Normal, t0);
-        p.record_bytes(1, u64::MAX, t0);
+        let (c1, c2) = (ClientId::new(1), ClientId::new(2));
+        p.add_client(c1, 5000, LatencyClass::Bulk, t0);
+        p.add_client(c2, 5000, LatencyClass::Normal, t0);
+        p.record_bytes(c1, u64::MAX, t0);
         let mut now = t0;
         for _ in 0..20 {
             now += Duration::from_millis(1);

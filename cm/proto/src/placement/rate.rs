@@ -43,21 +43,22 @@ pub(super) fn decayed_rate(c: &Client, now: Instant, half_life_secs: f64) -> f64
 mod tests {
     use super::*;
     use crate::placement::{PlacementConfig, BYTES_PER_MB};
-    use crate::session::LatencyClass;
+    use crate::session::{ClientId, LatencyClass};
     use std::time::Duration;
 
     #[test]
     fn placement_rate_ewma_converges_and_decays() {
         let mut p = Placement::new(PlacementConfig::default());
         let t0 = Instant::now();
-        p.add_client(1, 0, LatencyClass::Bulk, t0);
+        let c1 = ClientId::new(1);
+        p.add_client(c1, 0, LatencyClass::Bulk, t0);
         let mut now = t0;
         // 800 MB/s reported every 250 ms for 10 s.
         for _ in 0..40 {
             now += Duration::from_millis(250);
-            p.record_bytes(1, 200_000_000, now);
+            p.record_bytes(c1, 200_000_000, now);
         }
-        let c = &p.clients[&1];
+        let c = &p.clients[&c1];
         let rate = decayed_rate(c, now, 1.0) / BYTES_PER_MB;
         assert!((rate - 800.0).abs() < 800.0 * 0.12, "{rate}");
         // Silence for one half-life halves it; for a minute makes it negligible.

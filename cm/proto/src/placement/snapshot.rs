@@ -236,14 +236,15 @@ mod tests {
     fn placement_effective_demand_is_max_of_declared_and_measured() {
         let mut p = Placement::new(PlacementConfig::default());
         let t0 = Instant::now();
-        p.add_client(1, 100, LatencyClass::Normal, t0);
+        let c1 = ClientId::new(1);
+        p.add_client(c1, 100, LatencyClass::Normal, t0);
         let snap = p.snapshot(t0, &[]);
-        assert_eq!(snap.demand(1), 100.0);
+        assert_eq!(snap.demand(c1), 100.0);
         // A burst: ln 2 x 1000 MB/s right after it.
-        p.record_bytes(1, 1_000_000_000, t0);
+        p.record_bytes(c1, 1_000_000_000, t0);
         let snap = p.snapshot(t0, &[]);
-        assert!((snap.demand(1) - 1000.0 * std::f64::consts::LN_2).abs() < 1e-6);
+        assert!((snap.demand(c1) - 1000.0 * std::f64::consts::LN_2).abs() < 1e-6);
         let snap = p.snapshot(t0 + Duration::from_secs(30), &[]);
-        assert_eq!(snap.demand(1), 100.0);
+        assert_eq!(snap.demand(c1), 100.0);
     }
 }

@@ -21,7 +21,7 @@ impl Session {
             return Err(SessionError::DuplicateName(name.to_string()));
         }
         let id = self.next_client_id;
-        self.next_client_id = self.next_client_id.wrapping_add(1).max(1);
+        self.next_client_id = ClientId::new(self.next_client_id.get().wrapping_add(1).max(1));
         let mut port = Port::default();
         port.apply(PortInput::Register)?;
         port.apply(PortInput::Initialize)?;
@@ -96,7 +96,7 @@ impl Session {
             self.ack_due.remove(&id);
             self.flow_due.remove(&id);
             if self.state == SessionState::Up {
-                let gone = ClientGone { name, id };
+                let gone = ClientGone { name, id: id.get() };
                 self.queue_on_all_links(Frame::control(
                     MsgType::ClientDown,
                     control::encode(&gone),

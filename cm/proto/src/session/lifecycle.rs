@@ -4,9 +4,7 @@
 //! links dead.
 
 use super::{code_ack, LinkState, Session};
-use super::{
-    ClientEvent, ClientId, DownReason, InterconnectId, LinkId, SessionState, TCP_INTERCONNECT,
-};
+use super::{ClientEvent, ClientId, DownReason, InterconnectId, LinkId, SessionState};
 use crate::auth::Role;
 use crate::control::{self, NackReason, NodeInfo};
 use crate::frame::{Flags, Frame, MsgType};
@@ -17,7 +15,7 @@ use std::time::Instant;
 impl Session {
     /// An authenticated TCP link to `peer` came up.
     pub fn handle_link_up(&mut self, link: LinkId, peer: NodeInfo, now: Instant) {
-        self.handle_link_up_on(link, TCP_INTERCONNECT, peer, now);
+        self.handle_link_up_on(link, InterconnectId::TCP, peer, now);
     }
 
     /// A link to `peer` on interconnect `interconnect` came up (an RDMA queue pair set up over
@@ -391,7 +389,7 @@ impl Session {
             .collect();
         for link in dead {
             tracing::warn!(
-                link,
+                link = link.get(),
                 timeout_ms = self.cfg.link_timeout.as_millis() as u64,
                 "link silent: closing it"
             );

@@ -39,11 +39,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Instant;
 
 /// An ACK carrying the return code of synchronous message `seq`, with the cumulative ack.
-fn code_ack(peer_client: u32, seq: u64, delivered: u64, code: i32) -> Frame {
+fn code_ack(peer_client: PeerClientId, seq: u64, delivered: u64, code: i32) -> Frame {
     Frame::new(
         MsgType::Ack,
         Flags::empty(),
-        peer_client,
+        peer_client.get(),
         seq,
         delivered,
         control::encode_code(code),
@@ -64,7 +64,7 @@ struct LinkState {
 
 #[derive(Debug, Clone, Copy)]
 struct PeerClient {
-    id: u32,
+    id: PeerClientId,
     window: u32,
 }
 
@@ -97,7 +97,7 @@ pub struct Session {
     peer_clients: HashMap<String, PeerClient>,
     /// Highest closed incarnation id per partner client name: announcements of these (late
     /// copies from a slower link) are ignored.
-    peer_retired: HashMap<String, u32>,
+    peer_retired: HashMap<String, PeerClientId>,
     next_client_id: ClientId,
     control_out: VecDeque<(Option<LinkId>, Frame)>,
     ack_due: BTreeSet<ClientId>,
@@ -134,13 +134,13 @@ impl Session {
             by_name: HashMap::new(),
             peer_clients: HashMap::new(),
             peer_retired: HashMap::new(),
-            next_client_id: 1,
+            next_client_id: ClientId::new(1),
             control_out: VecDeque::new(),
             ack_due: BTreeSet::new(),
             flow_due: BTreeSet::new(),
             events: VecDeque::new(),
             closing: VecDeque::new(),
-            rr_client: 0,
+            rr_client: ClientId::new(0),
             rr_link: 0,
             early: BTreeMap::new(),
             transport_in: VecDeque::new(),
@@ -233,7 +233,7 @@ impl Session {
     fn announce(&self, id: ClientId, c: &ClientSlot) -> ClientAnnounce {
         ClientAnnounce {
             name: c.name.clone(),
-            id,
+            id: id.get(),
             recv_window: self.cfg.window,
             connecting: matches!(c.port.state(), PortState::Connecting | PortState::Connected),
         }

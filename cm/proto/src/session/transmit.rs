@@ -4,7 +4,7 @@
 //! quiet links; and the writers' feedback ([`Session::handle_written`]).
 
 use super::Session;
-use super::{ClientEvent, ClientId, InterconnectId, LinkId, SessionState, Transmit};
+use super::{ClientEvent, ClientId, InterconnectId, LinkId, LocalDone, SessionState, Transmit};
 use crate::frame::{Flags, Frame, MsgType};
 use crate::stream::SendModel;
 use bytes::Bytes;
@@ -47,7 +47,7 @@ impl Session {
         &mut self,
         link: LinkId,
         frame: Frame,
-        local_done: Option<(ClientId, u64)>,
+        local_done: Option<LocalDone>,
         now: Instant,
     ) -> Transmit {
         if let Some(l) = self.links.get_mut(&link) {
@@ -104,7 +104,7 @@ impl Session {
             let frame = Frame::new(
                 MsgType::Ack,
                 Flags::CUMULATIVE,
-                peer.id,
+                peer.id.get(),
                 c.recv.delivered(),
                 0,
                 Bytes::new(),
@@ -123,7 +123,7 @@ impl Session {
             let frame = Frame::new(
                 MsgType::Flow,
                 Flags::empty(),
-                peer.id,
+                peer.id.get(),
                 credit,
                 0,
                 Bytes::new(),
@@ -137,7 +137,7 @@ impl Session {
     fn poll_data(&mut self, now: Instant) -> Option<Transmit> {
         let ids: Vec<ClientId> = self
             .clients
-            .range(self.rr_client.wrapping_add(1)..)
+            .range(ClientId::new(self.rr_client.get().wrapping_add(1))..)
             .chain(self.clients.range(..=self.rr_client))
             .filter(|(_, c)| c.port.state().is_up() && c.send.can_transmit())
             .map(|(id, _)| *id)
@@ -164,17 +164,17 @@ impl Session {
             self.events
                 .push_back((id, ClientEvent::FlowControl { on: false }));
         }
-        let frame = Frame::new(MsgType::Data, flags, peer.id, seq, ack, payload);
-        let local = (model == SendModel::Local).then_some((id, seq));
+        let frame = Frame::new(MsgType::Data, flags, peer.id.get(), seq, ack, payload);
+        let local = (model == SendModel::Local).then_some(LocalDone { client: id, seq });
         Some(self.emit(link, frame, local, now))
     }
 
     /// The runtime wrote `bytes` on `link`; `local_done` lists local-model sends now transmitted.
-    pub fn handle_written(&mut self, link: LinkId, bytes: u64, local_done: &[(ClientId, u64)]) {
+    pub fn handle_written(&mut self, link: LinkId, bytes: u64, local_done: &[LocalDone]) {
         if let Some(l) = self.links.get_mut(&link) {
             l.queued_bytes = l.queued_bytes.saturating_sub(bytes);
         }
-        for &(id, seq) in local_done {
+        for &LocalDone { client: id, seq } in local_done {
             let done = self
                 .clients
                 .get_mut(&id)

@@ -10,15 +10,8 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use thiserror::Error;
 
-/// Runtime-assigned identity of one link (one TCP connection or one RDMA queue pair).
-pub type LinkId = u64;
-/// Local identity of a registered client.
-pub type ClientId = u32;
-/// Which interconnect a link belongs to. The runtime numbers them: [`TCP_INTERCONNECT`] for
-/// every TCP connection, 1.. for the RDMA rails.
-pub type InterconnectId = u32;
-/// The interconnect id of TCP links.
-pub const TCP_INTERCONNECT: InterconnectId = 0;
+pub use crate::ids::{ClientId, InterconnectId, LinkId, PeerClientId};
+
 /// Largest TRANSPORT payload (RDMA endpoint offers are a few hundred bytes).
 pub const MAX_TRANSPORT_PAYLOAD_BYTES: usize = 4096;
 
@@ -250,8 +243,19 @@ pub struct Transmit {
     pub link: LinkId,
     /// The frame.
     pub frame: Frame,
-    /// For local-model data: report `(client, seq)` back through `handle_written` once written.
-    pub local_done: Option<(ClientId, u64)>,
+    /// For local-model data: report it back through `handle_written` once written.
+    pub local_done: Option<LocalDone>,
+}
+
+/// A local-model send that a link writer has put on the wire: reported back to the session
+/// through [`Session::handle_written`](super::Session::handle_written), which completes the
+/// send with [`ClientEvent::Transmitted`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LocalDone {
+    /// The (local) client that sent it.
+    pub client: ClientId,
+    /// Its sequence number on the client's stream.
+    pub seq: u64,
 }
 
 /// Counters for status output and tests.

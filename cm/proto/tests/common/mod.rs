@@ -77,7 +77,7 @@ impl Pair {
             b_info: node("b", 2),
             now: Instant::now(),
             links: BTreeMap::new(),
-            next_link: 1,
+            next_link: LinkId::new(1),
             rng: Rng(seed),
             a_events: Vec::new(),
             b_events: Vec::new(),
@@ -88,7 +88,7 @@ impl Pair {
 
     pub fn add_link(&mut self) -> LinkId {
         let id = self.next_link;
-        self.next_link += 1;
+        self.next_link = LinkId::new(self.next_link.get() + 1);
         self.links.insert(id, LinkQ::default());
         self.a.handle_link_up(id, self.b_info.clone(), self.now);
         self.b.handle_link_up(id, self.a_info.clone(), self.now);
@@ -98,7 +98,7 @@ impl Pair {
     /// Adds a link on interconnect `ic` (an RDMA rail in the runtime).
     pub fn add_link_on(&mut self, ic: peercm_cm_proto::session::InterconnectId) -> LinkId {
         let id = self.next_link;
-        self.next_link += 1;
+        self.next_link = LinkId::new(self.next_link.get() + 1);
         self.links.insert(id, LinkQ::default());
         self.a
             .handle_link_up_on(id, ic, self.b_info.clone(), self.now);

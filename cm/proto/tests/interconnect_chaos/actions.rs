@@ -148,7 +148,13 @@ impl Chaos<'_> {
                 self.step.get(),
                 links
                     .iter()
-                    .map(|l| (*l, self.link_ic.get(l).copied().unwrap_or(99)))
+                    .map(|l| (
+                        *l,
+                        self.link_ic
+                            .get(l)
+                            .copied()
+                            .unwrap_or(InterconnectId::new(99))
+                    ))
                     .collect::<Vec<_>>(),
                 self.p.a.state(),
                 self.p.a.holding_since().is_some(),
@@ -286,7 +292,7 @@ impl Chaos<'_> {
                         self.p
                             .a
                             .link_interconnect(l)
-                            .is_some_and(|ic| ic != TCP_INTERCONNECT)
+                            .is_some_and(|ic| ic != InterconnectId::TCP)
                     })
                     .collect();
                 if !rdma.is_empty() {
@@ -314,15 +320,15 @@ impl Chaos<'_> {
                 }
             }
             Action::TcpDrop => {
-                let tcp = self.links_on(TCP_INTERCONNECT);
+                let tcp = self.links_on(InterconnectId::TCP);
                 if !tcp.is_empty() {
                     let l = tcp[self.p.rng.below(tcp.len() as u64) as usize];
                     self.kill(l);
                 }
             }
             Action::TcpAdd if !down => {
-                if self.links_on(TCP_INTERCONNECT).len() < MAX_TCP_LINKS {
-                    self.link_up(TCP_INTERCONNECT);
+                if self.links_on(InterconnectId::TCP).len() < MAX_TCP_LINKS {
+                    self.link_up(InterconnectId::TCP);
                 }
             }
             Action::Crash => self.crash(),
@@ -387,7 +393,11 @@ impl Chaos<'_> {
                 if h.msg_type != MsgType::Data {
                     continue;
                 }
-                let Some(c) = self.b_ids.iter().position(|&i| i == h.client) else {
+                let Some(c) = self
+                    .b_ids
+                    .iter()
+                    .position(|&i| i == ClientId::new(h.client))
+                else {
                     continue;
                 };
                 let placed = self.p.a.placement(self.a_ids[c]);

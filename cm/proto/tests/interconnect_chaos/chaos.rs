@@ -94,12 +94,12 @@ impl<'a> Chaos<'a> {
             } else {
                 format!("mlx5_{}", r - 1)
             };
-            rails.push((r, capacity, domain));
+            rails.push((InterconnectId::rail(r), capacity, domain));
         }
         let mut usable = BTreeMap::new();
         placement.upsert_interconnect(
             InterconnectInfo {
-                id: TCP_INTERCONNECT,
+                id: InterconnectId::TCP,
                 kind: InterconnectKind::Tcp,
                 capacity_mbps: 10_000,
                 failure_domain: "tcp".into(),
@@ -107,7 +107,7 @@ impl<'a> Chaos<'a> {
             },
             now,
         );
-        usable.insert(TCP_INTERCONNECT, false);
+        usable.insert(InterconnectId::TCP, false);
         for (id, capacity, domain) in &rails {
             placement.upsert_interconnect(
                 InterconnectInfo {

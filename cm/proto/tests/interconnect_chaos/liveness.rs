@@ -50,7 +50,7 @@ impl Chaos<'_> {
                 ));
             }
             let placed = a.placement(ia);
-            if !matches!(placed, Some(ic) if ic != TCP_INTERCONNECT) {
+            if !matches!(placed, Some(ic) if ic != InterconnectId::TCP) {
                 why.push(format!("client{c} placed on {placed:?}"));
             }
         }
@@ -86,8 +86,8 @@ impl Chaos<'_> {
                 "{ctx}: no quiescence within {HEAL_BUDGET:?} of virtual time: {}",
                 self.unquiet().join("; ")
             );
-            if self.links_on(TCP_INTERCONNECT).is_empty() {
-                self.link_up(TCP_INTERCONNECT);
+            if self.links_on(InterconnectId::TCP).is_empty() {
+                self.link_up(InterconnectId::TCP);
             }
             for r in self.rail_ids() {
                 if self.links_on(r).is_empty() {

@@ -90,7 +90,7 @@ use peercm_cm_proto::placement::{InterconnectInfo, InterconnectKind, Placement, 
 use peercm_cm_proto::port::PortState;
 use peercm_cm_proto::session::{
     ClientEvent, ClientId, ClientSpec, DownReason, InterconnectId, LatencyClass, LinkId,
-    SessionConfig, SessionState, TCP_INTERCONNECT,
+    SessionConfig, SessionState,
 };
 use peercm_cm_proto::stream::SendModel;
 use peercm_cm_proto::MsgType;
@@ -114,7 +114,7 @@ const AT_A: u32 = 0;
 fn run_seed(seed: u64, step: &Cell<usize>) -> Totals {
     step.set(0);
     let mut ch = Chaos::new(seed, step);
-    ch.link_up(TCP_INTERCONNECT);
+    ch.link_up(InterconnectId::TCP);
     for r in ch.rail_ids() {
         for _ in 0..ch.p.rng.below(MAX_RAIL_LINKS as u64 + 1) {
             ch.link_up(r);

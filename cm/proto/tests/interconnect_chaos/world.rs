@@ -49,7 +49,7 @@ impl Chaos<'_> {
                 println!("  partner restart detected over silent links: NACKs expected");
             }
         }
-        let l = if ic == TCP_INTERCONNECT {
+        let l = if ic == InterconnectId::TCP {
             self.p.add_link()
         } else {
             self.p.add_link_on(ic)
@@ -161,7 +161,7 @@ impl Chaos<'_> {
                 .filter(|l| {
                     self.link_ic
                         .get(l)
-                        .is_some_and(|&ic| ic != TCP_INTERCONNECT)
+                        .is_some_and(|&ic| ic != InterconnectId::TCP)
                 })
                 .collect();
             self.p.crash_b_leaving_silent(&rdma, &node, cfg);
@@ -209,7 +209,7 @@ impl Chaos<'_> {
             return;
         }
         self.partner_down = false;
-        self.link_up(TCP_INTERCONNECT);
+        self.link_up(InterconnectId::TCP);
         for r in self.rail_ids() {
             if every_rail || self.p.rng.below(2) == 0 {
                 self.link_up(r);
@@ -230,7 +230,7 @@ impl Chaos<'_> {
             .filter_map(|l| self.p.a.link_interconnect(l))
             .collect();
         let mut infos = vec![(
-            TCP_INTERCONNECT,
+            InterconnectId::TCP,
             InterconnectKind::Tcp,
             10_000,
             "tcp".to_string(),

@@ -29,12 +29,22 @@ mod initial;
 mod random;
 mod rebalance;
 
-const TCP: InterconnectId = 0;
-const HEAVY: ClientId = 1;
-const LIGHT1: ClientId = 2;
-const LIGHT2: ClientId = 3;
-const HB: ClientId = 4;
+const TCP: InterconnectId = InterconnectId::TCP;
+const HEAVY: ClientId = ClientId::new(1);
+const LIGHT1: ClientId = ClientId::new(2);
+const LIGHT2: ClientId = ClientId::new(3);
+const HB: ClientId = ClientId::new(4);
 const STEP: Duration = Duration::from_millis(250);
+
+/// Interconnect `n` (0 = TCP, `n` = HCA port / rail `n`).
+fn ic(n: u32) -> InterconnectId {
+    InterconnectId::new(n)
+}
+
+/// Client `n`.
+fn cid(n: u32) -> ClientId {
+    ClientId::new(n)
+}
 
 fn rdma(id: InterconnectId, domain: &str, usable: bool) -> InterconnectInfo {
     InterconnectInfo {
@@ -58,7 +68,7 @@ fn tcp(usable: bool) -> InterconnectInfo {
 
 /// Failure domain of HCA port `id` in the standard rigs: one HCA per port.
 fn hca(id: InterconnectId) -> String {
-    format!("mlx5_{}", id - 1)
+    format!("mlx5_{}", id.get() - 1)
 }
 
 struct Rig {
@@ -86,7 +96,7 @@ impl Rig {
         let mut rig = Rig::empty();
         rig.link(tcp(true));
         for id in 1..=hcas {
-            rig.link(rdma(id, &hca(id), true));
+            rig.link(rdma(ic(id), &hca(ic(id)), true));
         }
         rig
     }

@@ -39,19 +39,19 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         2 => (0u32..5, any::<bool>(), prop::sample::select(vec![0u32, 10_000, 25_000, 25_000, 56_000, 100_000]))
-            .prop_map(|(id, usable, cap)| Op::Link { id, usable, cap }),
-        1 => (0u32..5).prop_map(|id| Op::RemoveLink { id }),
-        3 => (0u32..6, 0u32..3000, 0u8..3).prop_map(|(client, demand, lat)| Op::Add { client, demand, lat }),
-        2 => (0u32..6, 0u32..3000).prop_map(|(client, demand)| Op::SetDemand { client, demand }),
-        1 => (0u32..6).prop_map(|client| Op::RemoveClient { client }),
-        3 => (0u32..6, 0u64..4000).prop_map(|(client, mbps)| Op::Bytes { client, mbps }),
+            .prop_map(|(id, usable, cap)| Op::Link { id: ic(id), usable, cap }),
+        1 => (0u32..5).prop_map(|id| Op::RemoveLink { id: ic(id) }),
+        3 => (0u32..6, 0u32..3000, 0u8..3).prop_map(|(client, demand, lat)| Op::Add { client: cid(client), demand, lat }),
+        2 => (0u32..6, 0u32..3000).prop_map(|(client, demand)| Op::SetDemand { client: cid(client), demand }),
+        1 => (0u32..6).prop_map(|client| Op::RemoveClient { client: cid(client) }),
+        3 => (0u32..6, 0u64..4000).prop_map(|(client, mbps)| Op::Bytes { client: cid(client), mbps }),
         5 => (0u64..3000).prop_map(|ms| Op::Tick { ms }),
     ]
 }
 
 fn info_for(id: InterconnectId, usable: bool, cap: u32) -> InterconnectInfo {
     // 0: TCP; 1 and 2: two ports of one HCA; 3, 4: one HCA each.
-    let (kind, domain) = match id {
+    let (kind, domain) = match id.get() {
         0 => (InterconnectKind::Tcp, "tcp".to_string()),
         1 | 2 => (InterconnectKind::Rdma, "mlx5_0".to_string()),
         n => (InterconnectKind::Rdma, format!("mlx5_{}", n - 2)),
@@ -269,9 +269,9 @@ proptest! {
     fn placement_prop_invariants_hold_and_runs_are_deterministic(random in prop::collection::vec(op(), 1..80)) {
         // Start from TCP plus two HCAs, then anything goes.
         let mut ops = vec![
-            Op::Link { id: 0, usable: true, cap: 10_000 },
-            Op::Link { id: 1, usable: true, cap: 25_000 },
-            Op::Link { id: 3, usable: true, cap: 25_000 },
+            Op::Link { id: ic(0), usable: true, cap: 10_000 },
+            Op::Link { id: ic(1), usable: true, cap: 25_000 },
+            Op::Link { id: ic(3), usable: true, cap: 25_000 },
         ];
         ops.extend(random);
         let first = run_checked(&ops)?;

@@ -68,7 +68,7 @@ fn sync_ack_completes_the_async_sends_it_acknowledges() {
     let ack = Frame::new(
         MsgType::Ack,
         Flags::empty(),
-        ca,
+        ca.get(),
         s2,
         s2,
         peercm_cm_proto::control::encode_code(5),

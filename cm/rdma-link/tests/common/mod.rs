@@ -7,6 +7,7 @@
 use bytes::Bytes;
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use peercm_cm_proto::frame::{Flags, MsgType};
+use peercm_cm_proto::session::{ClientId, LinkId, LocalDone};
 use peercm_cm_proto::Frame;
 use peercm_cm_rdma_link::{
     LinkCloseReason, LinkSink, LocalEndpoint, PreparedLink, RdmaLink, RdmaLinkConfig,
@@ -23,7 +24,7 @@ pub enum Event {
     Frame(Frame),
     Written {
         bytes: u64,
-        local_done: Vec<(u32, u64)>,
+        local_done: Vec<LocalDone>,
     },
     Closed(LinkCloseReason),
 }
@@ -35,7 +36,7 @@ impl LinkSink for ChanSink {
     fn frame(&mut self, frame: Frame) -> bool {
         self.0.send(Event::Frame(frame)).is_ok()
     }
-    fn written(&mut self, bytes: u64, local_done: Vec<(u32, u64)>) {
+    fn written(&mut self, bytes: u64, local_done: Vec<LocalDone>) {
         let _ = self.0.send(Event::Written { bytes, local_done });
     }
     fn closed(&mut self, reason: LinkCloseReason) {
@@ -64,7 +65,7 @@ pub fn device(f: &SimFabric, node: &str) -> Arc<dyn Device> {
 /// short waits and probes.
 pub fn test_cfg(link_id: u64) -> RdmaLinkConfig {
     RdmaLinkConfig {
-        link_id,
+        link_id: LinkId::new(link_id),
         gid_index: 1,
         qp: fast_params(),
         cq_wait_timeout_ms: 20,
@@ -187,11 +188,19 @@ pub fn send_stream(link: &RdmaLink, seed: u64, dir: u32, n: u64, max_payload: us
             std::thread::sleep(Duration::from_micros(50));
         }
         let len = size_for(seed, dir, i, max_payload);
-        if !link.send(data_frame(dir, i, len), Some((dir, i))) {
+        if !link.send(data_frame(dir, i, len), Some(mark(dir, i))) {
             return i;
         }
     }
     n
+}
+
+/// The local-done mark of frame `i` in direction `dir` (the direction stands in for a client).
+pub fn mark(dir: u32, i: u64) -> LocalDone {
+    LocalDone {
+        client: ClientId::new(dir),
+        seq: i,
+    }
 }
 
 /// The next event within `timeout`, or a panic naming `what`.
@@ -237,10 +246,10 @@ pub fn drain(events: &Receiver<Event>, peer_dir: u32, my_dir: u32, deadline: Dur
             }
             Event::Written { bytes, local_done } => {
                 seen.written_bytes += bytes;
-                for (dir, i) in local_done {
+                for d in local_done {
                     assert_eq!(
-                        (dir, i),
-                        (my_dir, seen.written_marks),
+                        d,
+                        mark(my_dir, seen.written_marks),
                         "written marks in order"
                     );
                     seen.written_marks += 1;

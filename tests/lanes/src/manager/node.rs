@@ -5,7 +5,7 @@
 use super::args::Hca;
 use super::clients::{CONFIG, HEARTBEAT, MIRROR};
 use peercm_cm_manager::status::{NodeEvent, NodeStatus, TimelineEntry, TransportKind};
-use peercm_cm_manager::{ClusterSecret, Node, NodeConfig};
+use peercm_cm_manager::{ClusterSecret, InterconnectId, Node, NodeConfig};
 use peercm_verbs_shim::types::AsyncEvent;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -71,9 +71,13 @@ pub async fn wait_status(
     }
 }
 
+/// RDMA rail 1 (HCA0's port) and rail 2 (HCA1's), as interconnect ids.
+pub const RAIL1: InterconnectId = InterconnectId::rail(1);
+pub const RAIL2: InterconnectId = InterconnectId::rail(2);
+
 /// The interconnects that carry an RDMA link, sorted.
-pub fn rdma_links(s: &NodeStatus) -> Vec<u32> {
-    let mut v: Vec<u32> = s
+pub fn rdma_links(s: &NodeStatus) -> Vec<InterconnectId> {
+    let mut v: Vec<InterconnectId> = s
         .links
         .iter()
         .filter(|l| l.transport == TransportKind::Rdma)
@@ -84,7 +88,7 @@ pub fn rdma_links(s: &NodeStatus) -> Vec<u32> {
 }
 
 /// The interconnect a client is placed on.
-pub fn placed(s: &NodeStatus, client: &str) -> Option<u32> {
+pub fn placed(s: &NodeStatus, client: &str) -> Option<InterconnectId> {
     s.clients
         .iter()
         .find(|c| c.name == client)
@@ -95,9 +99,9 @@ pub fn placed(s: &NodeStatus, client: &str) -> Option<u32> {
 /// clients (heartbeat included) on the other.
 pub fn separated(s: &NodeStatus) -> bool {
     let m = placed(s, MIRROR);
-    rdma_links(s) == [1, 2]
-        && matches!(m, Some(1 | 2))
-        && matches!(placed(s, HEARTBEAT), Some(1 | 2))
+    rdma_links(s) == [RAIL1, RAIL2]
+        && matches!(m, Some(RAIL1 | RAIL2))
+        && matches!(placed(s, HEARTBEAT), Some(RAIL1 | RAIL2))
         && placed(s, HEARTBEAT) != m
         && placed(s, CONFIG) != m
 }
@@ -106,9 +110,9 @@ pub fn separated(s: &NodeStatus) -> bool {
 pub fn placement(s: &NodeStatus) -> String {
     format!(
         "mirror@{} config@{} heartbeat@{}",
-        placed(s, MIRROR).unwrap_or(0),
-        placed(s, CONFIG).unwrap_or(0),
-        placed(s, HEARTBEAT).unwrap_or(0)
+        placed(s, MIRROR).unwrap_or(InterconnectId::TCP),
+        placed(s, CONFIG).unwrap_or(InterconnectId::TCP),
+        placed(s, HEARTBEAT).unwrap_or(InterconnectId::TCP)
     )
 }
 

@@ -4,7 +4,7 @@
 //! latency quantiles, the stall a fault caused).
 
 use super::record;
-use peercm_cm_manager::{ClientEvent, ClientHandle};
+use peercm_cm_manager::{ClientEvent, ClientHandle, InterconnectId};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -35,7 +35,7 @@ pub struct StreamOut {
     pub bad_codes: Vec<String>,
     pub nacks: Vec<String>,
     pub downs: Vec<(Instant, String)>,
-    pub migrations: Vec<(Instant, u32, u32)>,
+    pub migrations: Vec<(Instant, InterconnectId, InterconnectId)>,
     pub switched: Vec<(Instant, String)>,
     pub ack_times: Vec<Instant>,
     /// The record index of each ack, in the order of `ack_times`.

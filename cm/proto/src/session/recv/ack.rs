@@ -4,7 +4,7 @@
 use crate::control;
 use crate::frame::{Flags, Frame, Header};
 use crate::session::Session;
-use crate::session::{ClientEvent, ClientId, ProtocolViolation, SessionState};
+use crate::session::{ClientEvent, ClientId, PeerClientId, ProtocolViolation, SessionState};
 use crate::stream::SendCompletion;
 
 impl Session {
@@ -15,7 +15,7 @@ impl Session {
         if self.state != SessionState::Up {
             return Ok(());
         }
-        let id = h.client;
+        let id = ClientId::new(h.client);
         let completion = {
             let Some(c) = self.clients.get_mut(&id) else {
                 return Ok(());
@@ -39,6 +39,7 @@ impl Session {
     pub(super) fn recv_nack(&mut self, frame: Frame) -> Result<(), ProtocolViolation> {
         let h = frame.header;
         let (reason, dest) = control::decode_nack(&frame.payload)?;
+        let dest = PeerClientId::new(dest);
         let target = self
             .clients
             .iter()
@@ -57,7 +58,7 @@ impl Session {
 
     /// FLOW: new credit for one of our send streams.
     pub(super) fn recv_flow(&mut self, h: Header) -> Result<(), ProtocolViolation> {
-        if let Some(c) = self.clients.get_mut(&h.client) {
+        if let Some(c) = self.clients.get_mut(&ClientId::new(h.client)) {
             if self.state == SessionState::Up {
                 c.send.on_credit(h.seq);
             }

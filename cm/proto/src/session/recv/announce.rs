@@ -2,8 +2,8 @@
 //! retirement of closed ones (late copies from slower links are ignored).
 
 use crate::control::{self, ClientAnnounce, ClientGone};
-use crate::session::ProtocolViolation;
 use crate::session::{PeerClient, Session};
+use crate::session::{PeerClientId, ProtocolViolation};
 use bytes::Bytes;
 
 impl Session {
@@ -11,12 +11,14 @@ impl Session {
     pub(super) fn recv_client_up(&mut self, payload: &Bytes) -> Result<(), ProtocolViolation> {
         let a: ClientAnnounce = control::decode("CLIENT-UP", payload)?;
         control::validate_name("client name", &a.name)?;
-        if self.peer_retired.get(&a.name).is_some_and(|&r| a.id <= r) {
+        // The partner's own number for its client: frames we send to it carry this.
+        let a_id = PeerClientId::new(a.id);
+        if self.peer_retired.get(&a.name).is_some_and(|&r| a_id <= r) {
             return Ok(()); // a late copy of a closed incarnation's announcement
         }
         match self.peer_clients.get(&a.name) {
-            Some(p) if p.id == a.id => return Ok(()), // another link's copy
-            Some(p) if p.id > a.id => return Ok(()),  // older than what we know
+            Some(p) if p.id == a_id => return Ok(()), // another link's copy
+            Some(p) if p.id > a_id => return Ok(()),  // older than what we know
             Some(p) => {
                 // A newer incarnation is announced before the old one's CLIENT-DOWN
                 // arrived (it travels on a slower link): retire the old one now.
@@ -28,7 +30,7 @@ impl Session {
         self.peer_clients.insert(
             a.name.clone(),
             PeerClient {
-                id: a.id,
+                id: a_id,
                 window: a.recv_window,
             },
         );
@@ -42,15 +44,18 @@ impl Session {
     pub(super) fn recv_client_down(&mut self, payload: &Bytes) -> Result<(), ProtocolViolation> {
         let gone: ClientGone = control::decode("CLIENT-DOWN", payload)?;
         control::validate_name("client name", &gone.name)?;
-        self.retire_peer_client(&gone.name, gone.id);
+        self.retire_peer_client(&gone.name, PeerClientId::new(gone.id));
         Ok(())
     }
 
     /// The partner closed incarnation `id` of client `name`: NACK what our namesake had
     /// outstanding, tell it Down, and start both streams over (the next incarnation begins at
     /// sequence 1). Idempotent; an id that is not the current one only raises the retired mark.
-    fn retire_peer_client(&mut self, name: &str, id: u32) {
-        let retired = self.peer_retired.entry(name.to_string()).or_insert(0);
+    fn retire_peer_client(&mut self, name: &str, id: PeerClientId) {
+        let retired = self
+            .peer_retired
+            .entry(name.to_string())
+            .or_insert(PeerClientId::new(0));
         *retired = (*retired).max(id);
         if self.peer_clients.get(name).is_some_and(|p| p.id == id) {
             self.peer_clients.remove(name);

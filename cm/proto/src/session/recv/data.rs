@@ -4,14 +4,15 @@
 use crate::control::{self, NackReason};
 use crate::frame::{Flags, Frame, MsgType};
 use crate::session::Session;
-use crate::session::{ClientEvent, ProtocolViolation, SessionState};
+use crate::session::{ClientEvent, ClientId, ProtocolViolation, SessionState};
 use crate::stream::RecvError;
 
 impl Session {
     /// DATA for a local client.
     pub(super) fn recv_data(&mut self, frame: Frame) -> Result<(), ProtocolViolation> {
         let h = frame.header;
-        let id = h.client;
+        // The frame's client field carries our own number for the client.
+        let id = ClientId::new(h.client);
         if self.state == SessionState::AwaitingReady {
             // The partner is up (it only sends DATA then, and the fence proved the frame is of
             // this epoch) but its READY and CLIENT-UPs, sent on the control link, have not
@@ -41,7 +42,7 @@ impl Session {
             // closed (and NACKed it locally). Nothing to answer.
             self.stats.stale_frames_dropped += 1;
             tracing::debug!(
-                client = id,
+                client = id.get(),
                 seq = h.seq,
                 "DATA from a closed partner client dropped"
             );
@@ -50,7 +51,7 @@ impl Session {
         if known.is_none() {
             self.stats.unknown_client_frames += 1;
             tracing::warn!(
-                client = id,
+                client = id.get(),
                 seq = h.seq,
                 "DATA for a client that is not registered here: NACKed"
             );
@@ -62,7 +63,7 @@ impl Session {
                     0,
                     h.seq,
                     0,
-                    control::encode_nack(NackReason::UnknownClient, id),
+                    control::encode_nack(NackReason::UnknownClient, id.get()),
                 ),
             ));
             return Ok(());
@@ -97,7 +98,7 @@ impl Session {
                     Frame::new(
                         MsgType::Ack,
                         Flags::empty(),
-                        peer.id,
+                        peer.id.get(),
                         seq,
                         0,
                         control::encode_code(code),

@@ -60,7 +60,11 @@ impl Session {
         if !carries_epoch && !handshake && !current {
             // Sent before the partner learned of the current reset (or before it announced its
             // epoch on this link): it belongs to a session state that no longer exists.
-            tracing::debug!(link, msg = ?h.msg_type, "stale frame from before a reset dropped");
+            tracing::debug!(
+                link = link.get(),
+                msg = ?h.msg_type,
+                "stale frame from before a reset dropped"
+            );
             return Ok(());
         }
         match h.msg_type {

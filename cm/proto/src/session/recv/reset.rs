@@ -31,7 +31,11 @@ impl Session {
         if lost_by_partner {
             // The partner lost this epoch's session (every link, on its side) while
             // we kept one: what we sent since may be gone. Start over.
-            tracing::warn!(link, epoch = h.seq, "partner lost the session: resetting");
+            tracing::warn!(
+                link = link.get(),
+                epoch = h.seq,
+                "partner lost the session: resetting"
+            );
             self.go_down(DownReason::PeerReset, NackReason::ConnectionLost);
             self.begin_reset(link);
         }

@@ -23,7 +23,10 @@ impl Session {
         if self.state == SessionState::Up {
             self.transport_in.push_back((link, payload));
         } else {
-            tracing::debug!(link, "TRANSPORT before the session is up dropped");
+            tracing::debug!(
+                link = link.get(),
+                "TRANSPORT before the session is up dropped"
+            );
         }
         Ok(())
     }

@@ -7,9 +7,10 @@ use super::super::args::Role;
 use super::super::clients::{CONFIG, HEARTBEAT, MIRROR};
 use super::super::devices::{gid_table, port_state};
 use super::super::leader::{Figures, Leader};
-use super::super::node::{is_port_event, placed, rdma_links, separated, wait_status};
+use super::super::node::{is_port_event, placed, rdma_links, separated, wait_status, RAIL1, RAIL2};
 use super::super::{ms, since};
 use peercm_cm_manager::status::{NodeEvent, TransportKind};
+use peercm_cm_manager::InterconnectId;
 use peercm_verbs_shim::types::AsyncEvent;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,7 +31,7 @@ impl Leader {
             separated,
         )
         .await?;
-        let placement0: BTreeMap<&str, Option<u32>> = [MIRROR, CONFIG, HEARTBEAT]
+        let placement0: BTreeMap<&str, Option<InterconnectId>> = [MIRROR, CONFIG, HEARTBEAT]
             .iter()
             .map(|c| (*c, placed(&s, c)))
             .collect();
@@ -59,7 +60,7 @@ impl Leader {
             node,
             "rail 1's link dropped",
             Duration::from_secs(15),
-            |s| !rdma_links(s).contains(&1),
+            |s| !rdma_links(s).contains(&RAIL1),
         )
         .await;
         let port_after = port_state(&hca0.device);
@@ -135,7 +136,7 @@ impl Leader {
         let mut per_client = Vec::new();
         for (name, o) in &outs {
             problems.extend(o.problems().into_iter().map(|p| format!("{name}: {p}")));
-            let on_rail1 = placement0.get(name).copied().flatten() == Some(1);
+            let on_rail1 = placement0.get(name).copied().flatten() == Some(RAIL1);
             let mig = o.migrations.iter().find(|m| m.0 >= t_cut);
             if let Some(m) = mig {
                 fig!(
@@ -183,10 +184,10 @@ impl Leader {
             "every client on rail 2",
             Duration::from_secs(15),
             |s| {
-                rdma_links(s) == [2]
+                rdma_links(s) == [RAIL2]
                     && [MIRROR, CONFIG, HEARTBEAT]
                         .iter()
-                        .all(|c| placed(s, c) == Some(2))
+                        .all(|c| placed(s, c) == Some(RAIL2))
             },
         )
         .await?;

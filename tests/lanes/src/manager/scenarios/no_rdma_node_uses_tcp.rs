@@ -11,7 +11,7 @@ use super::super::since;
 use super::super::stream::{run_stream, StreamCfg};
 use peercm_cm_manager::config::PeerConfig;
 use peercm_cm_manager::status::{FallbackReason, TransportKind};
-use peercm_cm_manager::{Node, VerbsSource};
+use peercm_cm_manager::{InterconnectId, Node, VerbsSource};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
@@ -49,7 +49,12 @@ impl Leader {
             a2,
             "every client placed on TCP",
             Duration::from_secs(15),
-            |s| s.clients.len() == 3 && s.clients.iter().all(|c| c.interconnect == Some(0)),
+            |s| {
+                s.clients.len() == 3
+                    && s.clients
+                        .iter()
+                        .all(|c| c.interconnect == Some(InterconnectId::TCP))
+            },
         )
         .await?;
         fig!(f, "start_to_clients_up_on_tcp_ms", since(t_up, t_start));

@@ -8,7 +8,7 @@
 use super::super::args::Role;
 use super::super::clients::{CONFIG, HEARTBEAT, MIRROR};
 use super::super::leader::{Figures, Leader};
-use super::super::node::{rdma_links, wait_status};
+use super::super::node::{rdma_links, wait_status, RAIL1, RAIL2};
 use super::super::since;
 use peercm_cm_manager::status::{FallbackReason, NodeEvent, TransportKind};
 use serde_json::Value;
@@ -28,7 +28,7 @@ impl Leader {
             node,
             "two RDMA links to node b",
             Duration::from_secs(30),
-            |s| rdma_links(s) == [1, 2] && s.peer.as_deref() == Some("node-b"),
+            |s| rdma_links(s) == [RAIL1, RAIL2] && s.peer.as_deref() == Some("node-b"),
         )
         .await?;
         let epoch0 = s0.epoch;

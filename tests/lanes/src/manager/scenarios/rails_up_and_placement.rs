@@ -8,9 +8,9 @@ use super::super::args::Role;
 use super::super::clients::{CONFIG, HEARTBEAT, MIRROR};
 use super::super::devices::{busy_percent, cpu_ticks, pkts};
 use super::super::leader::{Figures, Leader};
-use super::super::node::{placed, placement, rdma_links, separated, wait_status};
+use super::super::node::{placed, placement, rdma_links, separated, wait_status, RAIL1, RAIL2};
 use super::super::since;
-use peercm_cm_manager::ClientEvent;
+use peercm_cm_manager::{ClientEvent, InterconnectId};
 use serde_json::Value;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -23,7 +23,7 @@ impl Leader {
     ) -> Result<String, String> {
         let node = self.node()?;
         let (s, t_rails) = wait_status(node, "two RDMA links", Duration::from_secs(30), |s| {
-            rdma_links(s) == [1, 2]
+            rdma_links(s) == [RAIL1, RAIL2]
         })
         .await?;
         fig!(f, "start_to_two_rdma_links_ms", since(t_rails, self.t0));
@@ -49,7 +49,7 @@ impl Leader {
             .filter_map(|i| i.device.clone().map(|d| format!("rail {}={d}", i.id)))
             .collect();
         fig!(f, "rails", devs.join(", "));
-        let mirror_rail = placed(&s2, MIRROR).unwrap_or(0);
+        let mirror_rail = placed(&s2, MIRROR).unwrap_or(InterconnectId::TCP);
         fig!(f, "placement", placement(&s2));
         // Placement moves while converging are fine; nothing else may have happened yet.
         for name in [MIRROR, CONFIG, HEARTBEAT] {
@@ -127,7 +127,7 @@ impl Leader {
         }
         fig!(f, "rxe_pkts_during_mirror", per_rail.join(", "));
         // The mirror's rail must have carried its data: at least one packet per record.
-        if let Some(k) = (mirror_rail as usize).checked_sub(1) {
+        if let Some(k) = mirror_rail.rail_index() {
             if let (Some((s0, _)), Some((s1, _))) = (before.get(k), after.get(k)) {
                 if s1 - s0 < n {
                     problems.push(format!(

@@ -7,7 +7,9 @@ use super::super::args::Role;
 use super::super::clients::{CONFIG, HEARTBEAT, MIRROR};
 use super::super::devices::port_state;
 use super::super::leader::{Figures, Leader};
-use super::super::node::{is_port_event, placement, rdma_links, separated, wait_status};
+use super::super::node::{
+    is_port_event, placement, rdma_links, separated, wait_status, RAIL1, RAIL2,
+};
 use super::super::since;
 use peercm_verbs_shim::types::AsyncEvent;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,7 +24,7 @@ impl Leader {
             self.cut_link(&hca0)?;
             let node = self.node()?;
             wait_status(node, "rail 1 down", Duration::from_secs(15), |s| {
-                !rdma_links(s).contains(&1)
+                !rdma_links(s).contains(&RAIL1)
             })
             .await?;
             tokio::time::sleep(Duration::from_millis(1100)).await; // linkwatch spacing
@@ -57,7 +59,7 @@ impl Leader {
             node,
             "rail 1 re-established",
             Duration::from_secs(20),
-            |s| rdma_links(s) == [1, 2],
+            |s| rdma_links(s) == [RAIL1, RAIL2],
         )
         .await;
         let spread = match &rail {
