@@ -46,6 +46,7 @@ fi
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
+(cd cm/proto/fuzz && cargo fmt -- --check) # outside the workspace
 
 step "cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
@@ -55,7 +56,9 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 # this machine nor CI has network access to GitHub. Machete is imprecise: a dependency used only
 # through a macro or a feature is a false positive, listed with the reason under
 # [package.metadata.cargo-machete] ignored = [...] in that crate's Cargo.toml. It reads every .rs
-# file under a crate's folder, nested crates included (tests/ sees tests/lanes/).
+# file under a crate's folder, nested crates included, so no crate folder holds another one
+# (tests/integration and tests/lanes sit side by side); the fuzz crate under cm/proto uses only
+# what proto itself uses.
 step "dependency audit: cargo machete"
 cargo machete --skip-target-dir
 

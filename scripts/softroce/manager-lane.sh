@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The soft-RoCE manager lane: the connection manager (peercm_cm_manager::Node with real rdma-core verbs)
-# on real rdma_rxe HCAs, the real-rxe counterparts of tests/tests/interconnects_sim.rs.
+# on real rdma_rxe HCAs, the real-rxe counterparts of tests/integration/tests/interconnects_sim.rs.
 #
 #   scripts/softroce/manager-lane.sh [--only NAME[,NAME...]]
 #

@@ -16,7 +16,9 @@ use peercm_cm_proto::control::{
     TransportMsg, Welcome,
 };
 use peercm_cm_proto::frame::{Flags, Frame, MsgType};
-use peercm_cm_proto::handshake::{AcceptorStart, DialerExpectChallenge, DialerStart, HandshakeConfig};
+use peercm_cm_proto::handshake::{
+    AcceptorStart, DialerExpectChallenge, DialerStart, HandshakeConfig,
+};
 use peercm_cm_proto::testkit::msg_type_from_byte;
 
 const CLUSTER: &str = "fuzz-cluster";

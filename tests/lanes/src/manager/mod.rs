@@ -1,6 +1,6 @@
 //! `manager-lane`: the connection manager's scenarios on real RDMA devices (rdma_rxe in the
 //! soft-RoCE lane, see docs/softroce-lane.md). The real-rxe counterparts of
-//! `tests/tests/interconnects_sim.rs`: every node is a `peercm_cm_manager::Node` started with
+//! `tests/integration/tests/interconnects_sim.rs`: every node is a `peercm_cm_manager::Node` started with
 //! `VerbsSource::Real`, so rails are discovered by rdma-core and every RDMA link is a real RC
 //! queue pair on an rxe HCA.
 //!
