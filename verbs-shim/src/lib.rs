@@ -16,6 +16,8 @@
 //! - [`types`]: device, port, endpoint and work-completion descriptions.
 //! - [`api`]: the object-safe traits (provider, device, PD, MR, CQ, QP) both backends implement.
 //! - [`error`]: the error type, [`VerbsError`].
+//! - `teardown`: what a `Drop` does when destroying a verbs object fails (it leaks: memory the
+//!   HCA may still write into is never freed), shared by both backends.
 
 pub mod api;
 pub mod error;
@@ -24,6 +26,7 @@ pub mod real;
 #[cfg(feature = "scenarios")]
 pub mod scenarios;
 pub mod sim;
+mod teardown;
 pub mod types;
 
 pub use api::{CompletionQueue, Device, MemoryRegion, ProtectionDomain, Provider, QueuePair};

@@ -11,12 +11,10 @@ pub enum VerbsUnavailable {
     /// libibverbs could not be loaded.
     #[error("libibverbs is not installed or could not be loaded: {0}")]
     LibraryMissing(String),
-    /// The library loaded but lists no RDMA device.
+    /// The library loaded but lists no RDMA device. (Devices whose ports are all down are
+    /// listed: port state is not availability, see [`PortState`].)
     #[error("no RDMA device found")]
     NoDevice,
-    /// Devices exist but none has an ACTIVE port.
-    #[error("no RDMA port is ACTIVE")]
-    NoActivePort,
 }
 
 impl VerbsUnavailable {
@@ -25,12 +23,13 @@ impl VerbsUnavailable {
         match self {
             VerbsUnavailable::LibraryMissing(_) => "library_missing",
             VerbsUnavailable::NoDevice => "no_device",
-            VerbsUnavailable::NoActivePort => "no_active_port",
         }
     }
 }
 
-/// Port state as reported by the device.
+/// Port state as reported by the device. A port that is not ACTIVE makes its device no less
+/// available: providers list it, it can be opened and watched, and a PORT_ACTIVE async event
+/// says when it can carry traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PortState {
     /// Link down.

@@ -3,11 +3,14 @@
 //! no rdma-core installed; [`RealProvider::load`] then reports
 //! [`VerbsUnavailable::LibraryMissing`], and the manager uses TCP.
 //!
-//! Every `unsafe` block here is FFI into libibverbs. The wrappers own their objects and free
-//! them in `Drop`, and the `Arc` chain keeps parents alive (a PD holds its device, a region or
-//! QP holds its PD, a QP holds its CQs), so destruction order is right by construction.
-//! libibverbs objects may be used from any thread (the library serialises internally), which
-//! is why the wrappers are `Send + Sync`.
+//! Every `unsafe` block here is FFI into libibverbs (or libc), each with its own `SAFETY`
+//! comment (`clippy::undocumented_unsafe_blocks` is denied for the crate). The wrappers own
+//! their objects and free them in `Drop`, and the `Arc` chain keeps parents alive (a PD holds
+//! its device, a region or QP holds its PD, a QP holds its CQs), so destruction order is right
+//! by construction. A destroy that fails leaks the object and keeps its parents alive for good
+//! ([`crate::teardown`]): memory the HCA may still write into is never freed. libibverbs
+//! objects may be used from any thread (the library serialises internally), which is why the
+//! wrappers are `Send + Sync`.
 //!
 //! One file per verbs object, as the safe wrappers of the `sideway` crate are laid out:
 //!
@@ -36,7 +39,7 @@ pub use qp::RealQp;
 
 use crate::api::{Device, Provider};
 use crate::error::VerbsError;
-use crate::types::{DeviceInfo, PortState, VerbsUnavailable};
+use crate::types::{DeviceInfo, VerbsUnavailable};
 use rdma_mummy_sys as sys;
 use std::ffi::CStr;
 use std::sync::Arc;
@@ -44,22 +47,27 @@ use std::time::Duration;
 
 /// Whether `libibverbs.so.1` can be loaded, and if not, the loader's reason.
 fn library_status() -> Result<(), String> {
-    const NAME: &[u8] = b"libibverbs.so.1\0";
-    // SAFETY: NAME is NUL-terminated; the handle is closed again right away (the mummy keeps
-    // its own reference, so this never unloads the library).
-    unsafe {
-        let h = libc::dlopen(NAME.as_ptr().cast(), libc::RTLD_LAZY | libc::RTLD_LOCAL);
-        if h.is_null() {
-            let err = libc::dlerror();
-            let why = if err.is_null() {
-                "dlopen failed".to_string()
-            } else {
-                CStr::from_ptr(err).to_string_lossy().into_owned()
-            };
-            return Err(why);
-        }
-        libc::dlclose(h);
+    const NAME: &CStr = c"libibverbs.so.1";
+    // SAFETY: NAME is a NUL-terminated C string that outlives the call; dlopen has no other
+    // precondition.
+    let h = unsafe { libc::dlopen(NAME.as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL) };
+    if h.is_null() {
+        // SAFETY: dlerror takes no arguments; it returns null or a NUL-terminated message.
+        let err = unsafe { libc::dlerror() };
+        let why = if err.is_null() {
+            "dlopen failed".to_string()
+        } else {
+            // SAFETY: `err` is the non-null, NUL-terminated message dlerror just returned,
+            // valid until the next dl* call on this thread; it is copied out at once.
+            unsafe { CStr::from_ptr(err) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        return Err(why);
     }
+    // SAFETY: `h` is the handle dlopen just returned, closed once; the library stays loaded
+    // (rdma-mummy-sys holds its own handle), so nothing that uses it is unmapped.
+    unsafe { libc::dlclose(h) };
     Ok(())
 }
 
@@ -72,7 +80,8 @@ struct DeviceList {
 impl DeviceList {
     fn get() -> Result<DeviceList, VerbsUnavailable> {
         let mut n: i32 = 0;
-        // SAFETY: `n` is a valid out-pointer.
+        // SAFETY: `n` is a valid, writable out-parameter; the list returned is owned by the
+        // DeviceList built below and freed once in its Drop.
         let list = unsafe { sys::ibv_get_device_list(&mut n) };
         if list.is_null() {
             // ENOSYS: the kernel has no RDMA (uverbs) support at all.
@@ -89,28 +98,34 @@ impl DeviceList {
     }
 
     fn iter(&self) -> impl Iterator<Item = *mut sys::ibv_device> + '_ {
-        // SAFETY: the list holds `len` valid entries while `self` lives.
-        (0..self.len).map(move |i| unsafe { *self.list.add(i) })
+        (0..self.len).map(move |i| {
+            // SAFETY: ibv_get_device_list returned an array of `len` device pointers (plus a
+            // terminating null), alive until `self` frees it, and i < len.
+            unsafe { *self.list.add(i) }
+        })
     }
 }
 
 impl Drop for DeviceList {
     fn drop(&mut self) {
-        // SAFETY: `list` came from ibv_get_device_list and is freed once.
+        // SAFETY: `list` came from ibv_get_device_list and is freed only here, once; devices
+        // opened from it keep their own references (ibv_open_device), so freeing the list does
+        // not invalidate them.
         unsafe { sys::ibv_free_device_list(self.list) }
     }
 }
 
+/// The name of `dev`, an entry of a live device list.
 fn device_name(dev: *mut sys::ibv_device) -> String {
-    // SAFETY: dev is a valid device; the name is a NUL-terminated string it owns.
-    unsafe {
-        let p = sys::ibv_get_device_name(dev);
-        if p.is_null() {
-            String::new()
-        } else {
-            CStr::from_ptr(p).to_string_lossy().into_owned()
-        }
+    // SAFETY: callers pass entries of a device list that is still alive; the call only reads
+    // the device.
+    let p = unsafe { sys::ibv_get_device_name(dev) };
+    if p.is_null() {
+        return String::new();
     }
+    // SAFETY: `p` is non-null and points to the NUL-terminated name the device owns, which lives
+    // as long as the list; it is copied out at once.
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
 }
 
 /// libibverbs on this host.
@@ -118,23 +133,10 @@ fn device_name(dev: *mut sys::ibv_device) -> String {
 pub struct RealProvider(());
 
 impl RealProvider {
-    /// Loads libibverbs and checks there is at least one device with an ACTIVE port.
+    /// Loads libibverbs and checks that it lists at least one device. The ports' states do not
+    /// matter: a device whose ports are all down is still opened and watched by the manager,
+    /// and a later PORT_ACTIVE brings its rails up.
     pub fn load() -> Result<RealProvider, VerbsUnavailable> {
-        library_status().map_err(VerbsUnavailable::LibraryMissing)?;
-        let p = RealProvider(());
-        let devices = p.devices()?;
-        if !devices
-            .iter()
-            .any(|d| d.ports.iter().any(|port| port.state == PortState::Active))
-        {
-            return Err(VerbsUnavailable::NoActivePort);
-        }
-        Ok(p)
-    }
-
-    /// Like [`RealProvider::load`], but accepts devices whose ports are all down (for
-    /// listing them, and for tests that bring ports up later).
-    pub fn load_any() -> Result<RealProvider, VerbsUnavailable> {
         library_status().map_err(VerbsUnavailable::LibraryMissing)?;
         let p = RealProvider(());
         p.devices()?;
@@ -179,7 +181,7 @@ fn wait_readable(fd: i32, timeout: Duration) -> Result<bool, VerbsError> {
     };
     let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
     loop {
-        // SAFETY: pfd is one valid pollfd.
+        // SAFETY: `pfd` is one valid, writable pollfd and the count passed is 1.
         let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
         if rc < 0 {
             let e = std::io::Error::last_os_error();
@@ -201,7 +203,7 @@ mod tests {
     /// tested by the lane, which fails when none is found).
     #[test]
     fn load_reports_a_reason_or_finds_devices() {
-        match RealProvider::load_any() {
+        match RealProvider::load() {
             Ok(p) => assert!(!p.devices().unwrap().is_empty()),
             Err(e) => assert!(
                 matches!(

@@ -1,9 +1,12 @@
 //! [`RealMr`]: a registered memory region (`ibv_mr`) that owns its buffer; local reads and
-//! writes are bounds-checked copies.
+//! writes are bounds-checked copies. Dropping it deregisters the region and frees the buffer,
+//! or, if the deregistration fails, leaks both (see [`crate::teardown`]): a region that is
+//! still registered may still be written by the HCA or by the partner through its rkey.
 
 use super::pd::RealPd;
 use crate::api::MemoryRegion;
 use crate::error::VerbsError;
+use crate::teardown::{dispose, Disposal};
 use rdma_mummy_sys as sys;
 use std::sync::{Arc, Mutex};
 
@@ -17,10 +20,13 @@ pub struct RealMr {
     pub(super) _pd: Arc<RealPd>,
 }
 
-// SAFETY: the buffer is only touched by copies under bounds checks; the HCA writes it
-// concurrently by design, which is why no reference to it is ever handed out.
+// SAFETY: the raw pointers are owned by this object: `buf` is a heap buffer only touched through
+// bounds-checked copies (never a reference, since the HCA may write it concurrently), and the
+// `ibv_mr` pointer is only used under its mutex. libibverbs objects may be used from any thread.
 unsafe impl Send for RealMr {}
-// SAFETY: as above.
+// SAFETY: shared use is copies in and out of `buf` (no references to it exist, so concurrent
+// copies and HCA writes cannot invalidate any Rust borrow) and `deregister`, serialised by the
+// mutex around the `ibv_mr` pointer.
 unsafe impl Sync for RealMr {}
 
 impl RealMr {
@@ -50,14 +56,17 @@ impl MemoryRegion for RealMr {
     }
     fn write(&self, offset: usize, data: &[u8]) -> Result<(), VerbsError> {
         self.check(offset, data.len())?;
-        // SAFETY: bounds checked; the source is a distinct Rust slice.
+        // SAFETY: `check` proved offset + len <= self.len, so the destination lies inside the
+        // live `len`-byte buffer (freed only in `drop`, which needs `&mut self`); the source is a
+        // Rust slice, which cannot overlap a buffer no Rust reference points into.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.buf.add(offset), data.len()) };
         Ok(())
     }
     fn read(&self, offset: usize, len: usize) -> Result<Vec<u8>, VerbsError> {
         self.check(offset, len)?;
         let mut out = vec![0u8; len];
-        // SAFETY: bounds checked; the destination is a fresh Vec.
+        // SAFETY: `check` proved offset + len <= self.len, so the source lies inside the live
+        // buffer; the destination is a fresh Vec of exactly `len` bytes, distinct from it.
         unsafe { std::ptr::copy_nonoverlapping(self.buf.add(offset), out.as_mut_ptr(), len) };
         Ok(out)
     }
@@ -69,7 +78,8 @@ impl MemoryRegion for RealMr {
         if g.is_null() {
             return Ok(());
         }
-        // SAFETY: *g is a live MR, deregistered once (then nulled).
+        // SAFETY: *g is non-null, so it is the `ibv_mr` that `ibv_reg_mr` returned and that was
+        // not deregistered yet (a successful deregistration nulls it, under this lock).
         let rc = unsafe { sys::ibv_dereg_mr(*g) };
         if rc != 0 {
             return Err(VerbsError::from_errno("ibv_dereg_mr", rc));
@@ -81,9 +91,27 @@ impl MemoryRegion for RealMr {
 
 impl Drop for RealMr {
     fn drop(&mut self) {
-        let _ = self.deregister();
-        // SAFETY: the region is deregistered (or was never used by a live MR), so the HCA no
-        // longer touches the buffer; it was leaked from a Box of exactly `len` bytes.
-        drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.buf, self.len)) });
+        let deregistered = self.deregister();
+        match dispose(
+            "memory region",
+            self._pd.dev.name(),
+            Some(self.len),
+            deregistered,
+        ) {
+            Disposal::Release => {
+                // SAFETY: the region is deregistered (`deregister` returned Ok, so the `ibv_mr`
+                // is gone), so neither the HCA nor the partner can reach the buffer any more; it
+                // was leaked from a `Box<[u8]>` of exactly `len` bytes in `RealPd::reg_mr` and is
+                // freed only here, once.
+                drop(unsafe {
+                    Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.buf, self.len))
+                });
+            }
+            Disposal::Leak => {
+                // The region is still registered: the buffer stays allocated for good, and so
+                // do the protection domain and device context it is registered with.
+                std::mem::forget(Arc::clone(&self._pd));
+            }
+        }
     }
 }

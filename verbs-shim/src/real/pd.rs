@@ -1,5 +1,6 @@
 //! [`RealPd`]: a protection domain (`ibv_pd`), which registers memory regions and creates RC
-//! queue pairs.
+//! queue pairs. Dropping it deallocates it; if that fails, it is leaked together with its device
+//! context (see [`crate::teardown`]).
 
 use super::convert::access_bits;
 use super::cq::REAL_CQS;
@@ -8,6 +9,7 @@ use super::mr::RealMr;
 use super::qp::RealQp;
 use crate::api::{CompletionQueue, MemoryRegion, ProtectionDomain, QueuePair};
 use crate::error::VerbsError;
+use crate::teardown::{dispose, Disposal};
 use crate::types::{Access, QpCaps};
 use rdma_mummy_sys as sys;
 use std::sync::{Arc, Mutex};
@@ -18,16 +20,27 @@ pub struct RealPd {
     pub(super) dev: Arc<RealDevice>,
 }
 
-// SAFETY: see RealDevice.
+// SAFETY: the `ibv_pd` pointer is owned by this object and never handed out; libibverbs
+// objects may be used from any thread.
 unsafe impl Send for RealPd {}
-// SAFETY: see RealDevice.
+// SAFETY: every use through `&self` (registering a region, creating a QP) is a libibverbs call
+// that is thread-safe on one PD.
 unsafe impl Sync for RealPd {}
 
 impl Drop for RealPd {
     fn drop(&mut self) {
-        // SAFETY: every MR and QP holds an Arc to us, so none is left.
-        unsafe {
-            sys::ibv_dealloc_pd(self.pd);
+        // SAFETY: `pd` came from ibv_alloc_pd and is deallocated only here, once; every region
+        // and QP on it holds an Arc to this PD (one whose destroy failed holds it forever), so
+        // none is left that could still use it.
+        let rc = unsafe { sys::ibv_dealloc_pd(self.pd) };
+        let res = if rc == 0 {
+            Ok(())
+        } else {
+            Err(VerbsError::from_errno("ibv_dealloc_pd", rc))
+        };
+        if dispose("protection domain", self.dev.name(), None, res) == Disposal::Leak {
+            // The kernel still holds the PD: keep its device context open for good.
+            std::mem::forget(Arc::clone(&self.dev));
         }
     }
 }
@@ -51,15 +64,19 @@ impl ProtectionDomain for RealPd {
         };
         let buf: Box<[u8]> = vec![0u8; len].into_boxed_slice();
         let ptr = Box::into_raw(buf) as *mut u8;
-        // SAFETY: ptr points to `len` bytes that stay allocated until RealMr::drop.
+        // SAFETY: self.pd is live (this PD owns it); `ptr` points to `len` initialised bytes that
+        // stay allocated until the RealMr built below frees them after a successful
+        // deregistration (or never, if that fails).
         let mr = unsafe { sys::ibv_reg_mr(self.pd, ptr.cast(), len, access_bits(access)) };
         if mr.is_null() {
             let e = VerbsError::last_os("ibv_reg_mr");
-            // SAFETY: reclaim the buffer we just leaked.
+            // SAFETY: the registration failed, so the HCA never got the buffer; `ptr` came from
+            // `Box::into_raw` of a `len`-byte boxed slice just above and is reclaimed once.
             drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, len)) });
             return Err(e);
         }
-        // SAFETY: mr is valid.
+        // SAFETY: `mr` is the non-null `ibv_mr` ibv_reg_mr just returned; its key fields are
+        // plain integers set by the call.
         let (lkey, rkey) = unsafe { ((*mr).lkey, (*mr).rkey) };
         Ok(Arc::new(RealMr {
             mr: Mutex::new(mr),
@@ -77,22 +94,32 @@ impl ProtectionDomain for RealPd {
         recv_cq: Arc<dyn CompletionQueue>,
         caps: QpCaps,
     ) -> Result<Box<dyn QueuePair>, VerbsError> {
+        let ctx = self.dev.ctx() as usize;
         let raw_cq = |cq: &Arc<dyn CompletionQueue>| -> Result<*mut sys::ibv_cq, VerbsError> {
             let fd = cq.completion_fd();
-            // A real QP can only use real CQs of this backend: find ours by its channel fd.
-            REAL_CQS
+            // A real QP can only use real CQs of this backend, created on the same device
+            // context: find ours by its channel fd.
+            let entry = REAL_CQS
                 .lock()
                 .map_err(|_| VerbsError::InvalidArgument("CQ registry poisoned".into()))?
                 .iter()
-                .find(|(f, _)| Some(*f) == fd)
-                .map(|(_, p)| *p as *mut sys::ibv_cq)
+                .find(|e| Some(e.fd) == fd)
+                .copied()
                 .ok_or_else(|| {
                     VerbsError::InvalidArgument(
                         "CQ does not belong to the libibverbs backend".into(),
                     )
-                })
+                })?;
+            if entry.ctx != ctx {
+                return Err(VerbsError::InvalidArgument(
+                    "CQ belongs to another device context".into(),
+                ));
+            }
+            Ok(entry.cq as *mut sys::ibv_cq)
         };
-        // SAFETY: zeroed is a valid ibv_qp_init_attr; we fill what RC needs.
+        // SAFETY: ibv_qp_init_attr is a C struct of pointers, integers and an enum whose zero
+        // value is valid; all-zero bytes (null pointers, zero counts) are a valid value. We fill
+        // what an RC QP needs below.
         let mut init: sys::ibv_qp_init_attr = unsafe { std::mem::zeroed() };
         init.send_cq = raw_cq(&send_cq)?;
         init.recv_cq = raw_cq(&recv_cq)?;
@@ -102,7 +129,9 @@ impl ProtectionDomain for RealPd {
         init.cap.max_recv_sge = caps.max_sge;
         init.qp_type = sys::ibv_qp_type::IBV_QPT_RC;
         init.sq_sig_all = 1;
-        // SAFETY: pd and both CQs are valid and kept alive by the QP.
+        // SAFETY: self.pd is live; both CQ pointers come from the registry of live RealCqs (an
+        // entry is removed before its CQ is destroyed) and belong to the `Arc`s the RealQp built
+        // below keeps, so they outlive the QP; `init` is a valid in/out parameter.
         let qp = unsafe { sys::ibv_create_qp(self.pd, &mut init) };
         if qp.is_null() {
             return Err(VerbsError::last_os("ibv_create_qp"));

@@ -1,11 +1,13 @@
 //! [`RealQp`]: an RC queue pair (`ibv_qp`): its state, the INIT / RTR / RTS / ERR transitions
-//! (checked against [`crate::qp_state`] first) and posting sends and receives.
+//! (checked against [`crate::qp_state`] first) and posting sends and receives. Dropping it
+//! destroys it; if that fails, it is leaked with its CQs and PD (see [`crate::teardown`]).
 
 use super::convert::{access_bits, mtu_enum, state_from};
 use super::pd::RealPd;
 use crate::api::{CompletionQueue, Device, QueuePair};
 use crate::error::VerbsError;
 use crate::qp_state;
+use crate::teardown::{dispose, Disposal};
 use crate::types::{QpEndpoint, QpParams, QpState, RecvWr, SendWr, Sge};
 use rdma_mummy_sys as sys;
 use std::sync::Arc;
@@ -18,16 +20,31 @@ pub struct RealQp {
     pub(super) _recv_cq: Arc<dyn CompletionQueue>,
 }
 
-// SAFETY: see RealDevice.
+// SAFETY: the `ibv_qp` pointer is owned by this object and never handed out; libibverbs
+// objects may be used from any thread.
 unsafe impl Send for RealQp {}
-// SAFETY: as above.
+// SAFETY: through `&self` the QP is only queried and posted to, which libibverbs providers
+// serialise with their own queue locks; state changes need `&mut self`.
 unsafe impl Sync for RealQp {}
 
 impl Drop for RealQp {
     fn drop(&mut self) {
-        // SAFETY: qp is valid and destroyed once.
-        unsafe {
-            sys::ibv_destroy_qp(self.qp);
+        let qpn = self.qpn();
+        // SAFETY: self.qp came from ibv_create_qp and is destroyed only here, once; nothing else
+        // holds the pointer.
+        let rc = unsafe { sys::ibv_destroy_qp(self.qp) };
+        let res = if rc == 0 {
+            Ok(())
+        } else {
+            Err(VerbsError::from_errno("ibv_destroy_qp", rc))
+        };
+        let object = format!("queue pair {qpn:#x}");
+        if dispose(&object, self.pd.dev.name(), None, res) == Disposal::Leak {
+            // The QP still exists: the HCA may still use its queues, its CQs and its PD (and
+            // the provider has not freed its own buffers), so keep them all.
+            std::mem::forget(Arc::clone(&self.pd));
+            std::mem::forget(Arc::clone(&self._send_cq));
+            std::mem::forget(Arc::clone(&self._recv_cq));
         }
     }
 }
@@ -41,7 +58,8 @@ impl RealQp {
         call: &'static str,
     ) -> Result<(), VerbsError> {
         qp_state::check(self.state(), to)?;
-        // SAFETY: qp and attr are valid; mask names the fields we set.
+        // SAFETY: self.qp is live (owned by `self`); `attr` is a valid, initialised attribute
+        // struct for the call's duration, and `mask` names only fields the caller set.
         let rc = unsafe { sys::ibv_modify_qp(self.qp, attr, mask as i32) };
         if rc != 0 {
             return Err(VerbsError::from_errno(call, rc));
@@ -69,16 +87,21 @@ impl RealQp {
 
 impl QueuePair for RealQp {
     fn qpn(&self) -> u32 {
-        // SAFETY: qp is valid.
+        // SAFETY: self.qp points to the live `ibv_qp` this object owns; `qp_num` is a plain
+        // integer field set at creation and never changed.
         unsafe { (*self.qp).qp_num }
     }
 
     fn state(&self) -> QpState {
-        // SAFETY: zeroed attrs are valid out-parameters.
+        // SAFETY: ibv_qp_attr is a C struct of integers, enums whose zero value is valid and
+        // nested structs of the same; all-zero bytes are a valid value.
         let mut attr: sys::ibv_qp_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: ibv_qp_init_attr: pointers, integers and an enum whose zero value is valid;
+        // all-zero bytes are a valid value.
         let mut init: sys::ibv_qp_init_attr = unsafe { std::mem::zeroed() };
         let mask = sys::ibv_qp_attr_mask::IBV_QP_STATE.0 as i32;
-        // SAFETY: qp is valid.
+        // SAFETY: self.qp is live (owned by `self`); `attr` and `init` are valid, writable
+        // out-parameters for the call's duration.
         let rc = unsafe { sys::ibv_query_qp(self.qp, &mut attr, mask, &mut init) };
         if rc != 0 {
             return QpState::Err;
@@ -99,7 +122,8 @@ impl QueuePair for RealQp {
     }
 
     fn to_init(&mut self, params: &QpParams) -> Result<(), VerbsError> {
-        // SAFETY: zeroed is a valid ibv_qp_attr.
+        // SAFETY: ibv_qp_attr is a C struct of integers, enums whose zero value is valid and
+        // nested structs of the same; all-zero bytes are a valid value (we set what we use).
         let mut a: sys::ibv_qp_attr = unsafe { std::mem::zeroed() };
         a.qp_state = sys::ibv_qp_state::IBV_QPS_INIT;
         a.pkey_index = 0;
@@ -114,7 +138,8 @@ impl QueuePair for RealQp {
     }
 
     fn to_rtr(&mut self, params: &QpParams, remote: &QpEndpoint) -> Result<(), VerbsError> {
-        // SAFETY: zeroed is a valid ibv_qp_attr.
+        // SAFETY: ibv_qp_attr is a C struct of integers, enums whose zero value is valid and
+        // nested structs of the same; all-zero bytes are a valid value (we set what we use).
         let mut a: sys::ibv_qp_attr = unsafe { std::mem::zeroed() };
         a.qp_state = sys::ibv_qp_state::IBV_QPS_RTR;
         a.path_mtu = mtu_enum(params.mtu_bytes.min(remote.mtu_bytes))?;
@@ -149,7 +174,8 @@ impl QueuePair for RealQp {
                 "retry counts must be 0..=7".into(),
             ));
         }
-        // SAFETY: zeroed is a valid ibv_qp_attr.
+        // SAFETY: ibv_qp_attr is a C struct of integers, enums whose zero value is valid and
+        // nested structs of the same; all-zero bytes are a valid value (we set what we use).
         let mut a: sys::ibv_qp_attr = unsafe { std::mem::zeroed() };
         a.qp_state = sys::ibv_qp_state::IBV_QPS_RTS;
         a.timeout = params.ack_timeout_exponent();
@@ -168,7 +194,8 @@ impl QueuePair for RealQp {
     }
 
     fn to_error(&mut self) -> Result<(), VerbsError> {
-        // SAFETY: zeroed is a valid ibv_qp_attr.
+        // SAFETY: ibv_qp_attr is a C struct of integers, enums whose zero value is valid and
+        // nested structs of the same; all-zero bytes are a valid value (we set what we use).
         let mut a: sys::ibv_qp_attr = unsafe { std::mem::zeroed() };
         a.qp_state = sys::ibv_qp_state::IBV_QPS_ERR;
         let mask = sys::ibv_qp_attr_mask::IBV_QP_STATE.0;
@@ -226,7 +253,9 @@ impl QueuePair for RealQp {
             ),
         };
         let mut sge = Self::sge(local)?;
-        // SAFETY: zeroed is a valid ibv_send_wr; we fill the fields the opcode uses.
+        // SAFETY: ibv_send_wr is a C struct of integers, pointers (null is valid: a null `next`
+        // ends the list), an enum whose zero value is valid and unions of integers; all-zero
+        // bytes are a valid value. We fill the fields the opcode uses.
         let mut w: sys::ibv_send_wr = unsafe { std::mem::zeroed() };
         w.wr_id = wr_id;
         w.sg_list = &mut sge;
@@ -243,7 +272,10 @@ impl QueuePair for RealQp {
             };
         }
         let mut bad: *mut sys::ibv_send_wr = std::ptr::null_mut();
-        // SAFETY: w and sge live across the call; the provider copies them.
+        // SAFETY: self.qp is live; `w` (a one-entry list: `next` is null) and the `sge` it points
+        // to live across the call, and the provider copies them before returning. The SGE names
+        // a range `Self::sge` checked against its region; the HCA reaches the memory only
+        // through the region's lkey, which stays valid until the region is deregistered.
         let rc = unsafe { sys::ibv_post_send(self.qp, &mut w, &mut bad) };
         match rc {
             0 => Ok(()),
@@ -261,13 +293,16 @@ impl QueuePair for RealQp {
             });
         }
         let mut sge = Self::sge(&wr.local)?;
-        // SAFETY: zeroed is a valid ibv_recv_wr.
+        // SAFETY: ibv_recv_wr is a C struct of integers and pointers (a null `next` ends the
+        // list); all-zero bytes are a valid value.
         let mut w: sys::ibv_recv_wr = unsafe { std::mem::zeroed() };
         w.wr_id = wr.wr_id;
         w.sg_list = &mut sge;
         w.num_sge = 1;
         let mut bad: *mut sys::ibv_recv_wr = std::ptr::null_mut();
-        // SAFETY: w and sge live across the call.
+        // SAFETY: self.qp is live; `w` (a one-entry list) and its `sge` live across the call and
+        // are copied by the provider; the SGE's range was checked against its region, which the
+        // HCA reaches only through its lkey.
         let rc = unsafe { sys::ibv_post_recv(self.qp, &mut w, &mut bad) };
         match rc {
             0 => Ok(()),

@@ -62,7 +62,11 @@
 //! - **Memory regions.** `reg_mr` rejects `REMOTE_WRITE` without `LOCAL_WRITE`, as
 //!   `ibv_reg_mr` does. `deregister()` (or dropping the last reference) removes the keys at
 //!   once, so later remote accesses fail `RemAccessErr`; the bytes stay readable and writable
-//!   locally through the object (it owns its buffer) until it is dropped.
+//!   locally through the object (it owns its buffer) until it is dropped. If the
+//!   deregistration fails (injected), dropping leaks the region, as the real backend does.
+//! - **Listing.** A provider lists every device of its node whatever its ports' states, as
+//!   libibverbs does; a device with every port DOWN can be opened and watched, and hears
+//!   `PortActive` when a port comes up.
 //! - **Completion queues.** `poll`, `wait` (condition variable, no spinning) and
 //!   `completion_fd`: a non-blocking eventfd (created on first call) that is readable while
 //!   completions are queued; `poll` drains it and re-arms it if entries remain. Overrunning a
@@ -83,6 +87,8 @@
 //!   QPs see nothing until they send, which then times out `RetryExcErr` after
 //!   `(retry_count + 1) * ack timeout` of **real** time.
 //! - [`SimFabric::fail_qp`]: QP to ERR, `QpFatal` event, everything flushes.
+//! - [`SimFabric::fail_deregistrations`]: deregistering a region on a node fails; a region
+//!   dropped meanwhile is leaked, still registered and reachable, as the real backend leaks it.
 //! - [`SimFabric::stall_responder`] / [`SimFabric::release_responder`]: a frozen node. Requests
 //!   to it go unanswered (retransmitted; `RetryExcErr` if `retry_count < 7`); after release the
 //!   next retransmission gets through.
@@ -367,6 +373,23 @@ impl SimFabric {
     /// Brings a port administratively up again.
     pub fn set_port_up(&self, node: &str, dev: &str, port: u8) -> Result<(), VerbsError> {
         self.set_admin(node, dev, port, true)
+    }
+
+    /// Makes every deregistration of a region on `node` fail (`ibv_dereg_mr`, EBUSY) while
+    /// `fail` is set, as a broken driver might: `deregister()` returns the error and changes
+    /// nothing, and dropping the region leaks it (still registered, its bytes kept, its PD kept
+    /// allocated), exactly as the real backend does (`crate::teardown`). A leaked region stays
+    /// leaked when the failure is cleared.
+    pub fn fail_deregistrations(&self, node: &str, fail: bool) -> Result<(), VerbsError> {
+        self.inner.with(|w, _| {
+            let n = w.node_index(node)?;
+            w.nodes[n].fail_dereg = fail;
+            w.note_fault(format!(
+                "deregistrations on {node} {}",
+                if fail { "fail" } else { "work again" }
+            ));
+            Ok(())
+        })
     }
 
     /// Injects a fatal error into QP `qpn` of `node`: ERR, `QpFatal` event, all flushed.

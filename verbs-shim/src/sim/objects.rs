@@ -1,10 +1,13 @@
 //! The [`crate::api`] objects of the simulated backend: thin handles onto the fabric's world.
-//! Dropping a handle destroys its object, as the matching `ibv_destroy_*` / `ibv_dereg_mr`.
+//! Dropping a handle destroys its object, as the matching `ibv_destroy_*` / `ibv_dereg_mr`. A
+//! region whose deregistration fails (injected with `SimFabric::fail_deregistrations`) is
+//! leaked as the real backend leaks it (`crate::teardown`): still registered, bytes kept.
 
 use super::world::SendKind;
 use super::Inner;
 use crate::api::{CompletionQueue, Device, MemoryRegion, ProtectionDomain, Provider, QueuePair};
 use crate::error::VerbsError;
+use crate::teardown::{dispose, Disposal};
 use crate::types::{
     Access, AsyncEvent, DeviceInfo, PortInfo, QpCaps, QpEndpoint, QpParams, QpState, RecvWr,
     SendWr, VerbsUnavailable, WorkCompletion,
@@ -39,14 +42,9 @@ impl Provider for SimProvider {
                 .into_iter()
                 .map(|d| w.device_info(d))
                 .collect();
+            // As libibverbs: every device is listed whatever its ports' states.
             if infos.is_empty() {
                 Err(VerbsUnavailable::NoDevice)
-            } else if !infos.iter().any(|d| {
-                d.ports
-                    .iter()
-                    .any(|p| p.state == crate::types::PortState::Active)
-            }) {
-                Err(VerbsUnavailable::NoActivePort)
             } else {
                 Ok(infos)
             }
@@ -191,8 +189,20 @@ pub(crate) struct SimMr {
 
 impl Drop for SimMr {
     fn drop(&mut self) {
-        let id = self.id;
-        self.inner.with(|w, _| w.drop_mr(id));
+        let (id, len) = (self.id, self.len);
+        let disposal = self.inner.with(|w, _| {
+            let res = w.deregister(id);
+            let d = dispose("memory region", &w.mr_device(id), Some(len), res);
+            if d == Disposal::Release {
+                w.drop_mr(id);
+            }
+            d
+        });
+        if disposal == Disposal::Leak {
+            // As the real backend: the region is still registered, so its bytes stay (the
+            // partner can still reach them through the rkey) and its PD stays allocated.
+            std::mem::forget(Arc::clone(&self._pd));
+        }
     }
 }
 
@@ -222,8 +232,7 @@ impl MemoryRegion for SimMr {
     }
 
     fn deregister(&self) -> Result<(), VerbsError> {
-        self.inner.with(|w, _| w.deregister(self.id));
-        Ok(())
+        self.inner.with(|w, _| w.deregister(self.id))
     }
 }
 

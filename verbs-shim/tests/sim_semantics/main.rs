@@ -15,3 +15,4 @@ mod determinism;
 mod ports_and_faults;
 mod rc_delivery;
 mod state_machine;
+mod teardown;

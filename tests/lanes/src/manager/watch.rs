@@ -27,7 +27,7 @@ pub struct PortWatch {
 
 impl PortWatch {
     pub fn start(hcas: &[Hca]) -> Result<PortWatch, String> {
-        let p = RealProvider::load_any().map_err(|e| format!("event observer: {e}"))?;
+        let p = RealProvider::load().map_err(|e| format!("event observer: {e}"))?;
         let events: Arc<Mutex<Vec<SeenEvent>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         for h in hcas {

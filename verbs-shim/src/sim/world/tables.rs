@@ -194,19 +194,34 @@ impl World {
         Ok(m.data[offset..end].to_vec())
     }
 
-    /// Invalidates the region's keys; its bytes stay readable locally.
-    pub(crate) fn deregister(&mut self, mr: u64) {
-        if let Some(m) = self.mrs.get_mut(&mr) {
-            if m.registered {
-                m.registered = false;
-                let k = (m.dev, m.key);
-                self.keys.remove(&k);
-            }
+    /// Invalidates the region's keys; its bytes stay readable locally. Fails (and changes
+    /// nothing) while deregistrations on the region's node are made to fail.
+    pub(crate) fn deregister(&mut self, mr: u64) -> Result<(), VerbsError> {
+        let Some(m) = self.mrs.get_mut(&mr) else {
+            return Ok(());
+        };
+        if !m.registered {
+            return Ok(());
         }
+        if self.nodes[self.devs[m.dev].node].fail_dereg {
+            return Err(VerbsError::from_errno("ibv_dereg_mr", libc::EBUSY));
+        }
+        m.registered = false;
+        let k = (m.dev, m.key);
+        self.keys.remove(&k);
+        Ok(())
     }
 
+    /// The name of the device a region is on (for logs).
+    pub(crate) fn mr_device(&self, mr: u64) -> String {
+        self.mrs
+            .get(&mr)
+            .map(|m| self.devs[m.dev].name.clone())
+            .unwrap_or_default()
+    }
+
+    /// Forgets a deregistered region and its bytes.
     pub(crate) fn drop_mr(&mut self, mr: u64) {
-        self.deregister(mr);
         self.mrs.remove(&mr);
     }
 

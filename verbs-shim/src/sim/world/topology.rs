@@ -12,6 +12,8 @@ pub(crate) struct NodeRec {
     pub name: String,
     /// Requests to this node's QPs go unanswered (a frozen responder).
     pub stalled: bool,
+    /// Deregistering a region on this node fails (an injected driver failure).
+    pub fail_dereg: bool,
 }
 
 pub(crate) struct PortRec {
@@ -100,6 +102,7 @@ impl World {
         self.nodes.push(NodeRec {
             name: name.to_string(),
             stalled: false,
+            fail_dereg: false,
         });
         Ok(())
     }
