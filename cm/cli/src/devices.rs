@@ -1,6 +1,9 @@
 //! `peercm devices`: the RDMA devices and ports this host has, in the manner of `ibv_devinfo`,
 //! or why verbs cannot be used here (and that peercm will use TCP). Exits 0 either way:
-//! no RDMA is a supported configuration, not an error.
+//! no RDMA is a supported configuration, not an error. Devices whose ports are all down are
+//! listed with their port states, and the report says, as information, that no port is ACTIVE:
+//! a node opens and watches them anyway, uses TCP meanwhile and moves its clients to RDMA
+//! when a port becomes ACTIVE.
 
 use clap::Args;
 use peercm_verbs_shim::real::RealProvider;
@@ -18,12 +21,24 @@ pub struct DevicesArgs {
 
 #[derive(Serialize)]
 struct Report {
+    /// Verbs work here: libibverbs loads and lists at least one device.
     available: bool,
+    /// Why verbs cannot be used here, when they cannot.
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
+    /// Ports in state ACTIVE, over every device.
+    active_ports: usize,
+    /// What peercm would use right now: `rdma` with an ACTIVE port, else `tcp`.
     transport: &'static str,
+    /// Information, not an error: devices exist but no port is ACTIVE.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
     devices: Vec<DeviceInfo>,
 }
+
+/// What the report says when devices exist but no port is ACTIVE.
+const NO_ACTIVE_PORT: &str = "no RDMA port is ACTIVE: peercm opens and watches these devices, \
+     uses TCP meanwhile, and moves clients to RDMA when a port becomes ACTIVE";
 
 fn state_text(s: PortState) -> String {
     match s {
@@ -44,23 +59,29 @@ fn guid_text(g: u64) -> String {
 }
 
 fn report() -> Report {
-    let listed = RealProvider::load_any().and_then(|p| p.devices());
+    let listed = RealProvider::load().and_then(|p| p.devices());
     match listed {
         Ok(devices) => {
-            let active = devices
+            let active_ports = devices
                 .iter()
-                .any(|d| d.ports.iter().any(|p| p.state == PortState::Active));
+                .flat_map(|d| &d.ports)
+                .filter(|p| p.state == PortState::Active)
+                .count();
             Report {
-                available: active,
-                reason: (!active).then(|| "no RDMA port is ACTIVE".to_string()),
-                transport: if active { "rdma" } else { "tcp" },
+                available: true,
+                reason: None,
+                active_ports,
+                transport: if active_ports > 0 { "rdma" } else { "tcp" },
+                note: (active_ports == 0).then(|| NO_ACTIVE_PORT.to_string()),
                 devices,
             }
         }
         Err(why) => Report {
             available: false,
             reason: Some(why.to_string()),
+            active_ports: 0,
             transport: "tcp",
+            note: None,
             devices: Vec::new(),
         },
     }
@@ -90,9 +111,14 @@ pub fn run(args: DevicesArgs) -> anyhow::Result<bool> {
         }
         println!();
     }
-    match &r.reason {
-        Some(why) => println!("RDMA verbs unavailable: {why}\npeercm will use TCP."),
-        None => println!("RDMA verbs available: peercm will use these HCAs."),
+    match (&r.reason, &r.note) {
+        (Some(why), _) => println!("RDMA verbs unavailable: {why}\npeercm will use TCP."),
+        (None, Some(note)) => println!("RDMA verbs available, but {note}."),
+        (None, None) => println!(
+            "RDMA verbs available: peercm will use these HCAs ({} port{} ACTIVE).",
+            r.active_ports,
+            if r.active_ports == 1 { "" } else { "s" }
+        ),
     }
     Ok(true)
 }

@@ -140,6 +140,8 @@ pub fn render(doc: &Value) -> String {
             ic.get("capacity_mbps").and_then(Value::as_u64).unwrap_or(0),
             if ic.get("usable").and_then(Value::as_bool) == Some(true) {
                 "yes"
+            } else if ic.get("port_active").and_then(Value::as_bool) == Some(false) {
+                "down" // the local port is not ACTIVE (waiting for PORT_ACTIVE)
             } else {
                 "no"
             },

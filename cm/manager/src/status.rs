@@ -121,7 +121,8 @@ pub enum RdmaUnavailable {
     /// The embedding application started the node without RDMA (`VerbsSource::Disabled`).
     #[error("RDMA disabled for this node")]
     DisabledForNode,
-    /// The verbs layer says why: no library, no device, no active port.
+    /// The verbs layer says why: no library, or no device. (Ports that are down are not a
+    /// reason: their devices are opened and watched, see [`FallbackReason::PortsDown`].)
     #[error(transparent)]
     Verbs(VerbsUnavailable),
     /// Devices are listed but none could be opened.
@@ -151,8 +152,14 @@ pub enum FallbackReason {
     /// The partner announced no RDMA rail.
     #[error("the partner offers no RDMA")]
     PartnerHasNoRdma,
-    /// Both sides have rails but none has a live link (ports down, links failed).
-    #[error("no RDMA rail is usable (ports down or links failed)")]
+    /// This node has rails, but none of the ports the partner also has is ACTIVE (for example
+    /// the node started with its cables unplugged); they are watched, and a PORT_ACTIVE brings
+    /// the rail up and the clients back to RDMA.
+    #[error("every local RDMA port is down (the rails come up on PORT_ACTIVE)")]
+    PortsDown,
+    /// Both sides have rails and a local port is ACTIVE, but no rail has a live link (the
+    /// partner's port down, links failed or still being set up).
+    #[error("no RDMA rail is usable (the partner's ports down, or links failed)")]
     NoUsableRail,
 }
 
@@ -162,6 +169,7 @@ impl FallbackReason {
         match self {
             FallbackReason::VerbsUnavailable(_) => "verbs_unavailable",
             FallbackReason::PartnerHasNoRdma => "partner_has_no_rdma",
+            FallbackReason::PortsDown => "ports_down",
             FallbackReason::NoUsableRail => "no_usable_rail",
         }
     }
@@ -197,15 +205,13 @@ mod tests {
 
     #[test]
     fn reasons_serialize_as_a_stable_code_and_a_sentence() {
-        let r = FallbackReason::VerbsUnavailable(RdmaUnavailable::Verbs(
-            VerbsUnavailable::NoActivePort,
-        ));
+        let r =
+            FallbackReason::VerbsUnavailable(RdmaUnavailable::Verbs(VerbsUnavailable::NoDevice));
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(v["code"], "verbs_unavailable");
-        assert_eq!(
-            v["message"],
-            "verbs unavailable here: no RDMA port is ACTIVE"
-        );
+        assert_eq!(v["message"], "verbs unavailable here: no RDMA device found");
+        let v = serde_json::to_value(FallbackReason::PortsDown).unwrap();
+        assert_eq!(v["code"], "ports_down");
         let v = serde_json::to_value(RdmaUnavailable::DisabledInConfig).unwrap();
         assert_eq!(v["code"], "disabled_in_config");
         let v = serde_json::to_value(FallbackReason::PartnerHasNoRdma).unwrap();

@@ -71,9 +71,19 @@ impl Manager {
         if peer_rails == 0 {
             return Some(FallbackReason::PartnerHasNoRdma);
         }
-        self.placement
-            .on_tcp()
-            .then_some(FallbackReason::NoUsableRail)
+        if !self.placement.on_tcp() {
+            return None;
+        }
+        let any_port_up = self
+            .rails
+            .local
+            .iter()
+            .any(|r| r.active && r.rail.get() <= peer_rails);
+        Some(if any_port_up {
+            FallbackReason::NoUsableRail
+        } else {
+            FallbackReason::PortsDown
+        })
     }
 
     fn interconnects(&self) -> Vec<InterconnectStatus> {

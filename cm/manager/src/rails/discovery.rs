@@ -1,6 +1,12 @@
 //! Rail discovery: the devices the provider lists, opened, their ports numbered as rails (see
 //! the numbering in [`super`]), each port's GID chosen, and the capabilities announced to the
 //! partner in the bootstrap handshake.
+//!
+//! Every device is opened whatever its ports' states: a rail whose port is down is created
+//! inactive, its device is watched, and PORT_ACTIVE brings it up later. The ports' states are
+//! read from the opened context, after opening it, so a change after that read raises an async
+//! event on that context, which its watcher delivers: none is lost between discovery and the
+//! watchers' start.
 
 use super::{LocalRail, Rails, VerbsSource};
 use crate::config::VerbsTunables;
@@ -14,7 +20,7 @@ use std::sync::Arc;
 /// The GID index to address a port by, given its GID table by index (empty entries zero): the
 /// RoCEv2 IPv4-mapped entry (`::ffff:a.b.c.d`) when there is one, else the first non-empty
 /// entry (InfiniBand, or RoCE without an IPv4 address).
-fn pick_gid(gids: &[[u8; 16]]) -> (u8, [u8; 16]) {
+pub(super) fn pick_gid(gids: &[[u8; 16]]) -> (u8, [u8; 16]) {
     let mapped = |g: &[u8; 16]| g[..10].iter().all(|b| *b == 0) && g[10] == 0xff && g[11] == 0xff;
     gids.iter()
         .enumerate()
@@ -28,7 +34,7 @@ fn pick_gid(gids: &[[u8; 16]]) -> (u8, [u8; 16]) {
 /// trailing empty ones left out. `PortInfo::gids` skips empty entries, so a position in it is
 /// not a GID index once the table has a hole before the entry wanted (an address removed, or
 /// not re-added yet); `sgid_index` must be the real index.
-fn gid_table(dev: &dyn Device, port: u8) -> Vec<[u8; 16]> {
+pub(super) fn gid_table(dev: &dyn Device, port: u8) -> Vec<[u8; 16]> {
     let mut table: Vec<[u8; 16]> = (0..16u8)
         .map(|i| dev.gid(port, i).unwrap_or([0; 16]))
         .collect();
@@ -84,7 +90,13 @@ impl Rails {
                     continue;
                 }
             };
-            let mut ports = info.ports.clone();
+            // The ports as the opened context sees them now (see the module docs).
+            let fresh = dev.info().ports;
+            let mut ports = if fresh.len() == info.ports.len() {
+                fresh
+            } else {
+                info.ports.clone() // a port could not be queried again: keep the listing
+            };
             ports.sort_by_key(|p| p.port);
             for p in ports {
                 let table = gid_table(dev.as_ref(), p.port);
@@ -135,6 +147,54 @@ impl Rails {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use peercm_verbs_shim::sim::SimFabric;
+
+    /// One node "a" with one HCA whose cable to "b" is cut: every port of "a" is down.
+    fn ports_down() -> SimFabric {
+        let f = SimFabric::new(7);
+        for n in ["a", "b"] {
+            f.add_node(n).unwrap();
+            f.add_device(n, "hca0", 25).unwrap();
+        }
+        f.cable(("a", "hca0", 1), ("b", "hca0", 1)).unwrap();
+        f.cut_cable(("a", "hca0", 1)).unwrap();
+        f
+    }
+
+    #[test]
+    fn a_device_with_every_port_down_is_opened_as_an_inactive_rail() {
+        let f = ports_down();
+        let source = VerbsSource::Provider(f.provider("a"));
+        let mut rails = Rails::discover(&source, &VerbsTunables::default(), 1 << 20);
+        assert_eq!(
+            rails.unavailable, None,
+            "ports down is not RDMA unavailable"
+        );
+        assert_eq!(rails.local.len(), 1);
+        assert!(!rails.local[0].active);
+        assert_eq!(rails.local[0].capacity_mbps, 25_000);
+        assert_eq!(
+            rails.capabilities().len(),
+            2,
+            "TCP and the rail are announced"
+        );
+        assert_eq!(
+            rails.devices.len(),
+            1,
+            "the device is open (and will be watched)"
+        );
+        // PORT_ACTIVE: the rail comes up with the capacity the port reports now.
+        let hit = rails.set_port_active("hca0", 1, true, Some(100_000));
+        assert_eq!(hit, [InterconnectId::rail(1)]);
+        assert!(rails.local[0].active);
+        assert_eq!(rails.local[0].capacity_mbps, 100_000);
+        // A configured capacity wins over what the port reports.
+        let mut tunables = VerbsTunables::default();
+        tunables.capacity_mbps.insert("hca0".into(), 16);
+        let mut rails = Rails::discover(&source, &tunables, 1 << 20);
+        rails.set_port_active("hca0", 1, true, Some(100_000));
+        assert_eq!(rails.local[0].capacity_mbps, 16);
+    }
 
     #[test]
     fn the_ipv4_mapped_gid_is_preferred() {

@@ -1,5 +1,7 @@
 //! Device events: one thread per opened device forwards its async events (port up or down,
-//! device fatal) to the manager, which marks the rails they concern.
+//! device fatal) to the manager, which marks the rails they concern. Every opened device is
+//! watched, including one whose ports were all down when the node started: its PORT_ACTIVE
+//! is what brings its rails up.
 
 use super::Rails;
 use peercm_cm_proto::session::InterconnectId;
@@ -12,6 +14,9 @@ use tokio::sync::mpsc;
 pub(crate) struct DeviceInput {
     pub device: String,
     pub event: AsyncEvent,
+    /// For PORT_ACTIVE: the port's capacity now (Mb/s), read by the watcher thread. A port that
+    /// was down at discovery had no real speed to report then.
+    pub capacity_mbps: Option<u32>,
 }
 
 impl Rails {
@@ -28,9 +33,18 @@ impl Rails {
                     while !tx.is_closed() {
                         match dev.next_async_event(Duration::from_millis(200)) {
                             Ok(Some(event)) => {
+                                // Read here, off the manager task (a port query may wait on
+                                // the kernel's locks).
+                                let capacity_mbps = match event {
+                                    AsyncEvent::PortActive { port } => {
+                                        dev.query_port(port).ok().map(|p| p.capacity_mbps)
+                                    }
+                                    _ => None,
+                                };
                                 let input = DeviceInput {
                                     device: name.clone(),
                                     event,
+                                    capacity_mbps,
                                 };
                                 if tx.blocking_send(input).is_err() {
                                     return;
@@ -50,8 +64,16 @@ impl Rails {
         }
     }
 
-    /// Marks a port active or not; returns the rails it carries.
-    pub fn set_port_active(&mut self, device: &str, port: u8, active: bool) -> Vec<InterconnectId> {
+    /// Marks a port active or not; returns the rails it carries. `capacity_mbps` is the port's
+    /// capacity now, if known; it replaces the rail's unless the configuration sets one.
+    pub fn set_port_active(
+        &mut self,
+        device: &str,
+        port: u8,
+        active: bool,
+        capacity_mbps: Option<u32>,
+    ) -> Vec<InterconnectId> {
+        let configured = self.tunables.capacity_mbps.contains_key(device);
         let mut hit = Vec::new();
         for r in self
             .local
@@ -59,6 +81,9 @@ impl Rails {
             .filter(|r| r.device == device && r.port == port)
         {
             r.active = active;
+            if let Some(c) = capacity_mbps.filter(|c| *c > 0 && !configured) {
+                r.capacity_mbps = c;
+            }
             hit.push(r.rail);
         }
         hit

@@ -307,12 +307,13 @@ impl Manager {
         let now = Instant::now();
         let (rails, reason, up) = match d.event {
             AsyncEvent::PortError { port } => (
-                self.rails.set_port_active(&d.device, port, false),
+                self.rails.set_port_active(&d.device, port, false, None),
                 Some(LinkCloseReason::PortDown),
                 false,
             ),
             AsyncEvent::PortActive { port } => (
-                self.rails.set_port_active(&d.device, port, true),
+                self.rails
+                    .set_port_active(&d.device, port, true, d.capacity_mbps),
                 None,
                 true,
             ),

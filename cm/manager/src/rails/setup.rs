@@ -1,6 +1,7 @@
 //! Rail link setup: creating one rail link's queue pair and receive ring, work the manager hands
 //! to a blocking thread, and the result that comes back ([`RailDone`]).
 
+use super::discovery::{gid_table, pick_gid};
 use super::{LocalRail, RailSetupError, Rails};
 use peercm_cm_proto::control::TransportMsg;
 use peercm_cm_proto::session::{InterconnectId, LinkId};
@@ -27,8 +28,15 @@ pub(crate) struct SetupJob {
 
 impl SetupJob {
     /// Creates the queue pair and rings; returns them with this side's encoded endpoint.
-    pub fn prepare(self) -> Result<(Box<PreparedLink>, Vec<u8>), RailSetupError> {
+    pub fn prepare(mut self) -> Result<(Box<PreparedLink>, Vec<u8>), RailSetupError> {
         let rail = self.rail;
+        // The GID table as it is now: a port that was down at discovery (or whose address
+        // changed) may have had no RoCEv2 IPv4-mapped entry then, and its entry may appear
+        // only shortly after PORT_ACTIVE; an attempt that still finds none is retried.
+        let table = gid_table(self.device.as_ref(), self.cfg.port);
+        if !table.is_empty() {
+            self.cfg.gid_index = pick_gid(&table).0;
+        }
         let (prepared, ep) = PreparedLink::new(self.device, self.cfg)
             .map_err(|source| RailSetupError::Prepare { rail, source })?;
         let bytes = postcard::to_stdvec(&ep).map_err(RailSetupError::EncodeEndpoint)?;
