@@ -13,7 +13,6 @@ use crate::sink::LinkSink;
 use crate::worker::{Worker, SCRATCH_BYTES};
 use crate::wrid;
 use peercm_cm_proto::frame::{FrameDecoder, HEADER_LEN};
-use peercm_cm_proto::session::LinkId;
 use peercm_verbs_shim::{
     Access, CompletionQueue, Device, MemoryRegion, ProtectionDomain, QpCaps, QpParams, QueuePair,
     RecvWr, Sge,
@@ -52,14 +51,12 @@ impl std::fmt::Debug for PreparedLink {
     }
 }
 
-/// A 24-bit initial PSN derived from the QP number and link id (splitmix64).
-fn initial_psn(qpn: u32, link_id: LinkId) -> u32 {
-    let mut x = (u64::from(qpn) << 32) ^ link_id.get() ^ 0x5EED_5EED_0F9C_3E11;
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^= x >> 31;
-    (x as u32) & 0x00FF_FFFF
+/// A fresh initial packet sequence number: 24 random bits from the thread's cryptographically
+/// seeded RNG. It must not be predictable from anything the partner (or a stale queue pair of
+/// an earlier process) could repeat: QP numbers are reused by the kernel and link ids restart
+/// at 1 in every process, so a PSN derived from them would recur across restarts.
+fn initial_psn() -> u32 {
+    rand::random::<u32>() & 0x00FF_FFFF
 }
 
 impl PreparedLink {
@@ -113,7 +110,7 @@ impl PreparedLink {
             Access::LOCAL_WRITE,
             "receive scratch",
         )?;
-        let psn = initial_psn(qpn, cfg.link_id);
+        let psn = initial_psn();
         let qp_ep = qp
             .endpoint(&params, psn)
             .map_err(|e| RdmaLinkError::verbs(on(&format!("the endpoint of QP {qpn:#x}")), e))?;
@@ -265,5 +262,19 @@ impl PreparedLink {
             shared,
             done: done_rx,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::initial_psn;
+
+    /// Every PSN fits in 24 bits and the whole range is used (all 10,000 draws below 2^23
+    /// would happen with probability 2^-10000).
+    #[test]
+    fn initial_psns_are_24_bits_and_use_them_all() {
+        let draws: Vec<u32> = (0..10_000).map(|_| initial_psn()).collect();
+        assert!(draws.iter().all(|p| *p < 1 << 24));
+        assert!(draws.iter().any(|p| *p >= 1 << 23));
     }
 }
