@@ -87,7 +87,8 @@ impl Drop for PortWatch {
 
 /// Measures how responsive a node's manager task is: a status request every 50 ms; the
 /// longest round trip since the last [`StallProbe::take`] is how long the manager processed
-/// nothing (no link input, no heartbeats).
+/// nothing (no link input, no heartbeats). It holds the node weakly, so whoever owns the node
+/// can still stop it (the probe ends with it).
 #[derive(Clone, Default)]
 pub struct StallProbe(Arc<Mutex<Option<(Duration, String)>>>);
 
@@ -95,12 +96,17 @@ impl StallProbe {
     pub fn spawn(node: Arc<Node>, t0: Instant) -> StallProbe {
         let probe = StallProbe::default();
         let p = probe.clone();
+        let node = Arc::downgrade(&node);
         tokio::spawn(async move {
             loop {
+                let Some(node) = node.upgrade() else {
+                    return;
+                };
                 let t = Instant::now();
                 if node.status().await.is_err() {
                     return;
                 }
+                drop(node);
                 let rtt = t.elapsed();
                 {
                     let mut g = lock(&p.0);

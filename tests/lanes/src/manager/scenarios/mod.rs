@@ -5,6 +5,7 @@
 mod cable_cut_hca0_under_stream;
 mod no_rdma_node_uses_tcp;
 mod partner_crash_switches_to_backup;
+mod ports_down_at_start;
 mod rails_up_and_placement;
 mod restore_hca0;
 
@@ -16,6 +17,7 @@ pub const SCENARIOS: &[&str] = &[
     "cable_cut_hca0_under_stream",
     "restore_hca0",
     "no_rdma_node_uses_tcp",
+    "ports_down_at_start",
     // Last: the partner is dead afterwards.
     "partner_crash_switches_to_backup",
 ];
@@ -27,6 +29,7 @@ pub async fn run(leader: &mut Leader, name: &str, f: &mut Figures) -> Result<Str
         "cable_cut_hca0_under_stream" => leader.cable_cut_hca0_under_stream(f).await,
         "restore_hca0" => leader.restore_hca0(f).await,
         "no_rdma_node_uses_tcp" => leader.no_rdma_node_uses_tcp(f).await,
+        "ports_down_at_start" => leader.ports_down_at_start(f).await,
         "partner_crash_switches_to_backup" => leader.partner_crash_switches_to_backup(f).await,
         other => Err(format!("no such scenario {other}")),
     }
