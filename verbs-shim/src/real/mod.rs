@@ -8,7 +8,7 @@
 //! their objects and free them in `Drop`, and the `Arc` chain keeps parents alive (a PD holds
 //! its device, a region or QP holds its PD, a QP holds its CQs), so destruction order is right
 //! by construction. A destroy that fails leaks the object and keeps its parents alive for good
-//! ([`crate::teardown`]): memory the HCA may still write into is never freed. libibverbs
+//! (`verbs-shim/src/teardown.rs`): memory the HCA may still write into is never freed. libibverbs
 //! objects may be used from any thread (the library serialises internally), which is why the
 //! wrappers are `Send + Sync`.
 //!
