@@ -39,7 +39,7 @@ pub enum HandshakeFailure {
     Frame(#[from] FrameError),
     /// The socket failed.
     #[error("socket error during handshake: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// The peer closed the connection mid-handshake (it may have refused us).
     #[error(
         "peer closed the connection during the handshake (wrong secret or cluster on one side?)"
@@ -58,7 +58,14 @@ impl From<CodecError> for HandshakeFailure {
             }
             CodecError::Frame(f) => HandshakeFailure::Frame(f),
             CodecError::Io(io) => HandshakeFailure::Io(io),
+            CodecError::Truncated { .. } => HandshakeFailure::Closed,
         }
+    }
+}
+
+impl From<std::io::Error> for HandshakeFailure {
+    fn from(e: std::io::Error) -> Self {
+        HandshakeFailure::Io(e)
     }
 }
 

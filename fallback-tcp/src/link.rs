@@ -29,13 +29,21 @@ pub enum TcpLinkClosed {
     PeerClosed,
     /// The partner sent bytes that are not a valid frame; the link is no longer trusted.
     #[error("invalid frame: {0}")]
-    InvalidFrame(#[source] FrameError),
+    InvalidFrame(FrameError),
+    /// The partner closed the connection after sending part of a frame.
+    #[error("peer closed the connection in the middle of a frame ({have} of {need} bytes)")]
+    MidFrame {
+        /// Bytes of the unfinished frame received.
+        have: usize,
+        /// Bytes the frame needs.
+        need: usize,
+    },
     /// Reading from the socket failed.
     #[error("read error: {0}")]
-    Read(#[source] std::io::Error),
+    Read(std::io::Error),
     /// Writing to the socket failed.
     #[error("write error: {0}")]
-    Write(#[source] CodecError),
+    Write(CodecError),
     /// The [`LinkHandle`] was dropped: nobody sends on this link any more.
     #[error("writer dropped")]
     HandleDropped,
@@ -126,6 +134,9 @@ pub fn spawn_link<S: TcpLinkSink>(framed: FramedLink, id: LinkId, sink: S) -> Li
                         break TcpLinkClosed::InvalidFrame(e);
                     }
                     Some(Err(CodecError::Io(e))) => break TcpLinkClosed::Read(e),
+                    Some(Err(CodecError::Truncated { have, need })) => {
+                        break TcpLinkClosed::MidFrame { have, need }
+                    }
                     None => break TcpLinkClosed::PeerClosed,
                 }
             };

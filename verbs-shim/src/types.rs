@@ -63,7 +63,7 @@ pub struct PortInfo {
     /// Link layer.
     pub link_layer: LinkLayer,
     /// Capacity from active speed and width, in Mb/s (SDR 1x = 2500).
-    pub capacity_mbps: u32,
+    pub capacity_mbits_per_s: u32,
     /// GID table entries in use.
     pub gids: Vec<[u8; 16]>,
 }

@@ -103,7 +103,7 @@ pub fn run(args: DevicesArgs) -> anyhow::Result<bool> {
             println!("\t\t\tlink_layer:\t{:?}", p.link_layer);
             println!(
                 "\t\t\tcapacity:\t{:.1} Gb/s",
-                f64::from(p.capacity_mbps) / 1000.0
+                f64::from(p.capacity_mbits_per_s) / 1000.0
             );
             for (i, g) in p.gids.iter().enumerate() {
                 println!("\t\t\tGID[{i:>3}]:\t{}", Ipv6Addr::from(*g));

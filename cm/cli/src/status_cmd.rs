@@ -137,7 +137,9 @@ pub fn render(doc: &Value) -> String {
             "{:<8} {:<16} {:>10} {:>7} {:>12.1} {:>12.1} {:>5.0}%  {}",
             s(ic, "name"),
             ic.get("device").and_then(Value::as_str).unwrap_or("tcp"),
-            ic.get("capacity_mbps").and_then(Value::as_u64).unwrap_or(0),
+            ic.get("capacity_mbits_per_s")
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
             if ic.get("usable").and_then(Value::as_bool) == Some(true) {
                 "yes"
             } else if ic.get("port_active").and_then(Value::as_bool) == Some(false) {
@@ -222,10 +224,10 @@ mod tests {
                          "message": "no RDMA rail is usable (ports down or links failed)"},
             "verbs_unavailable": null,
             "interconnects": [
-                {"id": 0, "name": "tcp", "device": null, "capacity_mbps": 10000, "usable": true,
+                {"id": 0, "name": "tcp", "device": null, "capacity_mbits_per_s": 10000, "usable": true,
                  "declared_mbytes_per_s": 2050.0, "measured_mbytes_per_s": 12.5,
                  "utilization": 1.64, "clients": ["mirror", "heartbeat"]},
-                {"id": 1, "name": "rail 1", "device": "rxe0 port 1", "capacity_mbps": 25000,
+                {"id": 1, "name": "rail 1", "device": "rxe0 port 1", "capacity_mbits_per_s": 25000,
                  "usable": false, "declared_mbytes_per_s": 0.0, "measured_mbytes_per_s": 0.0,
                  "utilization": 0.0, "clients": []}
             ],

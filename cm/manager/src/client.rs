@@ -8,6 +8,7 @@ use bytes::Bytes;
 use peercm_cm_proto::port::PortState;
 use peercm_cm_proto::session::{ClientEvent, ClientId, ClientSpec};
 use peercm_cm_proto::stream::SendModel;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{mpsc, oneshot};
 
 /// Report consumption to the manager at least every this many data events.
@@ -23,6 +24,9 @@ pub struct ClientHandle {
     events: mpsc::UnboundedReceiver<ClientEvent>,
     last_data_seq: u64,
     unreported: u64,
+    /// Set once a `close` destroyed the port: every later call is [`CmError::ClientClosed`]
+    /// (the manager has forgotten the id, so asking it would only say "unknown client").
+    closed: AtomicBool,
     span: tracing::Span,
 }
 
@@ -43,6 +47,7 @@ impl ClientHandle {
             events,
             last_data_seq: 0,
             unreported: 0,
+            closed: AtomicBool::new(false),
             span,
         }
     }
@@ -61,6 +66,9 @@ impl ClientHandle {
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, CmError>>) -> Command,
     ) -> Result<T, CmError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(CmError::ClientClosed);
+        }
         let (tx, rx) = oneshot::channel();
         self.cmd.send(make(tx)).map_err(|_| CmError::Stopped)?;
         rx.await.map_err(|_| CmError::Stopped)?
@@ -137,12 +145,21 @@ impl ClientHandle {
     /// Controlled close: drops one use; the last one destroys the port (outstanding sends are
     /// NACKed with `Closed`).
     pub async fn close(&self) -> Result<PortState, CmError> {
-        self.ask(|reply| Command::Close {
-            id: self.id,
-            immediate: false,
-            reply,
-        })
-        .await
+        let res = self
+            .ask(|reply| Command::Close {
+                id: self.id,
+                immediate: false,
+                reply,
+            })
+            .await;
+        self.note_closed(&res);
+        res
+    }
+
+    fn note_closed(&self, res: &Result<PortState, CmError>) {
+        if matches!(res, Ok(PortState::Destroyed)) {
+            self.closed.store(true, Ordering::Release);
+        }
     }
 
     /// Switches the node to the next partner in its configured order (partner, then backups).
@@ -155,11 +172,14 @@ impl ClientHandle {
 
     /// Immediate close, whatever the use count.
     pub async fn close_immediate(&self) -> Result<PortState, CmError> {
-        self.ask(|reply| Command::Close {
-            id: self.id,
-            immediate: true,
-            reply,
-        })
-        .await
+        let res = self
+            .ask(|reply| Command::Close {
+                id: self.id,
+                immediate: true,
+                reply,
+            })
+            .await;
+        self.note_closed(&res);
+        res
     }
 }

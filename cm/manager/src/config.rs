@@ -23,11 +23,11 @@
 //! [verbs]                            # RDMA rails (HCA ports); TCP when unavailable
 //! enabled = true
 //! ring_bytes = 4194304
-//! capacity_mbps = { rxe0 = 10000 }   # override what the port reports
+//! capacity_mbits_per_s = { rxe0 = 10000 }   # override what the port reports
 //!
 //! [[clients]]                        # clients `peercm node` exposes for testing
 //! name = "echo"
-//! bandwidth_mbps = 10
+//! bandwidth_mbytes_per_s = 10
 //! latency = "normal"
 //! model = "sync"
 //! ```
@@ -89,8 +89,10 @@ pub struct VerbsTunables {
     /// How often rails without a link are offered again.
     pub rail_retry_interval_ms: u64,
     /// Per-device capacity overrides in Mb/s (`rxe0 = 10000`): soft-RoCE reports a nominal
-    /// speed that says nothing about what the emulated link carries.
-    pub capacity_mbps: std::collections::BTreeMap<String, u32>,
+    /// speed that says nothing about what the emulated link carries. Accepts the old name
+    /// `capacity_mbps`.
+    #[serde(alias = "capacity_mbps")]
+    pub capacity_mbits_per_s: std::collections::BTreeMap<String, u32>,
 }
 
 impl Default for VerbsTunables {
@@ -101,7 +103,7 @@ impl Default for VerbsTunables {
             recv_depth: 256,
             rail_offer_timeout_ms: 3000,
             rail_retry_interval_ms: 1000,
-            capacity_mbps: Default::default(),
+            capacity_mbits_per_s: Default::default(),
         }
     }
 }
@@ -216,9 +218,9 @@ impl Default for SessionTunables {
 pub struct ClientConfig {
     /// Name (shared with its namesake on the partner).
     pub name: String,
-    /// Expected bandwidth, MB/s.
-    #[serde(default)]
-    pub bandwidth_mbps: u32,
+    /// Expected bandwidth, MB/s (megabytes per second). Accepts the old name `bandwidth_mbps`.
+    #[serde(default, alias = "bandwidth_mbps")]
+    pub bandwidth_mbytes_per_s: u32,
     /// Latency class.
     #[serde(default = "default_latency")]
     pub latency: LatencyClass,
@@ -239,7 +241,7 @@ impl ClientConfig {
     /// The registration spec.
     pub fn spec(&self) -> ClientSpec {
         ClientSpec {
-            bandwidth_mbps: self.bandwidth_mbps,
+            bandwidth_mbytes_per_s: self.bandwidth_mbytes_per_s,
             latency: self.latency,
             model: self.model,
         }
@@ -360,8 +362,8 @@ impl NodeConfig {
                 "verbs.rail_offer_timeout_ms and verbs.rail_retry_interval_ms must be > 0".into(),
             );
         }
-        if let Some((dev, _)) = v.capacity_mbps.iter().find(|(_, c)| **c == 0) {
-            return bad(format!("verbs.capacity_mbps.{dev} must be > 0"));
+        if let Some((dev, _)) = v.capacity_mbits_per_s.iter().find(|(_, c)| **c == 0) {
+            return bad(format!("verbs.capacity_mbits_per_s.{dev} must be > 0"));
         }
         let mut seen = std::collections::HashSet::new();
         for c in &self.clients {
@@ -443,5 +445,33 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("link_timeout_ms"), "{e}");
+    }
+
+    /// Item 13: units are explicit in the names, and files written with the old names still load.
+    #[test]
+    fn units_in_names_and_old_names_accepted() {
+        let base = "node_id = \"a\"\ncluster_id = \"c\"\nlisten = \"127.0.0.1:1\"\n";
+        let new = NodeConfig::parse(&format!(
+            "{base}[verbs]\ncapacity_mbits_per_s = {{ rxe0 = 10000 }}\n[[clients]]\nname = \"x\"\nbandwidth_mbytes_per_s = 7\n"
+        ))
+        .unwrap();
+        let old = NodeConfig::parse(&format!(
+            "{base}[verbs]\ncapacity_mbps = {{ rxe0 = 10000 }}\n[[clients]]\nname = \"x\"\nbandwidth_mbps = 7\n"
+        ))
+        .unwrap();
+        for cfg in [new, old] {
+            assert_eq!(cfg.verbs.capacity_mbits_per_s.get("rxe0"), Some(&10_000));
+            assert_eq!(cfg.clients[0].bandwidth_mbytes_per_s, 7);
+            assert_eq!(cfg.clients[0].spec().bandwidth_mbytes_per_s, 7);
+        }
+        let written = toml::to_string(
+            &NodeConfig::parse(&format!(
+                "{base}[[clients]]\nname = \"x\"\nbandwidth_mbps = 7\n"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(written.contains("bandwidth_mbytes_per_s = 7"), "{written}");
+        assert!(!written.contains("bandwidth_mbps"), "{written}");
     }
 }

@@ -17,12 +17,12 @@ pub enum CmError {
     #[error("cluster secret: {0}")]
     Secret(String),
     /// A socket could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {error}")]
     Bind {
         /// The address.
         addr: String,
-        /// The OS error.
-        source: std::io::Error,
+        /// The OS error (part of the message, so not also a `source()`).
+        error: std::io::Error,
     },
     /// Only the dialing node (the one with `[peer]`) switches partners; this one listens.
     #[error("only the dialing node (with [peer]) switches partners")]
@@ -30,6 +30,10 @@ pub enum CmError {
     /// A partner switch was asked for, but no backup partner is configured.
     #[error("no backup partner configured ([peer] backups)")]
     NoBackupPartner,
+    /// This handle's client was closed (its last `close` destroyed the port); register the
+    /// name again for a new handle.
+    #[error("this client handle was closed")]
+    ClientClosed,
     /// The node has been shut down.
     #[error("the node has stopped")]
     Stopped,

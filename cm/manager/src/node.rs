@@ -45,9 +45,9 @@ impl Node {
             Some(addr) => Some(
                 TcpListener::bind(addr)
                     .await
-                    .map_err(|source| CmError::Bind {
+                    .map_err(|error| CmError::Bind {
                         addr: addr.to_string(),
-                        source,
+                        error,
                     })?,
             ),
             None => None,

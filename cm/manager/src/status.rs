@@ -79,7 +79,7 @@ pub struct InterconnectStatus {
     /// Whether that port is ACTIVE.
     pub port_active: Option<bool>,
     /// Capacity in Mb/s.
-    pub capacity_mbps: u32,
+    pub capacity_mbits_per_s: u32,
     /// Has a live link to the partner.
     pub usable: bool,
     /// Declared demand of its clients, MB/s.

@@ -73,7 +73,7 @@ pub enum NodeEvent {
         /// Its port.
         port: u8,
         /// Its capacity, Mb/s.
-        capacity_mbps: u32,
+        capacity_mbits_per_s: u32,
         /// Whether the port was ACTIVE.
         active: bool,
     },
@@ -190,13 +190,13 @@ impl fmt::Display for NodeEvent {
                 rail,
                 device,
                 port,
-                capacity_mbps,
+                capacity_mbits_per_s,
                 active,
             } => {
                 let state = if *active { "ACTIVE" } else { "down" };
                 write!(
                     f,
-                    "rail {rail}: {device} port {port} ({capacity_mbps} Mb/s, {state})"
+                    "rail {rail}: {device} port {port} ({capacity_mbits_per_s} Mb/s, {state})"
                 )
             }
             NodeEvent::TcpLinkUp {

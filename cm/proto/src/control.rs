@@ -96,7 +96,7 @@ pub enum TransportCap {
         /// The GID used to reach it.
         gid: [u8; 16],
         /// Capacity in Mb/s.
-        capacity_mbps: u32,
+        capacity_mbits_per_s: u32,
     },
 }
 

@@ -67,10 +67,16 @@ pub enum HandshakeError {
     },
     /// A payload could not be decoded or is out of bounds.
     #[error("malformed handshake message: {0}")]
-    Malformed(#[from] ControlError),
+    Malformed(ControlError),
     /// The peer is this very node (same node id and instance).
     #[error("connected to itself (node {0}): check the peer address")]
     SelfConnection(String),
+}
+
+impl From<ControlError> for HandshakeError {
+    fn from(e: ControlError) -> Self {
+        HandshakeError::Malformed(e)
+    }
 }
 
 fn expect(frame: &Frame, expected: MsgType) -> Result<(), HandshakeError> {

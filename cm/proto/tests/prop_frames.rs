@@ -261,7 +261,7 @@ proptest! {
             instance,
             capabilities: vec![
                 TransportCap::Tcp,
-                TransportCap::Verbs { device: name.clone(), port: 1, gid, capacity_mbps: window },
+                TransportCap::Verbs { device: name.clone(), port: 1, gid, capacity_mbits_per_s: window },
             ],
             clients: vec![announce.clone(); (id % 4) as usize],
         };

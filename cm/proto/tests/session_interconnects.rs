@@ -22,7 +22,7 @@ const RAIL2: InterconnectId = InterconnectId::rail(2);
 
 fn spec() -> ClientSpec {
     ClientSpec {
-        bandwidth_mbps: 1000,
+        bandwidth_mbytes_per_s: 1000,
         latency: LatencyClass::Bulk,
         model: SendModel::Async,
     }

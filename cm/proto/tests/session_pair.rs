@@ -16,7 +16,7 @@ use std::time::Duration;
 
 fn spec(model: SendModel) -> ClientSpec {
     ClientSpec {
-        bandwidth_mbps: 100,
+        bandwidth_mbytes_per_s: 100,
         latency: LatencyClass::Normal,
         model,
     }

@@ -26,7 +26,7 @@ fn hold_cfg() -> SessionConfig {
 
 fn spec() -> ClientSpec {
     ClientSpec {
-        bandwidth_mbps: 500,
+        bandwidth_mbytes_per_s: 500,
         latency: LatencyClass::Bulk,
         model: SendModel::Sync,
     }

@@ -13,28 +13,33 @@ pub enum RdmaLinkError {
     #[error("invalid RDMA link configuration: {0}")]
     Config(String),
     /// A verbs call failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {error}")]
     Verbs {
         /// What was being done.
         what: String,
-        /// The verbs error.
-        #[source]
-        source: VerbsError,
+        /// The verbs error (part of the message, so not also a `source()`).
+        error: VerbsError,
     },
     /// The partner's endpoint cannot be used with this side.
     #[error("the partner's RDMA endpoint is unusable: {0}")]
-    RemoteEndpoint(#[from] EndpointError),
+    RemoteEndpoint(EndpointError),
     /// The CQ-polling thread could not be started.
     #[error("could not start the RDMA link thread: {0}")]
     Thread(String),
 }
 
 impl RdmaLinkError {
-    pub(crate) fn verbs(what: impl Into<String>, source: VerbsError) -> Self {
+    pub(crate) fn verbs(what: impl Into<String>, error: VerbsError) -> Self {
         RdmaLinkError::Verbs {
             what: what.into(),
-            source,
+            error,
         }
+    }
+}
+
+impl From<EndpointError> for RdmaLinkError {
+    fn from(e: EndpointError) -> Self {
+        RdmaLinkError::RemoteEndpoint(e)
     }
 }
 

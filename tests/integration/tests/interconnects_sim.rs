@@ -74,7 +74,7 @@ async fn start_with(f: &SimFabric, b_verbs: bool, tune: impl Fn(&mut NodeConfig)
 
 fn client_spec(mbytes: u32, latency: LatencyClass, model: SendModel) -> ClientSpec {
     ClientSpec {
-        bandwidth_mbps: mbytes,
+        bandwidth_mbytes_per_s: mbytes,
         latency,
         model,
     }
@@ -435,7 +435,7 @@ async fn measured_demand_growth_moves_the_light_clients_off_without_flapping() {
     let f = fabric(seed);
     let (a, b) = start_with(&f, true, |c| {
         for h in HCAS {
-            c.verbs.capacity_mbps.insert(h.to_string(), 16);
+            c.verbs.capacity_mbits_per_s.insert(h.to_string(), 16);
         }
     })
     .await;

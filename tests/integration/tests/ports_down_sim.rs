@@ -140,13 +140,13 @@ async fn a_pair_started_with_every_port_down_moves_to_rdma_when_the_ports_come_u
     }
     let (a, b) = start(&f).await;
     let spec = ClientSpec {
-        bandwidth_mbps: 500,
+        bandwidth_mbytes_per_s: 500,
         latency: LatencyClass::Bulk,
         model: SendModel::Sync,
     };
     let (mut mirror, mirror_b) = client(&a, &b, "mirror", spec).await;
     let hb_spec = ClientSpec {
-        bandwidth_mbps: 1,
+        bandwidth_mbytes_per_s: 1,
         latency: LatencyClass::Critical,
         model: SendModel::Async,
     };

@@ -20,7 +20,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 const MIRROR: ClientSpec = ClientSpec {
-    bandwidth_mbps: 500,
+    bandwidth_mbytes_per_s: 500,
     latency: LatencyClass::Bulk,
     model: SendModel::Sync,
 };

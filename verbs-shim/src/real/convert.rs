@@ -16,7 +16,7 @@ pub(super) fn port_state(code: u32) -> PortState {
 }
 
 /// Capacity in Mb/s from `active_speed` (per lane) and `active_width` (lanes).
-pub(super) fn capacity_mbps(speed: u8, speed_ex: u32, width: u8) -> u32 {
+pub(super) fn capacity_mbits_per_s(speed: u8, speed_ex: u32, width: u8) -> u32 {
     let per_lane = match speed {
         1 => 2.5,
         2 => 5.0,
@@ -97,9 +97,9 @@ mod tests {
 
     #[test]
     fn capacity_from_speed_and_width() {
-        assert_eq!(capacity_mbps(1, 0, 1), 2500, "SDR 1x");
-        assert_eq!(capacity_mbps(32, 0, 2), 100_000, "EDR 4x");
-        assert_eq!(capacity_mbps(64, 0, 2), 200_000, "HDR 4x");
+        assert_eq!(capacity_mbits_per_s(1, 0, 1), 2500, "SDR 1x");
+        assert_eq!(capacity_mbits_per_s(32, 0, 2), 100_000, "EDR 4x");
+        assert_eq!(capacity_mbits_per_s(64, 0, 2), 200_000, "HDR 4x");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! only happens once they are all gone (or, for one whose destroy failed, never: see
 //! [`crate::teardown`]).
 
-use super::convert::{capacity_mbps, port_state};
+use super::convert::{capacity_mbits_per_s, port_state};
 use super::cq::RealCq;
 use super::pd::RealPd;
 use super::wait_readable;
@@ -138,7 +138,11 @@ impl Device for RealDevice {
             } else {
                 LinkLayer::InfiniBand
             },
-            capacity_mbps: capacity_mbps(a.active_speed, a.active_speed_ex, a.active_width),
+            capacity_mbits_per_s: capacity_mbits_per_s(
+                a.active_speed,
+                a.active_speed_ex,
+                a.active_width,
+            ),
             gids,
         })
     }

@@ -12,7 +12,7 @@
 //! fabric.add_device("n2", "rxe0", 25).unwrap();
 //! fabric.cable(("n1", "rxe0", 1), ("n2", "rxe0", 1)).unwrap();
 //! let provider = fabric.provider("n1"); // an Arc<dyn Provider> for node n1
-//! assert_eq!(provider.devices().unwrap()[0].ports[0].capacity_mbps, 25_000);
+//! assert_eq!(provider.devices().unwrap()[0].ports[0].capacity_mbits_per_s, 25_000);
 //! ```
 //!
 //! `harness` (test code behind the `scenarios` feature) has the rest of what a test needs: an

@@ -20,7 +20,7 @@ fn devices_report_ports_capacity_and_state() {
         assert_eq!(d.ports.len(), 1);
         let p = &d.ports[0];
         assert_eq!(
-            (p.port, p.state, p.link_layer, p.capacity_mbps),
+            (p.port, p.state, p.link_layer, p.capacity_mbits_per_s),
             (1, PortState::Active, LinkLayer::Ethernet, cap * 1000)
         );
         assert_eq!(p.gids.len(), 2);
@@ -36,7 +36,7 @@ fn devices_report_ports_capacity_and_state() {
     let caps: Vec<(u8, u32, PortState)> = d
         .ports
         .iter()
-        .map(|p| (p.port, p.capacity_mbps, p.state))
+        .map(|p| (p.port, p.capacity_mbits_per_s, p.state))
         .collect();
     assert_eq!(
         caps,

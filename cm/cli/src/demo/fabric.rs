@@ -57,7 +57,7 @@ pub(super) fn print_placement(s: &NodeStatus) {
             "          {:<7} {:<12} {:>6} Mb/s  {:<3}  {}",
             ic.name,
             ic.device.as_deref().unwrap_or("loopback"),
-            ic.capacity_mbps,
+            ic.capacity_mbits_per_s,
             if ic.usable { "up" } else { "-" },
             ic.clients.join(", ")
         );

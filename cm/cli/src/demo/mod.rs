@@ -69,12 +69,12 @@ fn record_data(lsn: u64, len: usize) -> Bytes {
 }
 
 const MIRROR: ClientSpec = ClientSpec {
-    bandwidth_mbps: 800,
+    bandwidth_mbytes_per_s: 800,
     latency: LatencyClass::Bulk,
     model: SendModel::Sync,
 };
 const HEARTBEAT: ClientSpec = ClientSpec {
-    bandwidth_mbps: 1,
+    bandwidth_mbytes_per_s: 1,
     latency: LatencyClass::Critical,
     model: SendModel::Async,
 };

@@ -97,7 +97,7 @@ impl Manager {
                 if let Ok((id, _)) = &res {
                     self.placement.add_client(
                         *id,
-                        spec.bandwidth_mbps,
+                        spec.bandwidth_mbytes_per_s,
                         spec.latency,
                         Instant::now(),
                     );

@@ -30,12 +30,12 @@ pub(crate) enum NewLink {
 #[derive(Debug, Error)]
 pub(crate) enum DialError {
     /// The TCP connection failed.
-    #[error("connect to {addr}: {source}")]
+    #[error("connect to {addr}: {error}")]
     Connect {
         /// The partner address.
         addr: SocketAddr,
-        /// The OS error.
-        source: std::io::Error,
+        /// The OS error (part of the message, so not also a `source()`).
+        error: std::io::Error,
     },
     /// The TCP connection did not complete within the handshake timeout.
     #[error("connect to {addr}: timed out")]
@@ -127,7 +127,7 @@ impl Manager {
                         Ok(Ok(stream)) => peercm_fallback_tcp::dial(stream, &hs)
                             .await
                             .map_err(DialError::from),
-                        Ok(Err(source)) => Err(DialError::Connect { addr, source }),
+                        Ok(Err(error)) => Err(DialError::Connect { addr, error }),
                         Err(_) => Err(DialError::ConnectTimeout { addr }),
                     };
                     let _ = new_tx.send(NewLink::Dialed(target, res)).await;

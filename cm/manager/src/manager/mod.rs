@@ -180,7 +180,7 @@ impl Manager {
                     rail: r.rail,
                     device: r.device,
                     port: r.port,
-                    capacity_mbps: r.capacity_mbps,
+                    capacity_mbits_per_s: r.capacity_mbits_per_s,
                     active: r.active,
                 });
             }

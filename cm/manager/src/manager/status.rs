@@ -98,7 +98,7 @@ impl Manager {
                     name: ic_name(Some(l.id)),
                     device: rail.map(|r| format!("{} port {}", r.device, r.port)),
                     port_active: rail.map(|r| r.active),
-                    capacity_mbps: l.capacity_mbps,
+                    capacity_mbits_per_s: l.capacity_mbits_per_s,
                     usable: l.usable,
                     declared_mbytes_per_s: l.declared_mbytes_per_s,
                     measured_mbytes_per_s: l.measured_mbytes_per_s,

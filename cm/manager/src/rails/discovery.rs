@@ -102,17 +102,17 @@ impl Rails {
                 let table = gid_table(dev.as_ref(), p.port);
                 let (gid_index, gid) = pick_gid(if table.is_empty() { &p.gids } else { &table });
                 let capacity = tunables
-                    .capacity_mbps
+                    .capacity_mbits_per_s
                     .get(&info.name)
                     .copied()
-                    .unwrap_or(p.capacity_mbps);
+                    .unwrap_or(p.capacity_mbits_per_s);
                 rails.local.push(LocalRail {
                     rail: InterconnectId::rail(rails.local.len() as u32 + 1),
                     device: info.name.clone(),
                     port: p.port,
                     gid,
                     gid_index,
-                    capacity_mbps: capacity,
+                    capacity_mbits_per_s: capacity,
                     active: p.state == PortState::Active,
                 });
             }
@@ -131,7 +131,7 @@ impl Rails {
             device: r.device.clone(),
             port: r.port,
             gid: r.gid,
-            capacity_mbps: r.capacity_mbps,
+            capacity_mbits_per_s: r.capacity_mbits_per_s,
         }));
         caps
     }
@@ -172,7 +172,7 @@ mod tests {
         );
         assert_eq!(rails.local.len(), 1);
         assert!(!rails.local[0].active);
-        assert_eq!(rails.local[0].capacity_mbps, 25_000);
+        assert_eq!(rails.local[0].capacity_mbits_per_s, 25_000);
         assert_eq!(
             rails.capabilities().len(),
             2,
@@ -187,13 +187,13 @@ mod tests {
         let hit = rails.set_port_active("hca0", 1, true, Some(100_000));
         assert_eq!(hit, [InterconnectId::rail(1)]);
         assert!(rails.local[0].active);
-        assert_eq!(rails.local[0].capacity_mbps, 100_000);
+        assert_eq!(rails.local[0].capacity_mbits_per_s, 100_000);
         // A configured capacity wins over what the port reports.
         let mut tunables = VerbsTunables::default();
-        tunables.capacity_mbps.insert("hca0".into(), 16);
+        tunables.capacity_mbits_per_s.insert("hca0".into(), 16);
         let mut rails = Rails::discover(&source, &tunables, 1 << 20);
         rails.set_port_active("hca0", 1, true, Some(100_000));
-        assert_eq!(rails.local[0].capacity_mbps, 16);
+        assert_eq!(rails.local[0].capacity_mbits_per_s, 16);
     }
 
     #[test]

@@ -25,12 +25,12 @@ pub(crate) enum RailSetupError {
     #[error("device {0} is not open")]
     DeviceNotOpen(String),
     /// Creating the queue pair or registering the ring failed.
-    #[error("preparing rail {rail}: {source}")]
+    #[error("preparing rail {rail}: {error}")]
     Prepare {
         /// The rail.
         rail: InterconnectId,
-        /// What failed.
-        source: RdmaLinkError,
+        /// What failed (part of the message, so not also a `source()`).
+        error: RdmaLinkError,
     },
     /// This side's endpoint could not be encoded.
     #[error("encoding endpoint: {0}")]
@@ -51,11 +51,11 @@ pub(crate) enum RailSetupError {
     EndpointMalformed(postcard::Error),
     /// Connecting the queue pair to the partner's (INIT -> RTR -> RTS) failed, or the
     /// partner's endpoint does not fit this side's limits.
-    #[error("connecting rail {rail}: {source}")]
+    #[error("connecting rail {rail}: {error}")]
     Connect {
         /// The rail.
         rail: InterconnectId,
-        /// What failed.
-        source: RdmaLinkError,
+        /// What failed (part of the message, so not also a `source()`).
+        error: RdmaLinkError,
     },
 }

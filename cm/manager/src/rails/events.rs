@@ -16,7 +16,7 @@ pub(crate) struct DeviceInput {
     pub event: AsyncEvent,
     /// For PORT_ACTIVE: the port's capacity now (Mb/s), read by the watcher thread. A port that
     /// was down at discovery had no real speed to report then.
-    pub capacity_mbps: Option<u32>,
+    pub capacity_mbits_per_s: Option<u32>,
 }
 
 impl Rails {
@@ -35,16 +35,16 @@ impl Rails {
                             Ok(Some(event)) => {
                                 // Read here, off the manager task (a port query may wait on
                                 // the kernel's locks).
-                                let capacity_mbps = match event {
+                                let capacity_mbits_per_s = match event {
                                     AsyncEvent::PortActive { port } => {
-                                        dev.query_port(port).ok().map(|p| p.capacity_mbps)
+                                        dev.query_port(port).ok().map(|p| p.capacity_mbits_per_s)
                                     }
                                     _ => None,
                                 };
                                 let input = DeviceInput {
                                     device: name.clone(),
                                     event,
-                                    capacity_mbps,
+                                    capacity_mbits_per_s,
                                 };
                                 if tx.blocking_send(input).is_err() {
                                     return;
@@ -64,16 +64,16 @@ impl Rails {
         }
     }
 
-    /// Marks a port active or not; returns the rails it carries. `capacity_mbps` is the port's
+    /// Marks a port active or not; returns the rails it carries. `capacity_mbits_per_s` is the port's
     /// capacity now, if known; it replaces the rail's unless the configuration sets one.
     pub fn set_port_active(
         &mut self,
         device: &str,
         port: u8,
         active: bool,
-        capacity_mbps: Option<u32>,
+        capacity_mbits_per_s: Option<u32>,
     ) -> Vec<InterconnectId> {
-        let configured = self.tunables.capacity_mbps.contains_key(device);
+        let configured = self.tunables.capacity_mbits_per_s.contains_key(device);
         let mut hit = Vec::new();
         for r in self
             .local
@@ -81,8 +81,8 @@ impl Rails {
             .filter(|r| r.device == device && r.port == port)
         {
             r.active = active;
-            if let Some(c) = capacity_mbps.filter(|c| *c > 0 && !configured) {
-                r.capacity_mbps = c;
+            if let Some(c) = capacity_mbits_per_s.filter(|c| *c > 0 && !configured) {
+                r.capacity_mbits_per_s = c;
             }
             hit.push(r.rail);
         }

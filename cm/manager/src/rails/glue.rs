@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 /// Nominal capacity given to the TCP interconnect for placement (it is only used when no RDMA
 /// rail is, so the figure only matters for utilization reports).
-const TCP_CAPACITY_MBPS: u32 = 10_000;
+const TCP_CAPACITY_MBITS_PER_S: u32 = 10_000;
 
 impl Manager {
     /// Acceptor side: an RDMA link joins the session on its first frame.
@@ -56,7 +56,7 @@ impl Manager {
             InterconnectInfo {
                 id: InterconnectId::TCP,
                 kind: InterconnectKind::Tcp,
-                capacity_mbps: TCP_CAPACITY_MBPS,
+                capacity_mbits_per_s: TCP_CAPACITY_MBITS_PER_S,
                 failure_domain: "tcp".into(),
                 usable: tcp,
             },
@@ -67,7 +67,7 @@ impl Manager {
                 InterconnectInfo {
                     id: r.rail,
                     kind: InterconnectKind::Rdma,
-                    capacity_mbps: r.capacity_mbps,
+                    capacity_mbits_per_s: r.capacity_mbits_per_s,
                     failure_domain: r.device.clone(),
                     usable: live.contains(&r.rail),
                 },
@@ -247,8 +247,8 @@ impl Manager {
                                     endpoint,
                                 },
                             ),
-                            Err(source) => {
-                                let e = RailSetupError::Connect { rail, source };
+                            Err(error) => {
+                                let e = RailSetupError::Connect { rail, error };
                                 let reason = e.to_string();
                                 (
                                     Err(e),
@@ -290,7 +290,7 @@ impl Manager {
                 tokio::task::spawn_blocking(move || {
                     let res = prepared
                         .connect(&remote, sink)
-                        .map_err(|source| RailSetupError::Connect { rail, source });
+                        .map_err(|error| RailSetupError::Connect { rail, error });
                     let _ = tx.send(RailDone::Connected {
                         rail,
                         link_id,
@@ -313,7 +313,7 @@ impl Manager {
             ),
             AsyncEvent::PortActive { port } => (
                 self.rails
-                    .set_port_active(&d.device, port, true, d.capacity_mbps),
+                    .set_port_active(&d.device, port, true, d.capacity_mbits_per_s),
                 None,
                 true,
             ),

@@ -71,7 +71,7 @@ pub(crate) struct LocalRail {
     pub port: u8,
     pub gid: [u8; 16],
     pub gid_index: u8,
-    pub capacity_mbps: u32,
+    pub capacity_mbits_per_s: u32,
     pub active: bool,
 }
 

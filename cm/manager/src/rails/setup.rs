@@ -38,7 +38,7 @@ impl SetupJob {
             self.cfg.gid_index = pick_gid(&table).0;
         }
         let (prepared, ep) = PreparedLink::new(self.device, self.cfg)
-            .map_err(|source| RailSetupError::Prepare { rail, source })?;
+            .map_err(|error| RailSetupError::Prepare { rail, error })?;
         let bytes = postcard::to_stdvec(&ep).map_err(RailSetupError::EncodeEndpoint)?;
         Ok((Box::new(prepared), bytes))
     }

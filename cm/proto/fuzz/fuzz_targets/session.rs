@@ -59,7 +59,7 @@ fn node(name: &str, instance: u64) -> NodeInfo {
 
 fn spec(model: SendModel) -> ClientSpec {
     ClientSpec {
-        bandwidth_mbps: 10,
+        bandwidth_mbytes_per_s: 10,
         latency: LatencyClass::Normal,
         model,
     }

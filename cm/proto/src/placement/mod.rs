@@ -28,7 +28,7 @@
 //! 2. **Demand.** The effective demand of a client is max(declared demand, smoothed measured
 //!    rate); the measured rate is an exponentially decaying average of the bytes reported by
 //!    [`Placement::record_bytes`] with half-life `rate_half_life`. The utilization of an
-//!    interconnect is the sum of its clients' effective demands / (capacity_mbps / 8). A
+//!    interconnect is the sum of its clients' effective demands / (capacity_mbits_per_s / 8). A
 //!    zero-capacity interconnect has utilization 0 when it carries no client and infinity
 //!    otherwise.
 //! 3. **Placement.** A client that needs a place (new, displaced, or leaving TCP) goes to the
@@ -301,11 +301,15 @@ impl Placement {
                 InterconnectLoad {
                     id,
                     kind: link.info.kind,
-                    capacity_mbps: link.info.capacity_mbps,
+                    capacity_mbits_per_s: link.info.capacity_mbits_per_s,
                     usable: link.info.usable,
                     declared_mbytes_per_s: declared,
                     measured_mbytes_per_s: measured,
-                    utilization: utilization(link.info.capacity_mbps, effective, clients.len()),
+                    utilization: utilization(
+                        link.info.capacity_mbits_per_s,
+                        effective,
+                        clients.len(),
+                    ),
                     clients,
                 }
             })
@@ -337,7 +341,9 @@ impl Placement {
     }
 
     fn capacity(&self, l: InterconnectId) -> u32 {
-        self.links.get(&l).map_or(0, |l| l.info.capacity_mbps)
+        self.links
+            .get(&l)
+            .map_or(0, |l| l.info.capacity_mbits_per_s)
     }
 
     fn kind(&self, l: InterconnectId) -> Option<InterconnectKind> {
@@ -384,7 +390,7 @@ mod tests {
                 InterconnectInfo {
                     id: InterconnectId::new(id),
                     kind: InterconnectKind::Rdma,
-                    capacity_mbps: 25_000,
+                    capacity_mbits_per_s: 25_000,
                     failure_domain: format!("mlx5_{id}"),
                     usable: true,
                 },

@@ -76,10 +76,10 @@ impl Snap {
     }
 }
 
-/// Utilization of an interconnect of `capacity_mbps` carrying `count` clients of total effective
+/// Utilization of an interconnect of `capacity_mbits_per_s` carrying `count` clients of total effective
 /// demand `load` MB/s (rule 2).
-pub(super) fn utilization(capacity_mbps: u32, load: f64, count: usize) -> f64 {
-    let cap = f64::from(capacity_mbps) / 8.0;
+pub(super) fn utilization(capacity_mbits_per_s: u32, load: f64, count: usize) -> f64 {
+    let cap = f64::from(capacity_mbits_per_s) / 8.0;
     if cap > 0.0 {
         load / cap
     } else if count > 0 {

@@ -23,7 +23,7 @@ pub struct InterconnectInfo {
     /// RDMA or TCP.
     pub kind: InterconnectKind,
     /// Capacity in megabits per second (port speed x width, e.g. `25_000` for 25 Gb/s).
-    pub capacity_mbps: u32,
+    pub capacity_mbits_per_s: u32,
     /// Interconnects that fail together share a failure domain: the HCA device name for RDMA
     /// ports (two ports of one HCA share it), `"tcp"` for TCP.
     pub failure_domain: String,
@@ -110,14 +110,14 @@ pub struct InterconnectLoad {
     /// Its kind.
     pub kind: InterconnectKind,
     /// Its capacity in megabits per second.
-    pub capacity_mbps: u32,
+    pub capacity_mbits_per_s: u32,
     /// Whether it is usable.
     pub usable: bool,
     /// Sum of the declared demands of its clients, MB/s.
     pub declared_mbytes_per_s: f64,
     /// Sum of the smoothed measured rates of its clients, MB/s.
     pub measured_mbytes_per_s: f64,
-    /// Sum of the effective demands / (capacity_mbps / 8); see rule 2 for zero capacity.
+    /// Sum of the effective demands / (capacity_mbits_per_s / 8); see rule 2 for zero capacity.
     pub utilization: f64,
     /// Its clients (assigned to it, including a last assignment kept while nothing is usable),
     /// in id order.

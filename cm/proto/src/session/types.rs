@@ -71,7 +71,7 @@ pub enum LatencyClass {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientSpec {
     /// Expected bandwidth in MB/s.
-    pub bandwidth_mbps: u32,
+    pub bandwidth_mbytes_per_s: u32,
     /// Latency class.
     pub latency: LatencyClass,
     /// How sends complete.

@@ -101,7 +101,7 @@ impl<'a> Chaos<'a> {
             InterconnectInfo {
                 id: InterconnectId::TCP,
                 kind: InterconnectKind::Tcp,
-                capacity_mbps: 10_000,
+                capacity_mbits_per_s: 10_000,
                 failure_domain: "tcp".into(),
                 usable: false,
             },
@@ -113,7 +113,7 @@ impl<'a> Chaos<'a> {
                 InterconnectInfo {
                     id: *id,
                     kind: InterconnectKind::Rdma,
-                    capacity_mbps: *capacity,
+                    capacity_mbits_per_s: *capacity,
                     failure_domain: domain.clone(),
                     usable: false,
                 },
@@ -138,7 +138,7 @@ impl<'a> Chaos<'a> {
             };
             let bandwidth = [20, 300, 1200, 2500, 5000][p.rng.below(5) as usize];
             let spec = ClientSpec {
-                bandwidth_mbps: bandwidth,
+                bandwidth_mbytes_per_s: bandwidth,
                 latency,
                 model,
             };

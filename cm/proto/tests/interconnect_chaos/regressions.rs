@@ -12,7 +12,7 @@ use super::*;
 #[test]
 fn acceptor_down_alone_comes_back_when_a_new_link_arrives() {
     let spec = ClientSpec {
-        bandwidth_mbps: 100,
+        bandwidth_mbytes_per_s: 100,
         latency: LatencyClass::Normal,
         model: SendModel::Async,
     };
@@ -56,7 +56,7 @@ fn acceptor_down_alone_comes_back_when_a_new_link_arrives() {
 #[test]
 fn return_code_lost_on_a_link_the_partner_dropped_is_sent_again() {
     let spec = ClientSpec {
-        bandwidth_mbps: 100,
+        bandwidth_mbytes_per_s: 100,
         latency: LatencyClass::Normal,
         model: SendModel::Sync,
     };

@@ -238,7 +238,7 @@ impl Chaos<'_> {
         for (id, cap, dom) in &self.rails {
             infos.push((*id, InterconnectKind::Rdma, *cap, dom.clone()));
         }
-        for (id, kind, capacity_mbps, failure_domain) in infos {
+        for (id, kind, capacity_mbits_per_s, failure_domain) in infos {
             let now_usable = live.contains(&id);
             if self.usable.get(&id) != Some(&now_usable) {
                 self.usable.insert(id, now_usable);
@@ -246,7 +246,7 @@ impl Chaos<'_> {
                     InterconnectInfo {
                         id,
                         kind,
-                        capacity_mbps,
+                        capacity_mbits_per_s,
                         failure_domain,
                         usable: now_usable,
                     },

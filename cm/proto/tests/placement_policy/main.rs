@@ -50,7 +50,7 @@ fn rdma(id: InterconnectId, domain: &str, usable: bool) -> InterconnectInfo {
     InterconnectInfo {
         id,
         kind: InterconnectKind::Rdma,
-        capacity_mbps: 25_000,
+        capacity_mbits_per_s: 25_000,
         failure_domain: domain.to_string(),
         usable,
     }
@@ -60,7 +60,7 @@ fn tcp(usable: bool) -> InterconnectInfo {
     InterconnectInfo {
         id: TCP,
         kind: InterconnectKind::Tcp,
-        capacity_mbps: 10_000,
+        capacity_mbits_per_s: 10_000,
         failure_domain: "tcp".to_string(),
         usable,
     }

@@ -59,7 +59,7 @@ fn info_for(id: InterconnectId, usable: bool, cap: u32) -> InterconnectInfo {
     InterconnectInfo {
         id,
         kind,
-        capacity_mbps: cap,
+        capacity_mbits_per_s: cap,
         failure_domain: domain,
         usable,
     }
@@ -230,7 +230,7 @@ fn check_settled(
         let hd = domain_of(&h);
         let other = rdma
             .iter()
-            .any(|i| i.capacity_mbps > 0 && Some(&i.failure_domain) != hd.as_ref());
+            .any(|i| i.capacity_mbits_per_s > 0 && Some(&i.failure_domain) != hd.as_ref());
         if other {
             for (c, (_, lat)) in specs {
                 if *lat == LatencyClass::Critical {
@@ -247,7 +247,7 @@ fn check_settled(
     }
     // (With two ports of one HCA, rule 4 may legitimately keep the second port of the heavy
     // client's HCA empty, so the spreading check needs distinct failure domains.)
-    let caps: Vec<u32> = rdma.iter().map(|i| i.capacity_mbps).collect();
+    let caps: Vec<u32> = rdma.iter().map(|i| i.capacity_mbits_per_s).collect();
     let domains: std::collections::BTreeSet<&str> =
         rdma.iter().map(|i| i.failure_domain.as_str()).collect();
     if caps[0] > 0 && caps.iter().all(|&c| c == caps[0]) && domains.len() == rdma.len() {

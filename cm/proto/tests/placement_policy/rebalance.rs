@@ -188,7 +188,7 @@ fn placement_timer_is_armed_while_clients_exist() {
 fn placement_zero_capacity_links_never_panic() {
     let mut rig = Rig::empty();
     let mut zero = rdma(ic(1), "mlx5_0", true);
-    zero.capacity_mbps = 0;
+    zero.capacity_mbits_per_s = 0;
     rig.link(zero.clone());
     rig.link(rdma(ic(2), "mlx5_1", true));
     rig.standard_clients();

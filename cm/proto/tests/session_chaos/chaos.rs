@@ -44,7 +44,7 @@ impl Chaos {
         }
         for c in 0..n_clients {
             let spec = ClientSpec {
-                bandwidth_mbps: 10,
+                bandwidth_mbytes_per_s: 10,
                 latency: LatencyClass::Normal,
                 model: SendModel::Async,
             };

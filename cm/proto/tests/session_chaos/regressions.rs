@@ -5,7 +5,7 @@ use super::*;
 
 fn spec() -> ClientSpec {
     ClientSpec {
-        bandwidth_mbps: 10,
+        bandwidth_mbytes_per_s: 10,
         latency: LatencyClass::Normal,
         model: SendModel::Async,
     }

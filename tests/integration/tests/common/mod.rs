@@ -20,7 +20,7 @@ pub fn secret() -> ClusterSecret {
 
 pub fn spec(model: SendModel) -> ClientSpec {
     ClientSpec {
-        bandwidth_mbps: 100,
+        bandwidth_mbytes_per_s: 100,
         latency: LatencyClass::Normal,
         model,
     }

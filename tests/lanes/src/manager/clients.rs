@@ -13,7 +13,7 @@ pub fn client_specs() -> [(&'static str, u8, ClientSpec); 3] {
             MIRROR,
             1,
             ClientSpec {
-                bandwidth_mbps: 2000,
+                bandwidth_mbytes_per_s: 2000,
                 latency: LatencyClass::Bulk,
                 model: SendModel::Sync,
             },
@@ -22,7 +22,7 @@ pub fn client_specs() -> [(&'static str, u8, ClientSpec); 3] {
             CONFIG,
             2,
             ClientSpec {
-                bandwidth_mbps: 50,
+                bandwidth_mbytes_per_s: 50,
                 latency: LatencyClass::Normal,
                 model: SendModel::Async,
             },
@@ -31,7 +31,7 @@ pub fn client_specs() -> [(&'static str, u8, ClientSpec); 3] {
             HEARTBEAT,
             3,
             ClientSpec {
-                bandwidth_mbps: 1,
+                bandwidth_mbytes_per_s: 1,
                 latency: LatencyClass::Critical,
                 model: SendModel::Async,
             },

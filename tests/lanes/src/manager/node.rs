@@ -38,7 +38,9 @@ pub fn node_config(id: &str, hcas: &[Hca]) -> NodeConfig {
     // rxe reports a nominal port speed; give the rails the capacity the simulated-fabric
     // tests use (25 Gb/s), so that the placement is the same as there.
     for h in hcas {
-        cfg.verbs.capacity_mbps.insert(h.device.clone(), 25_000);
+        cfg.verbs
+            .capacity_mbits_per_s
+            .insert(h.device.clone(), 25_000);
     }
     cfg
 }

@@ -275,7 +275,7 @@ impl World {
                 PortState::Down
             },
             link_layer: LinkLayer::Ethernet,
-            capacity_mbps: p.capacity_gbps.saturating_mul(1000),
+            capacity_mbits_per_s: p.capacity_gbps.saturating_mul(1000),
             gids: p.gids.clone(),
         }
     }
