@@ -1,5 +1,7 @@
 //! One established TCP link: a reader task forwarding decoded frames to the link's
-//! [`TcpLinkSink`] (the manager) and a writer task batching frames onto the socket. Either task
+//! [`TcpLinkSink`] (the manager) and a writer task batching frames onto the socket, control frames
+//! (HEARTBEAT, ACK, NACK, FLOW) ahead of queued bulk ones
+//! ([`peercm_cm_proto::link_queue`]), so a heartbeat never waits behind megabytes of DATA. Either task
 //! ending closes the link; the sink hears exactly one [`TcpLinkSink::closed`] per link, with a
 //! typed [`TcpLinkClosed`] reason.
 
@@ -7,6 +9,7 @@ use crate::codec::{CodecError, FrameCodec};
 use crate::handshake::FramedLink;
 use futures::{SinkExt, StreamExt};
 use peercm_cm_proto::frame::FrameError;
+use peercm_cm_proto::link_queue::{Lane, LinkQueue};
 use peercm_cm_proto::session::{LinkId, LocalDone};
 use peercm_cm_proto::Frame;
 use std::future::Future;
@@ -19,6 +22,9 @@ use tracing::Instrument;
 
 /// Most frames a writer puts on the socket before one flush.
 const WRITE_BATCH_MAX: usize = 256;
+/// A batch stops growing once it holds this many encoded bytes: a control frame queued while
+/// a batch is written waits for at most this much bulk data (plus one frame) to go first.
+const WRITE_BATCH_BYTES: usize = 256 << 10;
 
 /// Why a TCP link closed.
 #[derive(Debug, Error)]
@@ -150,22 +156,30 @@ pub fn spawn_link<S: TcpLinkSink>(framed: FramedLink, id: LinkId, sink: S) -> Li
     let once = closed_once;
     let writer_task = tokio::spawn(
         async move {
-            let mut batch = Vec::with_capacity(WRITE_BATCH_MAX);
+            let mut queue = LinkQueue::new();
+            let queue_up = |queue: &mut LinkQueue<Outgoing>, o: Outgoing| {
+                queue.push(Lane::of(o.frame.header.msg_type), o);
+            };
             let reason = loop {
-                let Some(first) = rx.recv().await else {
-                    break TcpLinkClosed::HandleDropped;
-                };
-                batch.push(first);
-                while batch.len() < WRITE_BATCH_MAX {
-                    match rx.try_recv() {
-                        Ok(o) => batch.push(o),
-                        Err(_) => break,
-                    }
+                if queue.is_empty() {
+                    let Some(first) = rx.recv().await else {
+                        break TcpLinkClosed::HandleDropped;
+                    };
+                    queue_up(&mut queue, first);
+                }
+                // Everything queued so far competes for the next batch, control frames first.
+                while let Ok(o) = rx.try_recv() {
+                    queue_up(&mut queue, o);
                 }
                 let mut bytes = 0u64;
+                let mut frames = 0usize;
                 let mut local_done = Vec::new();
                 let mut failed = None;
-                for o in batch.drain(..) {
+                while frames < WRITE_BATCH_MAX && bytes < WRITE_BATCH_BYTES as u64 {
+                    let Some((_, o)) = queue.pop() else {
+                        break;
+                    };
+                    frames += 1;
                     bytes += o.frame.encoded_len() as u64;
                     local_done.extend(o.local_done);
                     if let Err(e) = writer.feed(o.frame).await {

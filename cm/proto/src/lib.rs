@@ -13,6 +13,7 @@
 //! - [`control`]: payloads of control messages (handshake, ACK/NACK, CLIENT-UP, FLOW, ...).
 //! - [`auth`]: HMAC-SHA256 challenge-response over the shared cluster secret.
 //! - [`handshake`]: the bootstrap handshake, one struct per expected message.
+//! - [`link_queue`]: a link's two-lane outgoing queue (control frames overtake bulk data).
 //! - [`stream`]: per-client send and receive streams (sequencing, replay, dedup, reordering).
 //! - [`placement`]: the IO-free bandwidth placement policy (which client on which interconnect).
 //! - [`port`]: the client port state machine (IDLE ... CONNECTED <-> STOPPED, DESTROYED).
@@ -25,6 +26,7 @@ pub mod control;
 pub mod frame;
 pub mod handshake;
 pub mod ids;
+pub mod link_queue;
 pub mod placement;
 pub mod port;
 pub mod session;

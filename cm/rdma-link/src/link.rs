@@ -2,8 +2,9 @@
 //! link's CQ-polling thread ([`crate::worker`]).
 //!
 //! Sending never blocks: [`RdmaLink::send`] encodes the frame, then, under the short send
-//! lock, queues it behind any frames already waiting and posts as many queued frames as the
-//! credit window, the partner's ring and the send queue allow. Each one is copied into the
+//! lock, queues it behind any frames already waiting (control frames -- HEARTBEAT, ACK, NACK,
+//! FLOW -- ahead of bulk ones: [`peercm_cm_proto::link_queue`]) and posts as many queued frames
+//! as the credit window, the partner's ring and the send queue allow. Each one is copied into the
 //! staging region at the offset it will have in the partner's ring and written from there
 //! with one WRITE_WITH_IMM, in order. Frames that must wait are posted by the link thread as
 //! credit comes back. All posting of data happens under that one lock, so the ring layout and
@@ -16,10 +17,10 @@ use crate::stats::{bump, Counters, LinkStats};
 use crate::wrid;
 use bytes::{Bytes, BytesMut};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
+use peercm_cm_proto::link_queue::{Lane, LinkQueue};
 use peercm_cm_proto::session::{LinkId, LocalDone};
 use peercm_cm_proto::Frame;
 use peercm_verbs_shim::{MemoryRegion, QueuePair, RemoteMr, SendWr, Sge};
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
@@ -34,8 +35,8 @@ pub(crate) struct Pending {
 pub(crate) struct Core {
     /// Data messages in flight and the partner's ring.
     pub window: SendWindow<Option<LocalDone>>,
-    /// Frames waiting for credit, in order.
-    pub pending: VecDeque<Pending>,
+    /// Frames waiting for credit: control frames first, each lane in order.
+    pub pending: LinkQueue<Pending>,
     /// Credit and probe WRITEs not completed yet.
     pub other_outstanding: u32,
     /// Counter for credit and probe request ids.
@@ -52,7 +53,7 @@ impl Core {
     pub(crate) fn new(window: SendWindow<Option<LocalDone>>) -> Self {
         Core {
             window,
-            pending: VecDeque::new(),
+            pending: LinkQueue::new(),
             other_outstanding: 0,
             next_other: 0,
             stalled: false,
@@ -180,7 +181,7 @@ impl Shared {
     /// Posts queued frames while the window, the ring and the send queue allow.
     pub(crate) fn pump(&self, core: &mut Core) -> Result<(), LinkCloseReason> {
         while !core.closed && core.sq_used() < self.max_send_wr {
-            let Some(p) = core.pending.pop_front() else {
+            let Some((lane, p)) = core.pending.pop() else {
                 core.stalled = false;
                 break;
             };
@@ -188,10 +189,13 @@ impl Shared {
             let (seq, at) = match core.window.try_push(len, p.local_done) {
                 Ok(placed) => placed,
                 Err((_, local_done)) => {
-                    core.pending.push_front(Pending {
-                        bytes: p.bytes,
-                        local_done,
-                    });
+                    core.pending.push_front(
+                        lane,
+                        Pending {
+                            bytes: p.bytes,
+                            local_done,
+                        },
+                    );
                     if !core.stalled {
                         core.stalled = true;
                         bump(&self.stats.credit_stalls, 1);
@@ -347,6 +351,7 @@ impl RdmaLink {
             return Err(SendError::Closed);
         }
         let frame_bytes = frame.encoded_len();
+        let lane = Lane::of(frame.header.msg_type);
         if frame_bytes > sh.max_frame_bytes {
             return Err(SendError::TooLarge {
                 frame_bytes: frame_bytes as u64,
@@ -360,10 +365,13 @@ impl RdmaLink {
             if core.closed || sh.closing.load(Ordering::SeqCst) {
                 return Err(SendError::Closed);
             }
-            core.pending.push_back(Pending {
-                bytes: buf.freeze(),
-                local_done,
-            });
+            core.pending.push(
+                lane,
+                Pending {
+                    bytes: buf.freeze(),
+                    local_done,
+                },
+            );
             sh.pump(&mut core).err()
         };
         if let Some(reason) = failed {

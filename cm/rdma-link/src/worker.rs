@@ -332,9 +332,7 @@ impl Worker {
         let dropped = {
             let mut core = self.sh.lock_core();
             core.closed = true;
-            let n = core.pending.len();
-            core.pending.clear();
-            n
+            core.pending.clear()
         };
         {
             let mut qp = self.sh.qp.write().unwrap_or_else(|p| p.into_inner());
