@@ -227,21 +227,16 @@ impl Manager {
             self.detect_partner_failure(now);
             self.maybe_dial(now);
             self.flush(now);
-            let deadline = self
+            let due = self
                 .next_deadline()
-                .map(tokio::time::Instant::from_std)
-                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let deadline = tokio::time::Instant::from_std(due);
             tokio::select! {
                 biased;
                 input = self.link_rx.recv() => {
                     if let Some(input) = input { self.on_link_input(input); }
                     // Drain what else is ready before flushing: fewer, larger batches.
-                    for _ in 0..256 {
-                        match self.link_rx.try_recv() {
-                            Ok(i) => self.on_link_input(i),
-                            Err(_) => break,
-                        }
-                    }
+                    self.drain_link_input();
                 }
                 cmd = self.cmd_rx.recv() => {
                     match cmd {
@@ -265,14 +260,30 @@ impl Manager {
                     if let Some(d) = done { self.on_rail_done(d); }
                 }
                 _ = tokio::time::sleep_until(deadline) => {
+                    // Input that is ready counts before any silence verdict: a link whose
+                    // frames are waiting here is not silent.
+                    self.drain_link_input();
                     let now = Instant::now();
-                    self.session.handle_timeout(now);
+                    // `due` lets the session tell a late runtime (a stalled process) from a
+                    // silent link: see `Session::handle_timer`.
+                    self.session.handle_timer(due, now);
                     self.feed_placement(now);
                     self.placement.handle_timeout(now);
                     if now >= self.next_rail_round {
                         self.offer_rails(now);
                     }
                 }
+            }
+        }
+    }
+
+    /// Takes the link input that is ready, in a bounded batch (256), so commands and timers
+    /// are not starved by a busy link.
+    fn drain_link_input(&mut self) {
+        for _ in 0..256 {
+            match self.link_rx.try_recv() {
+                Ok(i) => self.on_link_input(i),
+                Err(_) => break,
             }
         }
     }

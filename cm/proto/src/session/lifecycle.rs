@@ -384,7 +384,7 @@ impl Session {
         let dead: Vec<LinkId> = self
             .links
             .iter()
-            .filter(|(_, l)| now.saturating_duration_since(l.last_rx) >= self.cfg.link_timeout)
+            .filter(|(id, l)| self.judged_silent(**id, l.last_rx, now))
             .map(|(id, _)| *id)
             .collect();
         for link in dead {

@@ -2,8 +2,8 @@
 //!
 //! Inputs: [`Session::handle_link_up`] / [`Session::handle_link_down`] when the runtime gains or
 //! loses an authenticated link, [`Session::handle_frame`] for each received frame,
-//! [`Session::handle_written`] when a link writer took frames, [`Session::handle_timeout`] when
-//! the deadline from [`Session::poll_timeout`] passed, and client commands (`register`,
+//! [`Session::handle_written`] when a link writer took frames, [`Session::handle_timer`] (or
+//! [`Session::handle_timeout`]) when the deadline from [`Session::poll_timeout`] passed, and client commands (`register`,
 //! `connect`, `close`, `send`, `reply`, `consumed`, `place`, `send_transport`). Outputs:
 //! [`Session::poll_transmit`] (which frame on which link), [`Session::poll_event`] (what to tell
 //! which client), [`Session::poll_close_link`] (links judged dead) and
@@ -17,12 +17,14 @@
 //!
 //! Layout: this file holds the [`Session`] state, its accessors and its event/timer outputs;
 //! `types` the public vocabulary (ids, config, events, errors, stats); `commands` the client
-//! commands; `lifecycle` link up/down, resets, the autoswitch hold and the timer; `recv` one
+//! commands; `lifecycle` link up/down, resets, the autoswitch hold and the timer; `liveness`
+//! the grace a late timer gives links before a silence verdict; `recv` one
 //! receive function per message type behind [`Session::handle_frame`]; `transmit`
 //! [`Session::poll_transmit`] and the link choice.
 
 mod commands;
 mod lifecycle;
+mod liveness;
 mod recv;
 mod transmit;
 mod types;
@@ -116,6 +118,8 @@ pub struct Session {
     holding_since: Option<Instant>,
     /// A reset towards a new partner node is under way: streams are rebased, not dropped.
     switching: bool,
+    /// Links given a grace period by a late timer ([`Session::handle_timer`]).
+    stall_grace: BTreeMap<LinkId, liveness::StallGrace>,
     stats: SessionStats,
 }
 
@@ -146,6 +150,7 @@ impl Session {
             transport_in: VecDeque::new(),
             holding_since: None,
             switching: false,
+            stall_grace: BTreeMap::new(),
             stats: SessionStats::default(),
         }
     }
@@ -256,6 +261,7 @@ impl Session {
                 ]
             })
             .chain(hold)
+            .chain(self.grace_deadlines())
             .min()
     }
 
