@@ -135,7 +135,26 @@ impl Node {
     /// wait unanswered; its RDMA threads keep running).
     #[cfg(feature = "fault-injection")]
     pub async fn freeze(&self, duration: std::time::Duration) -> Result<(), CmError> {
-        self.ask(|reply| Command::Freeze { duration, reply }).await
+        self.ask(|reply| Command::Freeze {
+            duration,
+            readers: false,
+            reply,
+        })
+        .await
+    }
+
+    /// Fault injection (cargo feature `fault-injection`, for tests): the whole node stalls for
+    /// `duration`, as a process descheduled by a loaded host would: the manager processes
+    /// nothing and the TCP link readers read nothing (each holds the frame it has), then both
+    /// resume at once. The partner's frames wait in the sockets meanwhile.
+    #[cfg(feature = "fault-injection")]
+    pub async fn stall(&self, duration: std::time::Duration) -> Result<(), CmError> {
+        self.ask(|reply| Command::Freeze {
+            duration,
+            readers: true,
+            reply,
+        })
+        .await
     }
 
     /// Stops the node at once: every link is dropped, as if the process died.

@@ -17,10 +17,20 @@ pub(crate) struct TcpSink {
     pub link: LinkId,
     /// The manager's link-input channel.
     pub tx: mpsc::Sender<LinkInput>,
+    /// Fault injection (`Node::stall`): hold each frame read until then.
+    #[cfg(feature = "fault-injection")]
+    pub held: tokio::sync::watch::Receiver<Option<std::time::Instant>>,
 }
 
 impl TcpLinkSink for TcpSink {
     async fn frame(&self, frame: Frame) -> bool {
+        #[cfg(feature = "fault-injection")]
+        {
+            let held = *self.held.borrow();
+            if let Some(until) = held.filter(|u| *u > std::time::Instant::now()) {
+                tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
+            }
+        }
         let input = LinkInput::Frame {
             link: self.link,
             frame,

@@ -71,6 +71,8 @@ pub(crate) enum Command {
     #[cfg(feature = "fault-injection")]
     Freeze {
         duration: Duration,
+        /// Hold the TCP link readers too (a whole-process stall).
+        readers: bool,
         reply: Reply<()>,
     },
 }
@@ -154,10 +156,17 @@ impl Manager {
                 let _ = reply.send(res);
             }
             #[cfg(feature = "fault-injection")]
-            Command::Freeze { duration, reply } => {
+            Command::Freeze {
+                duration,
+                readers,
+                reply,
+            } => {
                 let until = Instant::now() + duration;
                 self.frozen_until = Some(until);
                 self.frozen_tx.send_replace(Some(until));
+                if readers {
+                    self.readers_held_tx.send_replace(Some(until));
+                }
                 let _ = reply.send(Ok(()));
             }
             #[cfg(feature = "fault-injection")]

@@ -177,6 +177,8 @@ impl Manager {
         let sink = TcpSink {
             link: id,
             tx: self.link_tx.clone(),
+            #[cfg(feature = "fault-injection")]
+            held: self.readers_held_tx.subscribe(),
         };
         let handle = spawn_link(framed, id, sink);
         self.note(NodeEvent::TcpLinkUp {

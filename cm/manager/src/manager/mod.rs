@@ -78,6 +78,10 @@ pub(crate) struct Manager {
     /// The same deadline for the listener, which then stalls inbound handshakes too.
     #[cfg(feature = "fault-injection")]
     frozen_tx: watch::Sender<Option<Instant>>,
+    /// Fault injection: TCP link readers hold the frame they read until then (a stalled
+    /// process reads nothing either).
+    #[cfg(feature = "fault-injection")]
+    pub(crate) readers_held_tx: watch::Sender<Option<Instant>>,
     pub(crate) next_link: Arc<AtomicU64>,
     clients: HashMap<ClientId, mpsc::UnboundedSender<ClientEvent>>,
     node_info: watch::Sender<NodeInfo>,
@@ -158,6 +162,8 @@ impl Manager {
             frozen_until: None,
             #[cfg(feature = "fault-injection")]
             frozen_tx: watch::channel(None).0,
+            #[cfg(feature = "fault-injection")]
+            readers_held_tx: watch::channel(None).0,
             next_link: Arc::new(AtomicU64::new(1)),
             clients: HashMap::new(),
             node_info,
