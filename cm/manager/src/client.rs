@@ -82,7 +82,8 @@ impl ClientHandle {
             .await
     }
 
-    /// Sends with the registered send model. Returns the message's sequence number; its
+    /// Sends with the registered send model. Returns the send id (unique for the life of this
+    /// handle, across resets and partner switches; not the wire sequence number); its
     /// completion arrives as an `Acked`, `Transmitted` or `Nacked` event. Fails fast while the
     /// connection is down; never fails for flow control (watch `FlowControl` events instead).
     pub async fn send(&self, payload: Bytes) -> Result<u64, CmError> {

@@ -206,14 +206,16 @@ fn losing_every_link_nacks_outstanding_then_reset_brings_clients_back() {
     assert_eq!(p.a.port_state(ca), Some(PortState::Connected));
     assert_eq!(count(&p.a_events, ca, |e| *e == ClientEvent::Up), 2);
     let before = delivered(&p.b_events, cb).len();
-    p.a.send(ca, msg(99), SendModel::Sync).unwrap();
+    // The send id goes on after the reset (the wire sequence number restarts at 1).
+    let id = p.a.send(ca, msg(99), SendModel::Sync).unwrap();
+    assert!(id > 20, "send id {id} reused after the reset");
     p.drive();
     p.b_reply_all(|_| 5);
     p.drive();
     assert_eq!(delivered(&p.b_events, cb)[before..], [msg(99)]);
     assert!(p.a_events.iter().any(|(_, e)| *e
         == ClientEvent::Acked {
-            seq: 1,
+            seq: id,
             code: Some(5)
         }));
 }

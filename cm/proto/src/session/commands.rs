@@ -106,7 +106,9 @@ impl Session {
         Ok(state)
     }
 
-    /// Queues a message for the partner's namesake. Fails fast unless the port is up.
+    /// Queues a message for the partner's namesake and returns its send id, unique for the life
+    /// of the client across resets and partner switches (every `Acked`, `Transmitted` or
+    /// `Nacked` of it carries that id). Fails fast unless the port is up.
     pub fn send(
         &mut self,
         id: ClientId,

@@ -105,19 +105,21 @@ pub enum ClientEvent {
     },
     /// A send completed: sync with the partner client's code, async with `None`.
     Acked {
-        /// Sequence number of the send.
+        /// The send's id, as returned by `send` (unique for the life of the client, across
+        /// resets and partner switches).
         seq: u64,
         /// Return code from the partner client (sync model).
         code: Option<i32>,
     },
     /// A local-model send was handed to the transport.
     Transmitted {
-        /// Sequence number of the send.
+        /// The send's id, as returned by `send`.
         seq: u64,
     },
     /// A send failed; it may or may not have reached the partner (see the reason).
     Nacked {
-        /// Sequence number of the send.
+        /// The send's id, as returned by `send` (unique for the life of the client, across
+        /// resets and partner switches).
         seq: u64,
         /// Why.
         reason: NackReason,

@@ -72,7 +72,8 @@ impl SendStream {
         }
     }
 
-    /// Queues a message and returns its (client) sequence number.
+    /// Queues a message and returns its send id (the client's number for it): unique for the
+    /// life of the stream, across resets and rebases, unlike the wire sequence number.
     pub fn push(&mut self, payload: Bytes, model: SendModel) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -253,9 +254,15 @@ impl SendStream {
         seqs
     }
 
-    /// Starts over after a session reset. Callers drain first; anything left is dropped.
+    /// Starts over after a session reset. Callers drain first; anything left is dropped. The
+    /// wire numbering restarts at 1 for the partner's fresh receive stream, but the client's
+    /// numbers (send ids) go on from where they were: a send id is never handed out twice for
+    /// the life of the stream, so a late `Nacked` of the old epoch cannot be mistaken for a
+    /// new send.
     pub fn reset(&mut self, credit: u64) {
+        let next_client_seq = self.next_client_seq;
         *self = SendStream::new(self.window, credit);
+        self.next_client_seq = next_client_seq;
     }
 
     /// Starts over with a new partner (a switch to a backup) keeping every unacknowledged
@@ -371,5 +378,30 @@ mod tests {
         assert!(flags.contains(Flags::REPLAY));
         assert_eq!(s.next_transmit().unwrap().0, 3);
         assert!(s.next_transmit().is_none());
+    }
+
+    #[test]
+    fn send_ids_go_on_across_a_reset_and_a_rebase() {
+        let mut s = SendStream::new(8, 8);
+        assert_eq!(s.push(b("a"), SendModel::Async), 1);
+        assert_eq!(s.push(b("b"), SendModel::Async), 2);
+        assert_eq!(s.drain_unacked(), vec![1, 2]);
+        s.reset(8);
+        assert_eq!(
+            s.push(b("c"), SendModel::Async),
+            3,
+            "no id reused after a reset"
+        );
+        assert_eq!(
+            s.next_transmit().unwrap().0,
+            1,
+            "the wire numbering restarts"
+        );
+        s.rebase(8);
+        assert_eq!(
+            s.push(b("d"), SendModel::Async),
+            4,
+            "no id reused after a rebase"
+        );
     }
 }
