@@ -88,6 +88,10 @@ pub struct VerbsTunables {
     pub rail_offer_timeout_ms: u64,
     /// How often rails without a link are offered again.
     pub rail_retry_interval_ms: u64,
+    /// How long an RDMA link judged dead stays fenced and parked (its resources kept, its
+    /// receive ring deregistered) waiting for a zombie partner's WRITE to close it, before it
+    /// is freed anyway.
+    pub fence_park_ms: u64,
     /// Per-device capacity overrides in Mb/s (`rxe0 = 10000`): soft-RoCE reports a nominal
     /// speed that says nothing about what the emulated link carries. Accepts the old name
     /// `capacity_mbps`.
@@ -103,6 +107,7 @@ impl Default for VerbsTunables {
             recv_depth: 256,
             rail_offer_timeout_ms: 3000,
             rail_retry_interval_ms: 1000,
+            fence_park_ms: 60_000,
             capacity_mbits_per_s: Default::default(),
         }
     }
@@ -361,6 +366,12 @@ impl NodeConfig {
             return bad(
                 "verbs.rail_offer_timeout_ms and verbs.rail_retry_interval_ms must be > 0".into(),
             );
+        }
+        if v.fence_park_ms == 0 || v.fence_park_ms > 3_600_000 {
+            return bad(format!(
+                "verbs.fence_park_ms is {}: must be 1..=3600000 (one hour)",
+                v.fence_park_ms
+            ));
         }
         if let Some((dev, _)) = v.capacity_mbits_per_s.iter().find(|(_, c)| **c == 0) {
             return bad(format!("verbs.capacity_mbits_per_s.{dev} must be > 0"));

@@ -90,6 +90,10 @@ pub struct InterconnectStatus {
     pub utilization: f64,
     /// Clients placed on it.
     pub clients: Vec<String>,
+    /// A rail: teardowns on its device (destroying queue pairs, deregistering rings) that have
+    /// not finished after 2 s. They cost memory and a thread each, never liveness; at 8 the
+    /// device's rails stay down until they finish (docs/operations.md).
+    pub teardowns_stuck: u32,
 }
 
 /// Which transport carries a link (`"tcp"` or `"rdma"` in JSON).

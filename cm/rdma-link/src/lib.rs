@@ -17,7 +17,8 @@
 //! 3. [`RdmaLink::send`] queues frames without blocking; the sink gets `frame`, `written`
 //!    and, once, `closed`.
 //! 4. [`RdmaLink::fail`] / [`RdmaLink::close`] / drop close it; [`RdmaLink::fence`]
-//!    deregisters the ring so a zombie partner's writes fail on its side.
+//!    deregisters the ring so a zombie partner's writes fail on its side;
+//!    [`RdmaLink::closer`] closes it from another thread.
 //!
 //! # Wire rules
 //!
@@ -52,7 +53,7 @@ mod wrid;
 pub use config::RdmaLinkConfig;
 pub use endpoint::LocalEndpoint;
 pub use error::{EndpointError, LinkCloseReason, RdmaLinkError, RequestKind, SendError};
-pub use link::RdmaLink;
+pub use link::{LinkCloser, RdmaLink};
 /// The local-model mark a frame carries through [`RdmaLink::send`] back to
 /// [`LinkSink::written`] (the session's own type).
 pub use peercm_cm_proto::session::LocalDone;

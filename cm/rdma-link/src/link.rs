@@ -410,6 +410,11 @@ impl RdmaLink {
         Ok(())
     }
 
+    /// A handle that can close this link from another thread (see [`LinkCloser`]).
+    pub fn closer(&self) -> LinkCloser {
+        LinkCloser(self.shared.clone())
+    }
+
     /// Whether the link is closed or closing (sends are refused).
     pub fn is_closed(&self) -> bool {
         self.shared.closing.load(Ordering::SeqCst)
@@ -433,6 +438,31 @@ impl RdmaLink {
     pub fn stats(&self) -> LinkStats {
         let queued = self.shared.lock_core().pending.len() as u64;
         self.shared.stats.snapshot(queued)
+    }
+}
+
+/// Closes an [`RdmaLink`] from elsewhere: [`LinkCloser::fail`] is [`RdmaLink::fail`]. Moving
+/// the queue pair to the error state is a verbs call, so an owner that must never block (the
+/// manager task) hands a closer to a thread that may. The closer keeps the link's resources
+/// alive while it exists.
+#[derive(Clone)]
+pub struct LinkCloser(Arc<Shared>);
+
+impl std::fmt::Debug for LinkCloser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("LinkCloser").field(&self.0.id).finish()
+    }
+}
+
+impl LinkCloser {
+    /// See [`RdmaLink::fail`].
+    pub fn fail(&self, reason: LinkCloseReason) {
+        self.0.request_close(reason);
+    }
+
+    /// The link's id.
+    pub fn id(&self) -> LinkId {
+        self.0.id
     }
 }
 

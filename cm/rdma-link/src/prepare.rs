@@ -146,6 +146,11 @@ impl PreparedLink {
         &self.local
     }
 
+    /// The local device's name.
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+
     /// The configuration.
     pub fn config(&self) -> &RdmaLinkConfig {
         &self.cfg

@@ -3,7 +3,8 @@
 //! the ring, applies returned credit (posting frames that waited for it), returns credit in
 //! batches and when idle, and reports everything to the sink -- never holding a lock while
 //! calling it. Any error completion, protocol violation or close request ends the loop: the
-//! queue pair goes to ERR, the ring is deregistered and the sink hears `closed` once.
+//! queue pair goes to ERR, the sink hears `closed` once, then the ring is deregistered (which
+//! may block in the kernel; the sink has heard already).
 
 use crate::credit::{CreditOwed, Imm};
 use crate::error::{LinkCloseReason, RequestKind};
@@ -340,9 +341,6 @@ impl Worker {
                 tracing::debug!(error = %e, "moving the QP to ERR");
             }
         }
-        if let Err(e) = self.sh.ring.deregister() {
-            tracing::warn!(error = %e, "deregistering the receive ring");
-        }
         *self
             .sh
             .final_reason
@@ -350,5 +348,10 @@ impl Worker {
             .unwrap_or_else(|p| p.into_inner()) = Some(reason.clone());
         tracing::info!(%reason, queued_frames_dropped = dropped, "RDMA link closed");
         self.sink.closed(reason);
+        // After telling the sink: deregistering can block in the kernel (rdma_rxe waits for
+        // packets still held up), and the link's owner must hear of the loss regardless.
+        if let Err(e) = self.sh.ring.deregister() {
+            tracing::warn!(error = %e, "deregistering the receive ring");
+        }
     }
 }

@@ -89,6 +89,9 @@
 //! - [`SimFabric::fail_qp`]: QP to ERR, `QpFatal` event, everything flushes.
 //! - [`SimFabric::fail_deregistrations`]: deregistering a region on a node fails; a region
 //!   dropped meanwhile is leaked, still registered and reachable, as the real backend leaks it.
+//! - [`SimFabric::hang_teardowns`]: destroying a QP or CQ and deregistering a region on a node
+//!   block until released, as `rxe_destroy_qp` blocks while packets of the QP are held up
+//!   ([`SimFabric::hung_teardowns`] counts the blocked calls).
 //! - [`SimFabric::stall_responder`] / [`SimFabric::release_responder`]: a frozen node. Requests
 //!   to it go unanswered (retransmitted; `RetryExcErr` if `retry_count < 7`); after release the
 //!   next retransmission gets through.
@@ -140,6 +143,8 @@ pub(crate) struct Inner {
     progress: Condvar,
     /// Signalled when a timer earlier than the engine's wake-up is added.
     engine: Condvar,
+    /// Signalled when hung teardowns are released ([`SimFabric::hang_teardowns`]).
+    teardown_gate: Condvar,
 }
 
 impl Inner {
@@ -167,6 +172,27 @@ impl Inner {
         let r = f(&mut w, now);
         self.finish(&mut w);
         r
+    }
+
+    /// Blocks while teardowns on the object's node are made to hang
+    /// ([`SimFabric::hang_teardowns`]); `node` finds the object's node. The world stays
+    /// usable meanwhile (the wait releases its lock).
+    pub(crate) fn teardown_gate(&self, node: impl FnOnce(&World) -> Option<usize>) {
+        let mut w = self.lock();
+        let Some(n) = node(&w) else {
+            return;
+        };
+        if !w.nodes[n].hang_teardowns {
+            return;
+        }
+        w.nodes[n].teardowns_hung += 1;
+        while w.nodes[n].hang_teardowns {
+            w = self
+                .teardown_gate
+                .wait(w)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        w.nodes[n].teardowns_hung -= 1;
     }
 
     /// Waits up to `timeout` until `ready` yields something, driving timers meanwhile.
@@ -258,6 +284,7 @@ impl SimFabric {
             world: Mutex::new(World::new(seed)),
             progress: Condvar::new(),
             engine: Condvar::new(),
+            teardown_gate: Condvar::new(),
         });
         let weak = Arc::downgrade(&inner);
         // Without the engine thread timers still run whenever anyone calls into the fabric;
@@ -389,6 +416,34 @@ impl SimFabric {
                 if fail { "fail" } else { "work again" }
             ));
             Ok(())
+        })
+    }
+
+    /// Makes every teardown on `node` -- destroying a queue pair or a completion queue,
+    /// deregistering a region (explicitly or by dropping it) -- block while `hang` is set, as
+    /// `rxe_destroy_qp` blocks in the kernel for as long as packets of the QP are held up.
+    /// Clearing it lets the blocked calls finish. See [`SimFabric::hung_teardowns`].
+    pub fn hang_teardowns(&self, node: &str, hang: bool) -> Result<(), VerbsError> {
+        self.inner.with(|w, _| {
+            let n = w.node_index(node)?;
+            w.nodes[n].hang_teardowns = hang;
+            w.note_fault(format!(
+                "teardowns on {node} {}",
+                if hang { "hang" } else { "released" }
+            ));
+            Ok::<(), VerbsError>(())
+        })?;
+        if !hang {
+            self.inner.teardown_gate.notify_all();
+        }
+        Ok(())
+    }
+
+    /// How many teardown calls on `node` are blocked by [`SimFabric::hang_teardowns`] now.
+    pub fn hung_teardowns(&self, node: &str) -> Result<usize, VerbsError> {
+        self.inner.with(|w, _| {
+            let n = w.node_index(node)?;
+            Ok(w.nodes[n].teardowns_hung)
         })
     }
 

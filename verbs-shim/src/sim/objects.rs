@@ -190,6 +190,7 @@ pub(crate) struct SimMr {
 impl Drop for SimMr {
     fn drop(&mut self) {
         let (id, len) = (self.id, self.len);
+        self.inner.teardown_gate(|w| w.mr_node(id));
         let disposal = self.inner.with(|w, _| {
             let res = w.deregister(id);
             let d = dispose("memory region", &w.mr_device(id), Some(len), res);
@@ -232,6 +233,8 @@ impl MemoryRegion for SimMr {
     }
 
     fn deregister(&self) -> Result<(), VerbsError> {
+        let id = self.id;
+        self.inner.teardown_gate(|w| w.mr_node(id));
         self.inner.with(|w, _| w.deregister(self.id))
     }
 }
@@ -245,6 +248,7 @@ pub(crate) struct SimCq {
 impl Drop for SimCq {
     fn drop(&mut self) {
         let (id, addr) = (self.id, std::ptr::from_ref(self) as usize);
+        self.inner.teardown_gate(|w| w.cq_node(id));
         self.inner.with(|w, _| w.destroy_cq(id, addr));
     }
 }
@@ -283,6 +287,7 @@ pub(crate) struct SimQp {
 impl Drop for SimQp {
     fn drop(&mut self) {
         let qpn = self.qpn;
+        self.inner.teardown_gate(|w| w.qp_node(qpn));
         self.inner.with(|w, _| w.destroy_qp(qpn));
     }
 }

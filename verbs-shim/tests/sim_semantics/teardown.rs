@@ -53,3 +53,35 @@ fn a_region_whose_deregistration_fails_is_leaked_not_freed() {
     a.read(5, gone, 16);
     expect(&a.scq, 5, WcStatus::RemAccessErr);
 }
+
+/// `hang_teardowns`: destroying a QP and deregistering a region on the node block until
+/// released (as `rxe_destroy_qp` does while packets of the QP are held up), the rest of the
+/// fabric keeps working meanwhile, and releasing lets the blocked calls finish.
+#[test]
+fn hung_teardowns_block_until_released_and_nothing_else_does() {
+    let f = fabric(0x6b);
+    let (a, b) = pair(&f, params(), params());
+    let remote = b.mr.remote();
+    f.hang_teardowns("n2", true).unwrap();
+    let region = b.pd.clone().reg_mr(4096, Access::all()).unwrap();
+    let b_qp = b.qp;
+    let blocked = std::thread::spawn(move || {
+        let dereg = region.deregister();
+        drop(b_qp);
+        dereg
+    });
+    // Wait (without a timing assertion) until the deregistration is blocked.
+    while f.hung_teardowns("n2").unwrap() == 0 {
+        std::thread::yield_now();
+    }
+    assert!(!blocked.is_finished());
+    // The other node's teardowns are not affected, nor is the fabric.
+    let other = a.pd.clone().reg_mr(64, Access::all()).unwrap();
+    other.deregister().unwrap();
+    drop(other);
+    a.read(1, remote, 16);
+    expect(&a.scq, 1, WcStatus::Success);
+    f.hang_teardowns("n2", false).unwrap();
+    blocked.join().unwrap().unwrap();
+    assert_eq!(f.hung_teardowns("n2").unwrap(), 0);
+}

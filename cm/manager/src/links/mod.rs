@@ -14,10 +14,11 @@ mod sinks;
 pub(crate) use input::LinkInput;
 pub(crate) use sinks::{RdmaSink, TcpSink};
 
+use crate::rails::ReapedLink;
 use crate::status::TransportKind;
-use peercm_cm_proto::session::{InterconnectId, LinkId, LocalDone};
+use peercm_cm_proto::session::{InterconnectId, LocalDone};
 use peercm_cm_proto::Frame;
-use peercm_cm_rdma_link::{LinkCloseReason, RdmaLink};
+use peercm_cm_rdma_link::LinkCloseReason;
 use peercm_fallback_tcp::LinkHandle;
 
 /// One live link.
@@ -26,8 +27,8 @@ pub(crate) enum AnyLink {
     Tcp(LinkHandle),
     /// An RDMA queue pair on a rail.
     Rdma {
-        /// The link.
-        link: RdmaLink,
+        /// The link; dropping it hands it to the reaper (its teardown can block).
+        link: ReapedLink,
         /// Its rail (= interconnect id).
         rail: InterconnectId,
         /// Acceptor side: handed to the session only once the first frame proves the
@@ -42,23 +43,15 @@ impl AnyLink {
     pub fn send(&self, frame: Frame, local_done: Option<LocalDone>) -> bool {
         match self {
             AnyLink::Tcp(h) => h.send(frame, local_done),
-            AnyLink::Rdma { link, .. } => link.send(frame, local_done),
+            AnyLink::Rdma { link, .. } => link.get().is_some_and(|l| l.send(frame, local_done)),
         }
     }
 
-    /// Tears the link down at once.
+    /// Tears the link down at once (an RDMA link's queue pair goes to ERR on the reaper).
     pub fn abort(&self) {
         match self {
             AnyLink::Tcp(h) => h.abort(),
             AnyLink::Rdma { link, .. } => link.fail(LinkCloseReason::Closed),
-        }
-    }
-
-    /// The link id.
-    pub fn id(&self) -> LinkId {
-        match self {
-            AnyLink::Tcp(h) => h.id,
-            AnyLink::Rdma { link, .. } => link.id(),
         }
     }
 
@@ -83,11 +76,8 @@ impl AnyLink {
         match self {
             AnyLink::Tcp(h) => h.remote.clone(),
             AnyLink::Rdma { link, rail, .. } => {
-                format!(
-                    "rail {rail} via {} qpn {}",
-                    link.device(),
-                    link.remote().qp.qpn
-                )
+                let qpn = link.get().map_or(0, |l| l.remote().qp.qpn);
+                format!("rail {rail} via {} qpn {qpn}", link.device())
             }
         }
     }

@@ -21,11 +21,10 @@ mod status;
 
 pub(crate) use commands::Command;
 use dialer::NewLink;
-use partner::FENCE_PARK;
 
 use crate::config::NodeConfig;
 use crate::links::{AnyLink, LinkInput};
-use crate::rails::{DeviceInput, RailDone, Rails, VerbsSource};
+use crate::rails::{DeviceInput, RailDone, Rails, Reaper, VerbsSource};
 use crate::timeline::{CloseCause, NodeEvent, TimelineEntry};
 use peercm_cm_proto::auth::Role;
 use peercm_cm_proto::control::NodeInfo;
@@ -69,9 +68,11 @@ pub(crate) struct Manager {
     lost_all_at: Option<Instant>,
     /// When anything last arrived from the partner, on any link.
     last_partner_rx: Option<Instant>,
-    /// RDMA links judged dead, fenced (their receive rings deregistered) and kept until they
-    /// close, so that a zombie partner's RDMA WRITEs fail with a remote access error.
-    fenced: Vec<(Instant, AnyLink)>,
+    /// RDMA links judged dead and handed to the reaper to be fenced (their receive rings
+    /// deregistered) and parked until they close, so that a zombie partner's RDMA WRITEs fail
+    /// with a remote access error; with when they were retired. Only their ids are kept here,
+    /// to recognise their last inputs; the reaper owns the links.
+    pub(crate) fenced: Vec<(Instant, LinkId)>,
     /// Fault injection: process nothing until then (a hung process).
     #[cfg(feature = "fault-injection")]
     frozen_until: Option<Instant>,
@@ -128,7 +129,8 @@ impl Manager {
         let (new_tx, new_rx) = mpsc::channel(64);
         let (dev_tx, dev_rx) = mpsc::channel(256);
         let (rail_tx, rail_rx) = mpsc::unbounded_channel();
-        let rails = Rails::discover(&verbs, &cfg.verbs, cfg.session.max_payload_bytes);
+        let reaper = Reaper::new(rail_tx.clone());
+        let rails = Rails::discover(&verbs, &cfg.verbs, cfg.session.max_payload_bytes, reaper);
         let mut handshake = handshake;
         handshake.node.capabilities = rails.capabilities();
         let (node_info, _) = watch::channel(handshake.node.clone());
@@ -208,14 +210,12 @@ impl Manager {
             && self.rails.unavailable.is_none())
         .then_some(self.next_rail_round);
         let switch = self.switch_deadline();
-        let unpark = self.fenced.first().map(|(at, _)| *at + FENCE_PARK);
         [
             self.session.poll_timeout(),
             dial,
             rails,
             self.placement.poll_timeout(),
             switch,
-            unpark,
         ]
         .into_iter()
         .flatten()
@@ -321,7 +321,7 @@ impl Manager {
                 self.session.handle_written(link, bytes, &local_done);
             }
             LinkInput::Closed { link, reason } => {
-                if let Some(i) = self.fenced.iter().position(|(_, l)| l.id() == link) {
+                if let Some(i) = self.fenced.iter().position(|(_, l)| *l == link) {
                     self.fenced.remove(i);
                     let reason = reason.to_string();
                     self.note(NodeEvent::FencedLinkClosed { link, reason });
@@ -366,14 +366,9 @@ impl Manager {
                 self.retire_link(h, now);
             }
         }
-        while self
-            .fenced
-            .first()
-            .is_some_and(|(at, _)| now >= *at + FENCE_PARK)
-        {
-            let (_, l) = self.fenced.remove(0);
-            l.abort();
-        }
+        // The reaper frees a parked link once `fence_park_ms` has passed; forget it here too.
+        let park = Duration::from_millis(self.cfg.verbs.fence_park_ms);
+        self.fenced.retain(|(at, _)| now < *at + park);
         if closed_any {
             self.refresh_interconnects(now);
         }

@@ -9,23 +9,17 @@ use peercm_cm_proto::auth::Role;
 use peercm_cm_proto::session::LinkId;
 use std::time::{Duration, Instant};
 
-/// How long a fenced RDMA link is kept before it is closed anyway.
-pub(super) const FENCE_PARK: Duration = Duration::from_secs(30);
-
 impl Manager {
-    /// Takes a link out of service. A TCP link is dropped; an RDMA link is fenced first (its
-    /// receive ring deregistered, so the partner can no longer write into this node's memory)
-    /// and parked until it closes, which a zombie partner's next WRITE causes.
+    /// Takes a link out of service. A TCP link is dropped; an RDMA link is handed to the
+    /// reaper to be fenced (its receive ring deregistered, so the partner can no longer write
+    /// into this node's memory) and parked until it closes, which a zombie partner's next
+    /// WRITE causes, or until `[verbs] fence_park_ms` has passed. Deregistering can block in
+    /// the kernel, so it never runs here; the reaper answers `RailDone::Fenced`.
     pub(super) fn retire_link(&mut self, l: AnyLink, now: Instant) {
         match l {
-            AnyLink::Rdma { ref link, .. } => {
-                if let Err(e) = link.fence() {
-                    tracing::warn!(link = link.id().get(), error = %e, "fencing failed: closing");
-                    l.abort();
-                    return;
-                }
-                self.note(NodeEvent::RdmaLinkFenced { link: link.id() });
-                self.fenced.push((now, l));
+            AnyLink::Rdma { link, .. } => {
+                self.fenced.push((now, link.id()));
+                link.fence(Duration::from_millis(self.cfg.verbs.fence_park_ms));
             }
             AnyLink::Tcp(_) => l.abort(),
         }

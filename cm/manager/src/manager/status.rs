@@ -88,6 +88,7 @@ impl Manager {
 
     fn interconnects(&self) -> Vec<InterconnectStatus> {
         let now = Instant::now();
+        let stuck = self.rails.reaper.stuck(now);
         self.placement
             .loads(now)
             .into_iter()
@@ -108,6 +109,9 @@ impl Manager {
                         .iter()
                         .filter_map(|c| self.session.client_name(*c).map(str::to_string))
                         .collect(),
+                    teardowns_stuck: rail
+                        .and_then(|r| stuck.iter().find(|s| s.device == r.device))
+                        .map_or(0, |s| s.count),
                 }
             })
             .collect()

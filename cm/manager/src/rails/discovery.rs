@@ -8,7 +8,7 @@
 //! event on that context, which its watcher delivers: none is lost between discovery and the
 //! watchers' start.
 
-use super::{LocalRail, Rails, VerbsSource};
+use super::{LocalRail, Rails, Reaper, VerbsSource};
 use crate::config::VerbsTunables;
 use crate::status::RdmaUnavailable;
 use peercm_cm_proto::control::TransportCap;
@@ -46,7 +46,12 @@ pub(super) fn gid_table(dev: &dyn Device, port: u8) -> Vec<[u8; 16]> {
 
 impl Rails {
     /// Lists and opens the devices. Never fails: a reason is kept when RDMA is unusable.
-    pub fn discover(source: &VerbsSource, tunables: &VerbsTunables, max_payload: u32) -> Rails {
+    pub fn discover(
+        source: &VerbsSource,
+        tunables: &VerbsTunables,
+        max_payload: u32,
+        reaper: Reaper,
+    ) -> Rails {
         let mut rails = Rails {
             unavailable: None,
             devices: BTreeMap::new(),
@@ -55,6 +60,7 @@ impl Rails {
             next_attempt: 1,
             tunables: tunables.clone(),
             max_payload_bytes: max_payload,
+            reaper,
         };
         let provider: Arc<dyn Provider> = match source {
             _ if !tunables.enabled => {
@@ -161,11 +167,15 @@ mod tests {
         f
     }
 
+    fn reaper() -> Reaper {
+        Reaper::new(tokio::sync::mpsc::unbounded_channel().0)
+    }
+
     #[test]
     fn a_device_with_every_port_down_is_opened_as_an_inactive_rail() {
         let f = ports_down();
         let source = VerbsSource::Provider(f.provider("a"));
-        let mut rails = Rails::discover(&source, &VerbsTunables::default(), 1 << 20);
+        let mut rails = Rails::discover(&source, &VerbsTunables::default(), 1 << 20, reaper());
         assert_eq!(
             rails.unavailable, None,
             "ports down is not RDMA unavailable"
@@ -191,7 +201,7 @@ mod tests {
         // A configured capacity wins over what the port reports.
         let mut tunables = VerbsTunables::default();
         tunables.capacity_mbits_per_s.insert("hca0".into(), 16);
-        let mut rails = Rails::discover(&source, &tunables, 1 << 20);
+        let mut rails = Rails::discover(&source, &tunables, 1 << 20, reaper());
         rails.set_port_active("hca0", 1, true, Some(100_000));
         assert_eq!(rails.local[0].capacity_mbits_per_s, 16);
     }

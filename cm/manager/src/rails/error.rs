@@ -21,6 +21,17 @@ pub(crate) enum RailSetupError {
         /// Its port.
         port: u8,
     },
+    /// Too many teardowns on the rail's device have not finished: no new resources there
+    /// until they do.
+    #[error("rail {rail}: {busy} teardowns on {device} have not finished; the rail stays down")]
+    TeardownsStuck {
+        /// The rail.
+        rail: InterconnectId,
+        /// Its device.
+        device: String,
+        /// Teardowns running on the device.
+        busy: usize,
+    },
     /// The rail's device was not opened at start.
     #[error("device {0} is not open")]
     DeviceNotOpen(String),

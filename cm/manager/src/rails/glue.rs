@@ -3,7 +3,7 @@
 //! events, and telling the placement policy which interconnects are usable and how much each
 //! client sends.
 
-use super::{DeviceInput, RailAction, RailDone, RailSetupError, Rails};
+use super::{DeviceInput, RailAction, RailDone, RailSetupError, Rails, ReapedLink, ReapedPrepared};
 use crate::links::{AnyLink, RdmaSink};
 use crate::manager::Manager;
 use crate::timeline::{CloseCause, NodeEvent};
@@ -131,6 +131,12 @@ impl Manager {
         let now = Instant::now();
         match done {
             RailDone::Prepared { rail, link_id, res } => {
+                // Guarded at once: a prepared link abandoned meanwhile is freed by the reaper.
+                let reaper = self.rails.reaper.clone();
+                let res = res.map(|(p, endpoint)| {
+                    let device = p.device().to_string();
+                    (ReapedPrepared::new(p, device, reaper), endpoint)
+                });
                 if let Some(msg) = self.rails.prepared(rail, link_id, res, now) {
                     if let Err(e) = self.session.send_transport(control::encode(&msg)) {
                         tracing::warn!(rail = rail.get(), error = %e, "cannot send rail offer");
@@ -148,7 +154,7 @@ impl Manager {
                     let _ = self.session.send_transport(control::encode(m));
                 }
                 let link = match res {
-                    Ok(link) => link,
+                    Ok(link) => ReapedLink::new(link, self.rails.reaper.clone()),
                     Err(e) => {
                         tracing::warn!(rail = rail.get(), error = %e, "rail setup failed");
                         if dialer {
@@ -163,7 +169,7 @@ impl Manager {
                     self.session.state() == SessionState::Up
                 };
                 if !wanted {
-                    link.close(); // abandoned meanwhile (session down, offer expired)
+                    drop(link); // abandoned meanwhile (session down, offer expired): reaped
                     return;
                 }
                 self.links.insert(
@@ -185,6 +191,13 @@ impl Manager {
                     self.refresh_interconnects(now);
                 }
             }
+            RailDone::Fenced { link, res } => match res {
+                Ok(()) => self.note(NodeEvent::RdmaLinkFenced { link }),
+                Err(error) => {
+                    tracing::warn!(link = link.get(), %error, "fencing failed: link closed");
+                    self.fenced.retain(|(_, l)| *l != link);
+                }
+            },
         }
     }
 

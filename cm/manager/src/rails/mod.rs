@@ -20,6 +20,8 @@
 //! - `setup`: the blocking resource creation for one rail link (`SetupJob`, `RailDone`).
 //! - `negotiation`: the TRANSPORT offer/answer exchange and the dialer's offers in flight.
 //! - `events`: the device async-event watchers and the port state they change.
+//! - `teardown`: the reaper, where every verbs call that can block (destroy, deregister,
+//!   fence, modify to ERR) runs, off the manager task; the guards that send it work.
 //! - `glue`: the manager's side of all this, an `impl Manager` block.
 
 mod discovery;
@@ -28,12 +30,14 @@ mod events;
 mod glue;
 mod negotiation;
 mod setup;
+mod teardown;
 
 pub(crate) use error::RailSetupError;
 pub(crate) use events::DeviceInput;
 use negotiation::Pending;
 pub(crate) use negotiation::RailAction;
 pub(crate) use setup::{RailDone, SetupJob};
+pub(crate) use teardown::{ReapedLink, ReapedPrepared, Reaper};
 
 use crate::config::VerbsTunables;
 use crate::status::RdmaUnavailable;
@@ -84,4 +88,6 @@ pub(crate) struct Rails {
     next_attempt: u64,
     tunables: VerbsTunables,
     max_payload_bytes: u32,
+    /// Where this node's verbs objects are destroyed (off the manager task).
+    pub reaper: Reaper,
 }

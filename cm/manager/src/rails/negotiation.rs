@@ -2,7 +2,7 @@
 //! flight per rail, and what an offer, an answer or a refusal from the partner asks of the
 //! manager ([`RailAction`]).
 
-use super::{RailSetupError, Rails, SetupJob};
+use super::{RailSetupError, Rails, ReapedPrepared, SetupJob};
 use peercm_cm_proto::control::TransportMsg;
 use peercm_cm_proto::session::{InterconnectId, LinkId};
 use peercm_cm_rdma_link::{LocalEndpoint, PreparedLink};
@@ -18,7 +18,7 @@ pub(super) enum PendingState {
     /// The offer went out with this attempt number.
     Offered {
         attempt: u64,
-        prepared: Box<PreparedLink>,
+        prepared: ReapedPrepared,
     },
     /// The answer came; the queue pair is being connected (on a blocking thread).
     Connecting,
@@ -108,7 +108,7 @@ impl Rails {
         &mut self,
         rail: InterconnectId,
         link_id: LinkId,
-        res: Result<(Box<PreparedLink>, Vec<u8>), RailSetupError>,
+        res: Result<(ReapedPrepared, Vec<u8>), RailSetupError>,
         now: Instant,
     ) -> Option<TransportMsg> {
         let current = self
@@ -220,6 +220,9 @@ impl Rails {
                 let PendingState::Offered { prepared, .. } =
                     std::mem::replace(&mut p.state, PendingState::Connecting)
                 else {
+                    return RailAction::None;
+                };
+                let Some(prepared) = prepared.take() else {
                     return RailAction::None;
                 };
                 RailAction::Connect {

@@ -14,7 +14,9 @@ use std::sync::Arc;
 /// after the session's 500 ms heartbeat verdict: the manager, not the HCA, decides that a
 /// partner is gone (docs/operations.md, "Detection").
 const QP_ACK_TIMEOUT_US: u64 = 134_000;
-/// QP transport retries (rdma_rxe treats 7 as "forever", so 6).
+/// QP transport retries: 6, finite. rdma_rxe treats 7 as "forever", and a queue pair retrying
+/// forever towards a frozen partner holds its packets, and so its teardown, until the partner
+/// resumes (docs/decisions.md, "RC retry count 6, not 7").
 const QP_RETRY_COUNT: u8 = 6;
 
 /// Resource creation for one rail link: cheap to build on the manager task, run on a blocking
@@ -59,6 +61,11 @@ pub(crate) enum RailDone {
         res: Result<peercm_cm_rdma_link::RdmaLink, RailSetupError>,
         reply: Option<TransportMsg>,
     },
+    /// The reaper fenced a retired link (or failed to, and closed it).
+    Fenced {
+        link: LinkId,
+        res: Result<(), String>,
+    },
 }
 
 impl Rails {
@@ -93,6 +100,14 @@ impl Rails {
                 rail,
                 device: r.device.clone(),
                 port: r.port,
+            });
+        }
+        let busy = self.reaper.busy_on(&r.device);
+        if busy >= super::teardown::MAX_BUSY_PER_DEVICE {
+            return Err(RailSetupError::TeardownsStuck {
+                rail,
+                device: r.device.clone(),
+                busy,
             });
         }
         let device = self

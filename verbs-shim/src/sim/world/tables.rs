@@ -212,6 +212,21 @@ impl World {
         Ok(())
     }
 
+    /// The node a region is on.
+    pub(crate) fn mr_node(&self, mr: u64) -> Option<usize> {
+        self.mrs.get(&mr).map(|m| self.devs[m.dev].node)
+    }
+
+    /// The node a completion queue is on.
+    pub(crate) fn cq_node(&self, cq: u64) -> Option<usize> {
+        self.cqs.get(&cq).map(|c| self.devs[c.dev].node)
+    }
+
+    /// The node a queue pair is on.
+    pub(crate) fn qp_node(&self, qpn: u32) -> Option<usize> {
+        self.qp_dev(qpn).map(|d| self.devs[d].node)
+    }
+
     /// The name of the device a region is on (for logs).
     pub(crate) fn mr_device(&self, mr: u64) -> String {
         self.mrs

@@ -14,6 +14,11 @@ pub(crate) struct NodeRec {
     pub stalled: bool,
     /// Deregistering a region on this node fails (an injected driver failure).
     pub fail_dereg: bool,
+    /// Destroying a QP or CQ, or deregistering a region, on this node blocks until cleared
+    /// (as `rxe_destroy_qp` can block while packets of the QP are held up).
+    pub hang_teardowns: bool,
+    /// Teardown calls blocked by `hang_teardowns` right now.
+    pub teardowns_hung: usize,
 }
 
 pub(crate) struct PortRec {
@@ -103,6 +108,8 @@ impl World {
             name: name.to_string(),
             stalled: false,
             fail_dereg: false,
+            hang_teardowns: false,
+            teardowns_hung: 0,
         });
         Ok(())
     }
