@@ -175,7 +175,7 @@ async fn a_teardown_that_hangs_stalls_neither_the_manager_nor_the_other_rail() {
     let rt = NodesRuntime::new();
     let (a, b) = start(&f, &rt).await;
     let spec = ClientSpec {
-        bandwidth_mbps: 500,
+        bandwidth_mbytes_per_s: 500,
         latency: LatencyClass::Bulk,
         model: SendModel::Sync,
     };
