@@ -11,9 +11,6 @@ use peercm_cm_proto::stream::SendModel;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{mpsc, oneshot};
 
-/// Report consumption to the manager at least every this many data events.
-const CONSUMED_REPORT_EVERY: u64 = 32;
-
 /// A registered client.
 #[derive(Debug)]
 pub struct ClientHandle {
@@ -22,8 +19,6 @@ pub struct ClientHandle {
     spec: ClientSpec,
     cmd: mpsc::UnboundedSender<Command>,
     events: mpsc::UnboundedReceiver<ClientEvent>,
-    last_data_seq: u64,
-    unreported: u64,
     /// Set once a `close` destroyed the port: every later call is [`CmError::ClientClosed`]
     /// (the manager has forgotten the id, so asking it would only say "unknown client").
     closed: AtomicBool,
@@ -45,8 +40,6 @@ impl ClientHandle {
             spec,
             cmd,
             events,
-            last_data_seq: 0,
-            unreported: 0,
             closed: AtomicBool::new(false),
             span,
         }
@@ -112,7 +105,8 @@ impl ClientHandle {
         .await
     }
 
-    /// The next event; `None` once the client is destroyed or the node stopped.
+    /// The next event; `None` once the client is destroyed or the node stopped. Taking a
+    /// `Data` event is what acknowledges the partner's async send of it.
     pub async fn next_event(&mut self) -> Option<ClientEvent> {
         let ev = self.events.recv().await;
         self.after_event(&ev);
@@ -126,19 +120,14 @@ impl ClientHandle {
         ev
     }
 
+    /// Taking a message is what the partner's async send waits for (and what grants it
+    /// credit): every take is reported to the manager, whose session coalesces the reports
+    /// into few frames (see `SessionConfig::consumed_report_interval`).
     fn after_event(&mut self, ev: &Option<ClientEvent>) {
         if let Some(ClientEvent::Data { seq, .. }) = ev {
-            self.last_data_seq = *seq;
-            self.unreported += 1;
-        }
-        // Grant the partner more credit once we have taken a batch, or the queue ran dry.
-        if self.unreported > 0
-            && (self.unreported >= CONSUMED_REPORT_EVERY || self.events.is_empty())
-        {
-            self.unreported = 0;
             let _ = self.cmd.send(Command::Consumed {
                 id: self.id,
-                seq: self.last_data_seq,
+                seq: *seq,
             });
         }
     }

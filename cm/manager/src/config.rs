@@ -403,6 +403,7 @@ impl NodeConfig {
                 .as_ref()
                 .filter(|p| p.autoswitch && !p.backups.is_empty())
                 .map(|p| Duration::from_millis(p.switch_hold_ms)),
+            ..SessionConfig::default()
         }
     }
 }

@@ -40,6 +40,11 @@ async fn a_stalled_node_keeps_the_link_its_partner_kept_feeding() {
         .send(Bytes::from_static(b"after the stall"))
         .await
         .unwrap();
+    // b's client takes it (an async send is acknowledged once taken).
+    wait_for(&mut cb, "the message sent after the stall", |e| {
+        matches!(e, ClientEvent::Data { .. })
+    })
+    .await;
     loop {
         match next(&mut ca, "the ack of the message sent after the stall").await {
             ClientEvent::Acked { seq: s, .. } if s == seq => break,

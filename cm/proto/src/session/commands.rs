@@ -41,6 +41,7 @@ impl Session {
                 flow_on: false,
                 placed: None,
                 bytes_out: 0,
+                mark_sent_at: None,
             },
         );
         self.by_name.insert(name.to_string(), id);
@@ -95,6 +96,7 @@ impl Session {
             self.by_name.remove(&name);
             self.ack_due.remove(&id);
             self.flow_due.remove(&id);
+            self.mark_due.remove(id);
             if self.state == SessionState::Up {
                 let gone = ClientGone { name, id: id.get() };
                 self.queue_on_all_links(Frame::control(
@@ -202,11 +204,19 @@ impl Session {
         Ok(())
     }
 
-    /// The local client took every message up to `seq` off its queue (grants credit).
+    /// The local client took every message up to `seq` off its queue: grants credit, and
+    /// the partner learns the new consumed mark (which completes its async sends) in the next
+    /// ACK or FLOW for this client; a FLOW goes at once when a quarter window of credit is
+    /// due, otherwise the mark waits for a frame, at most `consumed_report_interval`.
     pub fn consumed(&mut self, id: ClientId, seq: u64) {
         if let Some(c) = self.clients.get_mut(&id) {
             if c.recv.consume(seq).is_some() {
                 self.flow_due.insert(id);
+            } else if c.recv.mark_pending() {
+                let ready_at = c
+                    .mark_sent_at
+                    .map(|at| at + self.cfg.consumed_report_interval);
+                self.mark_due.insert(id, ready_at);
             }
         }
     }

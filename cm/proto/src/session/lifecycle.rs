@@ -239,6 +239,7 @@ impl Session {
         self.early.clear();
         self.ack_due.clear();
         self.flow_due.clear();
+        self.mark_due.clear();
     }
 
     pub(super) fn go_down(&mut self, reason: DownReason, nack: NackReason) {
@@ -251,6 +252,7 @@ impl Session {
         self.early.clear();
         self.ack_due.clear();
         self.flow_due.clear();
+        self.mark_due.clear();
         self.peer_clients.clear();
         self.peer_retired.clear();
         for (id, c) in self.clients.iter_mut() {

@@ -18,13 +18,15 @@
 //! Layout: this file holds the [`Session`] state, its accessors and its event/timer outputs;
 //! `types` the public vocabulary (ids, config, events, errors, stats); `commands` the client
 //! commands; `lifecycle` link up/down, resets, the autoswitch hold and the timer; `liveness`
-//! the grace a late timer gives links before a silence verdict; `recv` one
+//! the grace a late timer gives links before a silence verdict; `marks` the consumed marks
+//! waiting to be reported (rate limited); `recv` one
 //! receive function per message type behind [`Session::handle_frame`]; `transmit`
 //! [`Session::poll_transmit`] and the link choice.
 
 mod commands;
 mod lifecycle;
 mod liveness;
+mod marks;
 mod recv;
 mod transmit;
 mod types;
@@ -82,6 +84,8 @@ struct ClientSlot {
     placed: Option<InterconnectId>,
     /// Payload bytes handed out for transmission (replays included): the measured rate.
     bytes_out: u64,
+    /// When the consumed mark last went to the partner (in an ACK or FLOW frame).
+    mark_sent_at: Option<Instant>,
 }
 
 /// One partner session. See the module docs.
@@ -104,6 +108,9 @@ pub struct Session {
     control_out: VecDeque<(Option<LinkId>, Frame)>,
     ack_due: BTreeSet<ClientId>,
     flow_due: BTreeSet<ClientId>,
+    /// Clients whose consumed mark moved and awaits a frame (sent by `poll_transmit` at most
+    /// once per `consumed_report_interval`, unless an ACK or FLOW takes it first).
+    mark_due: marks::MarkReports,
     events: VecDeque<(ClientId, ClientEvent)>,
     closing: VecDeque<LinkId>,
     rr_client: ClientId,
@@ -142,6 +149,7 @@ impl Session {
             control_out: VecDeque::new(),
             ack_due: BTreeSet::new(),
             flow_due: BTreeSet::new(),
+            mark_due: marks::MarkReports::default(),
             events: VecDeque::new(),
             closing: VecDeque::new(),
             rr_client: ClientId::new(0),
@@ -262,7 +270,18 @@ impl Session {
             })
             .chain(hold)
             .chain(self.grace_deadlines())
+            .chain(self.next_mark_report())
             .min()
+    }
+
+    /// When the next consumed mark waiting for its rate limit may go (see
+    /// [`SessionConfig::consumed_report_interval`]); included in [`Session::poll_timeout`]. A
+    /// mark that may go at once is not listed: the next [`Session::poll_transmit`] sends it.
+    pub fn next_mark_report(&self) -> Option<Instant> {
+        if self.state != SessionState::Up {
+            return None;
+        }
+        self.mark_due.next_deadline()
     }
 
     /// A link this session judged dead; the runtime must close it.

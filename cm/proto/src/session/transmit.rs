@@ -94,8 +94,13 @@ impl Session {
     }
 
     fn poll_ack_or_flow(&mut self, now: Instant) -> Option<Transmit> {
+        if self.links.is_empty() {
+            return None; // nothing can go: keep what is due
+        }
+        // A cumulative ACK carries the consumed mark in `ack` (what completes the partner's
+        // async sends), as does every FLOW.
         while let Some(id) = self.ack_due.pop_first() {
-            let Some(c) = self.clients.get(&id) else {
+            let Some(c) = self.clients.get_mut(&id) else {
                 continue;
             };
             let Some(peer) = self.peer_clients.get(&c.name) else {
@@ -106,32 +111,44 @@ impl Session {
                 Flags::CUMULATIVE,
                 peer.id.get(),
                 c.recv.delivered(),
-                0,
+                c.recv.take_mark(),
                 Bytes::new(),
             );
+            c.mark_sent_at = Some(now);
+            self.mark_due.remove(id);
             let link = self.pick_link()?;
             return Some(self.emit(link, frame, None, now));
         }
         while let Some(id) = self.flow_due.pop_first() {
-            let Some(c) = self.clients.get_mut(&id) else {
-                continue;
-            };
-            let Some(peer) = self.peer_clients.get(&c.name) else {
-                continue;
-            };
-            let credit = c.recv.regrant();
-            let frame = Frame::new(
-                MsgType::Flow,
-                Flags::empty(),
-                peer.id.get(),
-                credit,
-                0,
-                Bytes::new(),
-            );
-            let link = self.pick_link()?;
-            return Some(self.emit(link, frame, None, now));
+            if let Some(t) = self.flow_frame(id, now) {
+                return Some(t);
+            }
+        }
+        // Marks nothing else carried: one FLOW per client per report interval at most.
+        while let Some(id) = self.mark_due.pop_ready(now) {
+            if let Some(t) = self.flow_frame(id, now) {
+                return Some(t);
+            }
         }
         None
+    }
+
+    /// A FLOW for client `id`: its credit and its consumed mark.
+    fn flow_frame(&mut self, id: ClientId, now: Instant) -> Option<Transmit> {
+        let c = self.clients.get_mut(&id)?;
+        let peer = self.peer_clients.get(&c.name)?;
+        let frame = Frame::new(
+            MsgType::Flow,
+            Flags::empty(),
+            peer.id.get(),
+            c.recv.regrant(),
+            c.recv.take_mark(),
+            Bytes::new(),
+        );
+        c.mark_sent_at = Some(now);
+        self.mark_due.remove(id);
+        let link = self.pick_link()?;
+        Some(self.emit(link, frame, None, now))
     }
 
     fn poll_data(&mut self, now: Instant) -> Option<Transmit> {

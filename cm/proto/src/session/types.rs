@@ -36,6 +36,12 @@ pub struct SessionConfig {
     /// partner coming back instead ends the hold the classic way (NACK, reset). `None`: NACK at
     /// once.
     pub hold_on_partner_loss: Option<Duration>,
+    /// Async sends complete when the partner client has taken them, which the receiving end
+    /// reports with its consumed mark (in every ACK and FLOW frame). When a client takes a
+    /// message and no frame is due to carry the mark, a FLOW of its own carries it, at most
+    /// one per client per this interval (the first at once): a busy stream is not answered
+    /// with a frame per message. `ZERO`: every take is reported at once.
+    pub consumed_report_interval: Duration,
 }
 
 impl Default for SessionConfig {
@@ -50,6 +56,7 @@ impl Default for SessionConfig {
             flow_low_water: 1024,
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             hold_on_partner_loss: None,
+            consumed_report_interval: Duration::from_millis(1),
         }
     }
 }

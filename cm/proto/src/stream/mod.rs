@@ -1,9 +1,10 @@
 //! Per-client, per-direction message streams: what makes delivery ordered and exactly-once
 //! while messages are spread over several links and links come and go.
 //!
-//! Sender ([`SendStream`]): every message gets the next sequence number and is kept until the
-//! partner has it (cumulative receipt ack) and, for synchronous sends, until the partner client's
-//! return code arrived. When a link dies the session calls [`SendStream::replay_all`]: everything
+//! Sender ([`SendStream`]): every message gets the next sequence number and is kept until it
+//! completes: the partner has it (cumulative receipt ack) for local sends, the partner's client
+//! took it (the consumed mark) for async ones, the partner client's return code arrived for
+//! synchronous ones. When a link dies the session calls [`SendStream::replay_all`]: everything
 //! unacknowledged is sent again, flagged REPLAY. Transmission is bounded by the partner's credit
 //! (FLOW) and by a local window, so memory is bounded on both ends.
 //!

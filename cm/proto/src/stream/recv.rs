@@ -61,6 +61,8 @@ pub struct RecvStream {
     reorder: BTreeMap<u64, (bool, Bytes)>,
     window: u32,
     consumed: u64,
+    /// The consumed mark as last put in a frame for the partner.
+    reported: u64,
     granted: u64,
     awaiting_reply: BTreeSet<u64>,
     /// Return codes of the highest answered sequence numbers (at most `window` of them). Kept
@@ -79,6 +81,7 @@ impl RecvStream {
             reorder: BTreeMap::new(),
             window,
             consumed: 0,
+            reported: 0,
             granted: u64::from(window),
             awaiting_reply: BTreeSet::new(),
             codes: BTreeMap::new(),
@@ -152,7 +155,10 @@ impl RecvStream {
     }
 
     /// The local client took every message up to `seq`. Returns the new credit when it has
-    /// advanced by at least a quarter window since the last grant (worth a FLOW frame).
+    /// advanced by at least a quarter window since the last grant (worth a FLOW frame at once).
+    /// Otherwise only the consumed mark moved ([`RecvStream::mark_pending`]): the session
+    /// reports it on the next ACK or FLOW for this client, or in a FLOW of its own, rate
+    /// limited, so a busy stream does not answer every message with a frame.
     pub fn consume(&mut self, seq: u64) -> Option<u64> {
         let seq = seq.min(self.delivered);
         if seq <= self.consumed {
@@ -166,6 +172,22 @@ impl RecvStream {
         } else {
             None
         }
+    }
+
+    /// Highest sequence the local client has taken (the consumed mark).
+    pub fn consumed(&self) -> u64 {
+        self.consumed
+    }
+
+    /// Whether the consumed mark moved since it was last put in a frame ([`RecvStream::take_mark`]).
+    pub fn mark_pending(&self) -> bool {
+        self.consumed > self.reported
+    }
+
+    /// The consumed mark, for a frame about to carry it (ACK or FLOW): it is then reported.
+    pub fn take_mark(&mut self) -> u64 {
+        self.reported = self.consumed;
+        self.consumed
     }
 
     /// The remembered return codes, by sequence number (to send again after a link loss:
@@ -237,5 +259,29 @@ mod tests {
         assert_eq!(r.consume(1), Some(5));
         assert_eq!(r.consume(1), None);
         assert!(r.handle_data(5, false, b("x")).is_ok());
+    }
+
+    #[test]
+    fn consumed_mark_is_pending_until_a_frame_takes_it() {
+        let mut r = RecvStream::new(8);
+        for s in 1..=3 {
+            r.handle_data(s, false, b("x")).unwrap();
+        }
+        assert!(!r.mark_pending());
+        assert_eq!(
+            r.consume(1),
+            None,
+            "less than a quarter window: no FLOW for credit"
+        );
+        assert!(r.mark_pending(), "but the mark moved");
+        assert_eq!(
+            r.consume(9),
+            Some(11),
+            "never beyond what was delivered; a quarter window more credit is worth a FLOW"
+        );
+        assert_eq!(r.consumed(), 3);
+        assert_eq!(r.take_mark(), 3);
+        assert!(!r.mark_pending());
+        assert_eq!(r.take_mark(), 3, "a repeated report says the same");
     }
 }

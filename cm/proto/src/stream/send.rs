@@ -11,7 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 pub enum SendModel {
     /// When the partner client has processed the message and returned a code.
     Sync,
-    /// When the partner's manager has the message.
+    /// When the partner's client has taken the message from its queue (the partner's
+    /// consumed mark, carried by FLOW frames, has reached it).
     Async,
     /// When the message has been handed to the transport.
     Local,
@@ -20,7 +21,8 @@ pub enum SendModel {
 /// A send completed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendCompletion {
-    /// Sync: the partner client's return code. Async: received by the partner (`code` is None).
+    /// Sync: the partner client's return code. Async: taken by the partner client (`code` is
+    /// None).
     Acked {
         /// Sequence number.
         seq: u64,
@@ -53,6 +55,9 @@ pub struct SendStream {
     to_send: BTreeSet<u64>,
     never_sent: usize,
     acked_upto: u64,
+    /// Highest sequence number ever transmitted (new messages go out in order): a consumed
+    /// mark beyond it is not believed.
+    sent_upto: u64,
     credit: u64,
     window: u32,
 }
@@ -67,6 +72,7 @@ impl SendStream {
             to_send: BTreeSet::new(),
             never_sent: 0,
             acked_upto: 0,
+            sent_upto: 0,
             credit,
             window: window.max(1),
         }
@@ -145,13 +151,15 @@ impl SendStream {
             } else {
                 u.sent = true;
                 self.never_sent -= 1;
+                self.sent_upto = self.sent_upto.max(seq);
             }
             return Some((seq, flags, u.payload.clone(), u.model));
         }
     }
 
-    /// The partner has every message up to `upto`. Completes async messages; local ones are
-    /// released; sync ones wait for their code.
+    /// The partner has every message up to `upto` (in its process, not necessarily taken by
+    /// its client). Local messages are released; async ones wait for the consumed mark
+    /// ([`SendStream::on_consumed`]); sync ones wait for their code.
     pub fn on_cumulative_ack(&mut self, upto: u64) -> Vec<SendCompletion> {
         let upto = upto.min(self.next_seq.saturating_sub(1));
         if upto <= self.acked_upto {
@@ -166,14 +174,7 @@ impl SendStream {
             };
             let client = u.client_seq;
             match u.model {
-                SendModel::Sync => {}
-                SendModel::Async => {
-                    self.take(seq);
-                    done.push(SendCompletion::Acked {
-                        seq: client,
-                        code: None,
-                    });
-                }
+                SendModel::Sync | SendModel::Async => {}
                 SendModel::Local => {
                     let reported = u.transmit_reported;
                     self.take(seq);
@@ -181,6 +182,33 @@ impl SendStream {
                         done.push(SendCompletion::Transmitted { seq: client });
                     }
                 }
+            }
+        }
+        done
+    }
+
+    /// The partner's client has taken every message up to `upto` from its queue (the consumed
+    /// mark of a FLOW frame). Completes async messages (and releases local ones: taken implies
+    /// received); sync ones wait for their code.
+    pub fn on_consumed(&mut self, upto: u64) -> Vec<SendCompletion> {
+        // The partner cannot have taken what was never sent to it.
+        let upto = upto.min(self.sent_upto);
+        if upto == 0 {
+            return Vec::new();
+        }
+        let mut done = self.on_cumulative_ack(upto);
+        let seqs: Vec<u64> = self
+            .unacked
+            .range(..=upto)
+            .filter(|(_, u)| u.model == SendModel::Async)
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in seqs {
+            if let Some(u) = self.take(seq) {
+                done.push(SendCompletion::Acked {
+                    seq: u.client_seq,
+                    code: None,
+                });
             }
         }
         done
@@ -234,11 +262,14 @@ impl SendStream {
         }
     }
 
-    /// Schedules every unacknowledged message that was already sent for retransmission.
+    /// Schedules every unacknowledged message that was already sent for retransmission, except
+    /// async messages the partner has already received (cumulative ack): they only wait for
+    /// its client to take them, and the partner reports that again after a link change.
     pub fn replay_all(&mut self) -> usize {
         let mut n = 0;
         for (seq, u) in &self.unacked {
-            if u.sent && self.to_send.insert(*seq) {
+            let received = *seq <= self.acked_upto && u.model == SendModel::Async;
+            if u.sent && !received && self.to_send.insert(*seq) {
                 n += 1;
             }
         }
@@ -274,6 +305,7 @@ impl SendStream {
         self.to_send.clear();
         self.next_seq = 1;
         self.acked_upto = 0;
+        self.sent_upto = 0;
         self.credit = credit;
         self.never_sent = 0;
         for (_, mut u) in kept {
@@ -297,7 +329,7 @@ mod tests {
     }
 
     #[test]
-    fn async_completes_on_cumulative_ack() {
+    fn async_completes_when_consumed_not_on_receipt() {
         let mut s = SendStream::new(8, 8);
         let a = s.push(b("a"), SendModel::Async);
         let c = s.push(b("c"), SendModel::Async);
@@ -305,12 +337,17 @@ mod tests {
         assert_eq!(s.next_transmit().unwrap().0, 1);
         assert_eq!(s.next_transmit().unwrap().0, 2);
         assert!(s.next_transmit().is_none());
+        assert!(
+            s.on_cumulative_ack(2).is_empty(),
+            "in the partner's process is not taken by its client"
+        );
+        assert_eq!(s.unacked_len(), 2);
         assert_eq!(
-            s.on_cumulative_ack(1),
+            s.on_consumed(1),
             vec![SendCompletion::Acked { seq: 1, code: None }]
         );
         assert_eq!(s.unacked_len(), 1);
-        assert!(s.on_cumulative_ack(1).is_empty(), "repeated ack is a no-op");
+        assert!(s.on_consumed(1).is_empty(), "repeated mark is a no-op");
     }
 
     #[test]
@@ -353,7 +390,7 @@ mod tests {
         assert_eq!(s.next_transmit().unwrap().0, 1);
         assert_eq!(s.next_transmit().unwrap().0, 2);
         assert!(s.next_transmit().is_none(), "window of 2 is full");
-        s.on_cumulative_ack(2);
+        s.on_consumed(2);
         assert_eq!(s.next_transmit().unwrap().0, 3);
         let mut c = SendStream::new(100, 1);
         c.push(b("m"), SendModel::Async);
@@ -371,12 +408,35 @@ mod tests {
             s.push(b("m"), SendModel::Async);
         }
         while s.next_transmit().is_some() {}
-        s.on_cumulative_ack(1);
+        s.on_consumed(1);
         assert_eq!(s.replay_all(), 2);
         let (seq, flags, _, _) = s.next_transmit().unwrap();
         assert_eq!(seq, 2);
         assert!(flags.contains(Flags::REPLAY));
         assert_eq!(s.next_transmit().unwrap().0, 3);
+        assert!(s.next_transmit().is_none());
+    }
+
+    #[test]
+    fn received_async_messages_are_not_replayed_and_a_mark_beyond_what_was_sent_is_capped() {
+        let mut s = SendStream::new(8, 8);
+        for _ in 0..4 {
+            s.push(b("m"), SendModel::Async);
+        }
+        s.next_transmit().unwrap();
+        s.next_transmit().unwrap();
+        assert!(
+            s.on_consumed(4).len() == 2 && s.unacked_len() == 2,
+            "a mark beyond what was sent completes only what was sent"
+        );
+        while s.next_transmit().is_some() {}
+        s.on_cumulative_ack(3);
+        assert_eq!(
+            s.replay_all(),
+            1,
+            "3 is in the partner's process (only its client's take is awaited): 4 alone goes again"
+        );
+        assert_eq!(s.next_transmit().unwrap().0, 4);
         assert!(s.next_transmit().is_none());
     }
 

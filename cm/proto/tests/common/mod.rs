@@ -9,7 +9,7 @@ use peercm_cm_proto::auth::Role;
 use peercm_cm_proto::control::{NodeInfo, TransportCap};
 use peercm_cm_proto::session::{ClientEvent, ClientId, LinkId, Session, SessionConfig};
 use peercm_cm_proto::Frame;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// Small xorshift RNG so the harness needs no extra crate and is fully seed-determined.
@@ -62,6 +62,8 @@ pub struct Pair {
     pub auto_consume: bool,
     /// Print every frame as it is delivered (for debugging one seed).
     pub trace: bool,
+    /// Frames transmitted, by sender (`true`: a) and type.
+    pub sent: HashMap<(bool, peercm_cm_proto::MsgType), usize>,
 }
 
 impl Pair {
@@ -83,6 +85,7 @@ impl Pair {
             b_events: Vec::new(),
             auto_consume: true,
             trace: false,
+            sent: HashMap::new(),
         }
     }
 
@@ -194,6 +197,10 @@ impl Pair {
         let mut any = false;
         while let Some(t) = self.a.poll_transmit(self.now) {
             any = true;
+            *self
+                .sent
+                .entry((true, t.frame.header.msg_type))
+                .or_default() += 1;
             let bytes = t.frame.encoded_len() as u64;
             if let Some(q) = self.links.get_mut(&t.link) {
                 q.a_to_b.push_back(t.frame);
@@ -203,6 +210,10 @@ impl Pair {
         }
         while let Some(t) = self.b.poll_transmit(self.now) {
             any = true;
+            *self
+                .sent
+                .entry((false, t.frame.header.msg_type))
+                .or_default() += 1;
             let bytes = t.frame.encoded_len() as u64;
             if let Some(q) = self.links.get_mut(&t.link) {
                 q.b_to_a.push_back(t.frame);
@@ -391,7 +402,9 @@ impl Pair {
         out || moved
     }
 
-    /// Runs until nothing moves (bounded).
+    /// Runs until nothing moves (bounded). A consumed mark still waiting for its report
+    /// interval counts as movement: virtual time goes on to when it may go (as the runtime's
+    /// timer would), so async sends taken by the partner client complete.
     pub fn drive(&mut self) {
         for _ in 0..10_000_000 {
             let out = self.flush_outputs();
@@ -399,10 +412,22 @@ impl Pair {
             let moved = self.deliver_one();
             if !out && !moved {
                 self.drain_events();
-                return;
+                let mark = [self.a.next_mark_report(), self.b.next_mark_report()]
+                    .into_iter()
+                    .flatten()
+                    .min();
+                match mark {
+                    Some(at) if at > self.now => self.advance(at - self.now),
+                    _ => return,
+                }
             }
         }
         panic!("pair did not quiesce");
+    }
+
+    /// Frames of type `t` transmitted by a (`from_a`) or b so far.
+    pub fn sent_count(&self, from_a: bool, t: peercm_cm_proto::MsgType) -> usize {
+        self.sent.get(&(from_a, t)).copied().unwrap_or(0)
     }
 
     /// Advances virtual time (heartbeats and link timeouts fire).

@@ -204,6 +204,15 @@ impl Chaos<'_> {
         for _ in 0..50 {
             self.p.drive();
             self.settle();
+            // The clients take what they got (async sends complete only then).
+            for ((side, c), upto) in self.last_delivered.clone() {
+                match side {
+                    Side::A => self.p.a.consumed(self.a_ids[c], upto),
+                    Side::B => self.p.b.consumed(self.b_ids[c], upto),
+                }
+            }
+            self.p.drive();
+            self.settle();
             if last
                 .iter()
                 .all(|&(who, c, n)| self.streams[&(who, c)].msgs[n].acked.is_some())

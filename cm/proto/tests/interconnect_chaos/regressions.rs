@@ -80,10 +80,15 @@ fn return_code_lost_on_a_link_the_partner_dropped_is_sent_again() {
     };
     p.fail_link_on_one_side(l1, true); // a sees l1 fail; b does not know yet
     p.drive();
-    // b's link choice rotates: one TRANSPORT message first makes its ACK go on l1.
-    p.b.send_transport(bytes::Bytes::from_static(b"x"))
-        .expect("b is up");
-    p.flush();
+    // b's link choice rotates: TRANSPORT messages until one went on l2 make its ACK go on l1.
+    for _ in 0..4 {
+        p.b.send_transport(bytes::Bytes::from_static(b"x"))
+            .expect("b is up");
+        p.flush();
+        if p.queued(l2, false).last().map(|(t, _)| *t) == Some(MsgType::Transport) {
+            break;
+        }
+    }
     p.b.reply(cb, rseq, 7).expect("reply");
     p.flush();
     assert!(

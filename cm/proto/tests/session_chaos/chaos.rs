@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// A message delivered to a client that has not taken it: (session epoch at delivery, seq,
+/// message number).
+pub(super) type Untaken = (u64, u64, usize);
+
 pub(super) struct Chaos {
     pub(super) seed: u64,
     pub(super) p: Pair,
@@ -20,6 +24,10 @@ pub(super) struct Chaos {
     pub(super) trace: bool,
     /// A link that currently delivers nothing.
     pub(super) slow: Option<LinkId>,
+    /// Messages delivered to (side, client) that the client has not taken yet: (session epoch
+    /// at delivery, seq, message number). Clients take them only now and then (`Consume`), so
+    /// async sends must wait for that, not for the delivery.
+    pub(super) to_consume: BTreeMap<(Side, usize), Vec<Untaken>>,
 }
 
 impl Chaos {
@@ -33,6 +41,8 @@ impl Chaos {
             ..SessionConfig::default()
         };
         let mut p = Pair::with_config(seed, cfg);
+        // Clients take their messages when the program says so (Action::Consume).
+        p.auto_consume = false;
         let n_clients = 2 + p.rng.below(2) as usize;
         let mut ids = BTreeMap::new();
         let mut streams = BTreeMap::new();
@@ -80,6 +90,7 @@ impl Chaos {
             acked_unchecked: Vec::new(),
             trace: std::env::var_os("PEERCM_CHAOS_TRACE").is_some(),
             slow: None,
+            to_consume: BTreeMap::new(),
         }
         .traced()
     }
@@ -137,6 +148,7 @@ impl Chaos {
                 acked: None,
                 transmitted: false,
                 nacked: None,
+                consumed: false,
             });
         }
     }
@@ -149,12 +161,50 @@ impl Chaos {
             return;
         }
         let (seq, n) = list.swap_remove(which % list.len());
+        // A client answers what it has taken from its queue (in order): everything before.
+        self.consume(side, c);
         let id = self.ids[&side][c];
         // The answer may race with a reset (then the stream no longer awaits it): fine.
         let _ = match side {
             Side::A => self.p.a.reply(id, seq, code_for(c, n)),
             Side::B => self.p.b.reply(id, seq, code_for(c, n)),
         };
+    }
+
+    /// The client (side, c) takes every delivered message of the current session from its
+    /// queue and reports it; messages delivered in an older session are gone with it (never
+    /// reported: the stream started over).
+    pub(super) fn consume(&mut self, side: Side, c: usize) {
+        let Some(list) = self.to_consume.remove(&(side, c)) else {
+            return;
+        };
+        let epoch = match side {
+            Side::A => self.p.a.epoch(),
+            Side::B => self.p.b.epoch(),
+        };
+        let current: Vec<(u64, usize)> = list
+            .into_iter()
+            .filter(|(e, _, _)| *e == epoch)
+            .map(|(_, seq, n)| (seq, n))
+            .collect();
+        let Some(&(upto, _)) = current.last() else {
+            return;
+        };
+        for &(_, n) in &current {
+            self.stream((side.other(), c)).msgs[n].consumed = true;
+        }
+        let id = self.ids[&side][c];
+        match side {
+            Side::A => self.p.a.consumed(id, upto),
+            Side::B => self.p.b.consumed(id, upto),
+        }
+    }
+
+    pub(super) fn consume_all(&mut self) {
+        let keys: Vec<(Side, usize)> = self.to_consume.keys().copied().collect();
+        for (side, c) in keys {
+            self.consume(side, c);
+        }
     }
 
     pub(super) fn answer_all(&mut self) {
@@ -242,6 +292,12 @@ impl Chaos {
                     self.p.add_link();
                 }
             }
+            Action::Consume => {
+                let side = SIDES[self.p.rng.below(2) as usize];
+                let c = self.p.rng.below(n_clients) as usize;
+                self.settle();
+                self.consume(side, c);
+            }
             Action::Advance => {
                 // Below the link timeout; silence still adds up across steps, so links
                 // also die of timeouts now and then.
@@ -275,6 +331,7 @@ impl Chaos {
             (Action::Add, churn),
             (Action::Advance, 4),
             (Action::Slow, 3),
+            (Action::Consume, 12),
         ];
         let total: u64 = table.iter().map(|(_, w)| w).sum();
         let mut r = self.p.rng.below(total);

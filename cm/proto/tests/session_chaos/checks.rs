@@ -78,6 +78,14 @@ impl Chaos {
                 if reply_needed {
                     self.to_answer.entry((side, c)).or_default().push((seq, n));
                 }
+                let epoch = match side {
+                    Side::A => self.p.a.epoch(),
+                    Side::B => self.p.b.epoch(),
+                };
+                self.to_consume
+                    .entry((side, c))
+                    .or_default()
+                    .push((epoch, seq, n));
             }
             ClientEvent::Acked { seq, code } => {
                 let s = self.stream((side, c));
@@ -93,10 +101,18 @@ impl Chaos {
                 );
                 m.acked = Some(code);
                 match m.model {
-                    SendModel::Async => assert_eq!(
-                        code, None,
-                        "seed {seed}: async #{n} of {side:?}/client{c} acked with a code"
-                    ),
+                    SendModel::Async => {
+                        assert_eq!(
+                            code, None,
+                            "seed {seed}: async #{n} of {side:?}/client{c} acked with a code"
+                        );
+                        // Acknowledged => taken by the partner client (issue 8, item 8).
+                        assert!(
+                            m.consumed,
+                            "seed {seed}: async #{n} of {side:?}/client{c} Acked before the \
+                             partner client took it"
+                        );
+                    }
                     SendModel::Sync => assert_eq!(
                         code,
                         Some(code_for(c, n)),
@@ -158,8 +174,10 @@ impl Chaos {
                     );
                 }
                 s.outstanding.clear();
-                // Unanswered sync messages of the old session cannot be answered any more.
+                // Unanswered sync messages of the old session cannot be answered any more,
+                // and what it delivered cannot be reported as taken.
                 self.to_answer.remove(&(side, c));
+                self.to_consume.remove(&(side, c));
             }
             ClientEvent::Up | ClientEvent::FlowControl { .. } => {}
             ev @ (ClientEvent::Migrated { .. } | ClientEvent::PeerSwitched { .. }) => {
@@ -179,10 +197,12 @@ impl Chaos {
             self.p.drive();
             self.check_events();
             self.answer_all();
+            self.consume_all();
             self.p.drive();
             self.check_events();
             if (self.p.a_events.len(), self.p.b_events.len()) == before
                 && self.to_answer.values().all(Vec::is_empty)
+                && self.to_consume.values().all(Vec::is_empty)
             {
                 quiet_rounds += 1;
                 if quiet_rounds >= 2 {

@@ -14,7 +14,9 @@
 //!   and carry exactly the bytes that were sent;
 //! - a completion matches the send model (async: `Acked` without code, sync: `Acked` with the
 //!   code the partner client returned, local: `Transmitted`), happens at most once, and an
-//!   `Acked` message was delivered exactly once;
+//!   `Acked` message was delivered exactly once; an async message is `Acked` only once the
+//!   partner client took it (clients take their messages only now and then, and what a session
+//!   delivered but the client had not taken when the session went down is never `Acked`);
 //! - a NACK is only ever `ConnectionLost` (nothing else can happen in these programs).
 //!
 //! Checked at the end, after healing (a link, drive, answer every synchronous message, until

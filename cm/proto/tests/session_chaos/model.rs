@@ -34,6 +34,7 @@ pub(super) enum Action {
     Add,
     Advance,
     Slow,
+    Consume,
 }
 
 #[derive(Debug)]
@@ -45,6 +46,8 @@ pub(super) struct Msg {
     pub(super) acked: Option<Option<i32>>,
     pub(super) transmitted: bool,
     pub(super) nacked: Option<NackReason>,
+    /// The receiving client took it from its queue (reported with `consumed`).
+    pub(super) consumed: bool,
 }
 
 /// One direction of one client: what the sender sent and what the receiver got.

@@ -52,7 +52,8 @@ fn up(p: &mut Pair) {
     );
 }
 
-/// A sync ACK also carries the cumulative ack; the async sends it completes must be reported.
+/// A sync ACK also carries the cumulative ack, and its return code means the partner client took
+/// every message before it: the async sends it completes must be reported.
 #[test]
 fn sync_ack_completes_the_async_sends_it_acknowledges() {
     let mut p = Pair::new(3);

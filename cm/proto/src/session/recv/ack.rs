@@ -8,8 +8,8 @@ use crate::session::{ClientEvent, ClientId, PeerClientId, ProtocolViolation, Ses
 use crate::stream::SendCompletion;
 
 impl Session {
-    /// ACK: a cumulative receipt ack, or the return code of one synchronous message (with the
-    /// cumulative ack piggybacked).
+    /// ACK: a cumulative receipt ack (with the partner client's consumed mark), or the return
+    /// code of one synchronous message (with the cumulative ack piggybacked).
     pub(super) fn recv_ack(&mut self, frame: Frame) -> Result<(), ProtocolViolation> {
         let h = frame.header;
         if self.state != SessionState::Up {
@@ -21,12 +21,18 @@ impl Session {
                 return Ok(());
             };
             if h.flags.contains(Flags::CUMULATIVE) {
-                c.send.on_cumulative_ack(h.seq)
+                // `seq`: received in order; `ack`: the partner client's consumed mark.
+                let mut v = c.send.on_cumulative_ack(h.seq);
+                v.extend(c.send.on_consumed(h.ack));
+                v
             } else {
                 let code = control::decode_code(&frame.payload)?;
-                // The piggybacked cumulative ack completes async/local sends too: keep
-                // its completions (dropping them lost those sends' Acked events).
+                // The piggybacked cumulative ack releases local sends, and a return code for
+                // `seq` means the partner client took every message up to it (its queue is
+                // in order): that completes the async sends before it. Keep those
+                // completions (dropping them lost those sends' Acked events).
                 let mut v = c.send.on_cumulative_ack(h.ack);
+                v.extend(c.send.on_consumed(h.seq));
                 v.extend(c.send.on_code(h.seq, code));
                 v
             }
@@ -56,13 +62,19 @@ impl Session {
         Ok(())
     }
 
-    /// FLOW: new credit for one of our send streams.
+    /// FLOW: new credit for one of our send streams (`seq`), and the partner client's consumed
+    /// mark (`ack`: the highest sequence it has taken from its queue), which completes our
+    /// async sends up to it.
     pub(super) fn recv_flow(&mut self, h: Header) -> Result<(), ProtocolViolation> {
-        if let Some(c) = self.clients.get_mut(&ClientId::new(h.client)) {
-            if self.state == SessionState::Up {
+        let id = ClientId::new(h.client);
+        let done = match self.clients.get_mut(&id) {
+            Some(c) if self.state == SessionState::Up => {
                 c.send.on_credit(h.seq);
+                c.send.on_consumed(h.ack)
             }
-        }
+            _ => return Ok(()),
+        };
+        self.complete(id, done);
         Ok(())
     }
 
