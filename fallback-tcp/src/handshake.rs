@@ -100,7 +100,8 @@ pub async fn dial(
         let (state, auth) = state.handle(&challenge)?;
         framed.send(auth).await?;
         let welcome = next(&mut framed).await?;
-        let peer = state.handle(&welcome)?;
+        let (peer, identify) = state.handle(&welcome)?;
+        framed.send(identify).await?;
         Ok::<_, HandshakeFailure>(peer)
     };
     let peer = tokio::time::timeout(cfg.timeout, run)
@@ -111,7 +112,8 @@ pub async fn dial(
 
 /// Runs the acceptor side on an accepted socket. On a version mismatch the peer is told our
 /// version; on any other failure the connection is closed without a word (an unauthenticated
-/// peer learns nothing).
+/// peer learns nothing, and a wrong cluster id is refused at the same point as a wrong secret:
+/// after AUTH).
 pub async fn accept(
     stream: TcpStream,
     cfg: &TcpHandshakeConfig,
@@ -130,8 +132,10 @@ pub async fn accept(
             AcceptorStart::new(cfg.handshake.clone(), nonce()).handle(&hello)?;
         framed.send(challenge).await?;
         let auth = next(&mut framed).await?;
-        let (peer, welcome) = state.handle(&auth)?;
+        let (state, welcome) = state.handle(&auth)?;
         framed.send(welcome).await?;
+        let identify = next(&mut framed).await?;
+        let peer = state.handle(&identify)?;
         Ok::<_, HandshakeFailure>(peer)
     };
     let peer = tokio::time::timeout(cfg.timeout, run)

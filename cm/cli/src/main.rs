@@ -1,6 +1,7 @@
 //! The `peercm` command: `peercm demo` runs two nodes on this machine and proves delivery;
 //! `peercm node --config FILE` runs one node as a long-lived process; `peercm status` shows
-//! a running node's interconnects and events; `peercm devices` lists RDMA devices.
+//! a running node's interconnects and events; `peercm devices` lists RDMA devices;
+//! `peercm secret generate` writes a cluster secret.
 //!
 //! Logging follows `RUST_LOG` (tracing-subscriber's env filter), e.g.
 //! `RUST_LOG=peercm_cm_manager=debug peercm node --config a.toml`.
@@ -8,6 +9,7 @@
 mod demo;
 mod devices;
 mod node_cmd;
+mod secret_cmd;
 mod status_cmd;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +37,8 @@ enum Command {
     /// Show a running node's interconnects (capacity, utilization, clients placed on each),
     /// partner and epoch, fallback reason and recent events. Reads the node's status_socket.
     Status(status_cmd::StatusArgs),
+    /// Cluster secrets: `peercm secret generate [--out FILE] [--force]` writes a strong one.
+    Secret(secret_cmd::SecretArgs),
 }
 
 fn init_tracing(default: &str) {
@@ -70,6 +74,10 @@ fn main() -> ExitCode {
         Command::Status(args) => {
             init_tracing("warn");
             runtime.block_on(status_cmd::run(args))
+        }
+        Command::Secret(args) => {
+            init_tracing("warn");
+            secret_cmd::run(args)
         }
         Command::Node(args) => {
             init_tracing("info");

@@ -30,10 +30,10 @@ fn help_lists_the_commands() {
     let out = peercm().arg("--help").output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for cmd in ["demo", "node", "devices", "status"] {
+    for cmd in ["demo", "node", "devices", "status", "secret"] {
         assert!(text.contains(cmd), "--help lacks {cmd}: {text}");
     }
-    for cmd in ["demo", "node", "devices", "status"] {
+    for cmd in ["demo", "node", "devices", "status", "secret"] {
         let out = peercm().args([cmd, "--help"]).output().unwrap();
         assert!(out.status.success(), "{cmd} --help");
     }
@@ -69,17 +69,23 @@ fn bad_configurations_fail_with_a_clear_error() {
             Some(
                 "node_id=\"a\"\ncluster_id=\"c\"\nlisten=\"127.0.0.1:0\"\nsecret_file=\"SECRET\"\n",
             ),
-            "at least 16",
+            "at least 32",
+        ),
+        (
+            // The outside test's secret, made long enough: still one repeated character.
+            "weaksecret.toml",
+            Some("node_id=\"a\"\ncluster_id=\"c\"\nlisten=\"127.0.0.1:0\"\nsecret_file=\"WEAK\"\n"),
+            "peercm secret generate",
         ),
     ];
     write(&d, "short.secret", "tiny\n");
+    write(&d, "weak.secret", &format!("{}\n", "x".repeat(48)));
     for (file, text, needle) in cases {
         if let Some(t) = text {
-            write(
-                &d,
-                file,
-                &t.replace("SECRET", d.join("short.secret").to_str().unwrap()),
-            );
+            let t = t
+                .replace("SECRET", d.join("short.secret").to_str().unwrap())
+                .replace("WEAK", d.join("weak.secret").to_str().unwrap());
+            write(&d, file, &t);
         }
         let out = peercm()
             .args(["node", "--config"])
@@ -128,7 +134,18 @@ fn terminate(p: &mut Proc) -> String {
 #[test]
 fn two_node_processes_connect_and_report_status() {
     let d = tmpdir("pair");
-    let secret = write(&d, "secret", "cli-test-secret-0123456789abcdef\n");
+    // The pair shares a secret written by `peercm secret generate`.
+    let secret = d.join("secret");
+    let out = peercm()
+        .args(["secret", "generate", "--out"])
+        .arg(&secret)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let b_cfg = write(
         &d,
         "b.toml",
@@ -302,4 +319,44 @@ fn devices_lists_hcas_or_names_the_reason() {
         let t = String::from_utf8_lossy(&text.stdout);
         assert!(t.contains(reason) && t.contains("TCP"), "{t}");
     }
+}
+
+#[test]
+fn secret_generate_writes_a_strong_private_secret_and_keeps_an_existing_one() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tmpdir("secret");
+    // To standard output: 32 random bytes as hex, different every time.
+    let gen = || {
+        let out = peercm().args(["secret", "generate"]).output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let (s1, s2) = (gen(), gen());
+    assert_eq!(s1.len(), 64, "{s1}");
+    assert!(s1.chars().all(|c| c.is_ascii_hexdigit()), "{s1}");
+    assert_ne!(s1, s2);
+    assert!(peercm_cm_manager::ClusterSecret::new(s1.as_bytes()).is_ok());
+    // To a file: mode 0600; an existing file is kept unless --force.
+    let path = d.join("cluster.secret");
+    let generate = |force: bool| {
+        let mut cmd = peercm();
+        cmd.args(["secret", "generate", "--out"]).arg(&path);
+        if force {
+            cmd.arg("--force");
+        }
+        cmd.output().unwrap()
+    };
+    assert!(generate(false).status.success());
+    let first = std::fs::read_to_string(&path).unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let refused = generate(false);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--force"));
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), first, "kept");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(generate(true).status.success());
+    assert_ne!(std::fs::read_to_string(&path).unwrap(), first, "replaced");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "a replaced file is private again");
 }

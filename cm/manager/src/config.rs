@@ -56,7 +56,8 @@ pub struct NodeConfig {
     /// The partner to dial. Exactly one of the two partners has this.
     #[serde(default)]
     pub peer: Option<PeerConfig>,
-    /// File holding the shared cluster secret (at least 16 bytes).
+    /// File holding the shared cluster secret (at least 32 bytes and about 128 bits of entropy;
+    /// `peercm secret generate --out FILE` writes one).
     #[serde(default)]
     pub secret_file: Option<PathBuf>,
     /// Session tunables.

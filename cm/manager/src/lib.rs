@@ -38,6 +38,7 @@ pub use node::Node;
 pub use peercm_cm_proto::auth::ClusterSecret;
 pub use peercm_cm_proto::control::NackReason;
 pub use peercm_cm_proto::port::PortState;
+pub use peercm_cm_proto::secret::GENERATED_SECRET_BYTES;
 pub use peercm_cm_proto::session::{
     ClientEvent, ClientSpec, DownReason, InterconnectId, LatencyClass, LinkId, SessionState,
 };

@@ -10,8 +10,7 @@ use thiserror::Error;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// Shortest secret accepted, in bytes.
-pub const MIN_SECRET_BYTES: usize = 16;
+pub use crate::secret::{MIN_SECRET_BITS, MIN_SECRET_BYTES};
 
 /// The shared cluster secret. Its `Debug` output never shows the bytes.
 #[derive(Clone)]
@@ -31,14 +30,26 @@ impl std::fmt::Debug for ClusterSecret {
 }
 
 /// A secret was refused.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[derive(Debug, Clone, PartialEq, Error)]
 #[non_exhaustive]
 pub enum SecretError {
     /// Too short to be a secret.
-    #[error("cluster secret is {len} bytes; at least {MIN_SECRET_BYTES} are required")]
+    #[error(
+        "cluster secret is {len} bytes; at least {MIN_SECRET_BYTES} are required \
+         (`peercm secret generate --out FILE` writes a good one)"
+    )]
     TooShort {
         /// Its length.
         len: usize,
+    },
+    /// Long enough but too predictable (repeated characters, a small alphabet, a pattern).
+    #[error(
+        "cluster secret is too weak: about {bits:.0} bits estimated, at least {MIN_SECRET_BITS} \
+         required (`peercm secret generate --out FILE` writes a good one)"
+    )]
+    TooWeak {
+        /// The estimated strength in bits.
+        bits: f64,
     },
 }
 
@@ -48,6 +59,10 @@ impl ClusterSecret {
         let trimmed = bytes.trim_ascii();
         if trimmed.len() < MIN_SECRET_BYTES {
             return Err(SecretError::TooShort { len: trimmed.len() });
+        }
+        let bits = crate::secret::estimated_bits(trimmed);
+        if bits < MIN_SECRET_BITS {
+            return Err(SecretError::TooWeak { bits });
         }
         Ok(ClusterSecret {
             bytes: trimmed.to_vec(),
@@ -82,8 +97,8 @@ pub enum Role {
 impl Role {
     fn label(self) -> &'static [u8] {
         match self {
-            Role::Dialer => b"peercm v1 dialer proof",
-            Role::Acceptor => b"peercm v1 acceptor proof",
+            Role::Dialer => b"peercm v2 dialer proof",
+            Role::Acceptor => b"peercm v2 acceptor proof",
         }
     }
 }
@@ -142,6 +157,12 @@ pub fn verify(
         .is_ok()
 }
 
+/// Strong test secrets (64 hex characters of random bytes).
+#[cfg(test)]
+pub(crate) const S1: &str = "4f1c9a2be07d3358a6c1f0e29d4b7a86c5e3f1029ab8d7c6e5f4a3b2c1d0e9f8";
+#[cfg(test)]
+pub(crate) const S2: &str = "9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a29180f7e6d5c4b3a2918f0e1d2c3b4";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,7 +173,7 @@ mod tests {
 
     #[test]
     fn proofs_verify_only_with_same_secret_role_and_nonces() {
-        let s = secret("0123456789abcdef-secret");
+        let s = secret(S1);
         let (a, b) = ([1u8; 32], [2u8; 32]);
         let p = proof(&s, Role::Dialer, "c", &a, &b);
         assert!(verify(&s, Role::Dialer, "c", &a, &b, &p));
@@ -168,14 +189,7 @@ mod tests {
             !verify(&s, Role::Dialer, "c", &b, &a, &p),
             "nonces bind the proof"
         );
-        assert!(!verify(
-            &secret("another-secret-0123"),
-            Role::Dialer,
-            "c",
-            &a,
-            &b,
-            &p
-        ));
+        assert!(!verify(&secret(S2), Role::Dialer, "c", &a, &b, &p));
         assert!(!verify(
             &ClusterSecret::insecure(),
             Role::Dialer,
@@ -192,7 +206,23 @@ mod tests {
             ClusterSecret::new(b"short\n"),
             Err(SecretError::TooShort { len: 5 })
         ));
-        let s = secret("0123456789abcdef\n");
-        assert!(!format!("{s:?}").contains("0123"));
+        let s = secret(&format!("{S1}\n"));
+        assert!(!format!("{s:?}").contains("4f1c"));
+    }
+
+    #[test]
+    fn weak_secrets_refused_with_advice() {
+        // The outside test's secret: 16 bytes of one repeated character.
+        let err = ClusterSecret::new(&[b'x'; 16]).unwrap_err();
+        assert!(matches!(err, SecretError::TooShort { len: 16 }));
+        for weak in [
+            "x".repeat(40),
+            "password".repeat(5),
+            "0123456789abcdef".repeat(3),
+        ] {
+            let err = ClusterSecret::new(weak.as_bytes()).unwrap_err();
+            assert!(matches!(err, SecretError::TooWeak { .. }), "{weak}: {err}");
+            assert!(err.to_string().contains("peercm secret generate"), "{err}");
+        }
     }
 }

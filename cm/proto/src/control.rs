@@ -189,37 +189,43 @@ impl NodeInfo {
     }
 }
 
-/// Handshake 1, dialer -> acceptor.
+/// Handshake 1, dialer -> acceptor. Carries nothing a listener could use to make this node
+/// prove anything.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
     /// The cluster the dialer believes it belongs to.
     pub cluster_id: String,
-    /// Dialer nonce.
-    pub nonce: [u8; 32],
 }
 
-/// Handshake 2, acceptor -> dialer.
+/// Handshake 2, acceptor -> dialer: only a fresh nonce (the acceptor proves nothing yet).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Challenge {
     /// Acceptor nonce.
     pub nonce: [u8; 32],
-    /// HMAC proving the acceptor holds the cluster secret.
+}
+
+/// Handshake 3, dialer -> acceptor: the dialer proves first, over both nonces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Auth {
+    /// Dialer nonce.
+    pub nonce: [u8; 32],
+    /// HMAC proving the dialer holds the cluster secret.
     pub proof: [u8; 32],
 }
 
-/// Handshake 3, dialer -> acceptor.
+/// Handshake 4, acceptor -> dialer, only after the dialer's proof checked out.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Auth {
-    /// HMAC proving the dialer holds the cluster secret.
+pub struct Welcome {
+    /// HMAC proving the acceptor holds the cluster secret (its own role label).
     pub proof: [u8; 32],
-    /// The dialer's description.
+    /// The acceptor's description.
     pub node: NodeInfo,
 }
 
-/// Handshake 4, acceptor -> dialer.
+/// Handshake 5, dialer -> acceptor, once the acceptor's proof checked out.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Welcome {
-    /// The acceptor's description.
+pub struct Identify {
+    /// The dialer's description.
     pub node: NodeInfo,
 }
 
@@ -308,7 +314,6 @@ mod tests {
     fn hello_round_trip_and_trailing_bytes_rejected() {
         let h = Hello {
             cluster_id: "c1".into(),
-            nonce: [7; 32],
         };
         let bytes = encode(&h);
         assert_eq!(decode::<Hello>("HELLO", &bytes).unwrap(), h);

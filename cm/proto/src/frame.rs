@@ -3,7 +3,7 @@
 //! ```text
 //! offset size field
 //!  0     4    magic  "PCMF"
-//!  4     1    protocol version (this build: 1)
+//!  4     1    protocol version (this build: 2)
 //!  5     1    message type (see [`MsgType`])
 //!  6     2    flags (see [`Flags`])
 //!  8     4    destination client id (0 = the link / session itself)
@@ -25,7 +25,7 @@ use thiserror::Error;
 /// The four magic bytes that start every frame.
 pub const MAGIC: [u8; 4] = *b"PCMF";
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Size of the fixed header in bytes.
 pub const HEADER_LEN: usize = 36;
 /// Default upper bound on a payload (1 MiB); a length field above the bound is a protocol error.
@@ -35,16 +35,18 @@ pub const DEFAULT_MAX_PAYLOAD_BYTES: u32 = 1 << 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum MsgType {
-    /// Handshake 1 (dialer -> acceptor): version, cluster id, nonce.
+    /// Handshake 1 (dialer -> acceptor): version (in the header) and cluster id.
     Hello = 1,
-    /// Handshake 2 (acceptor -> dialer): acceptor nonce and proof of the secret.
+    /// Handshake 2 (acceptor -> dialer): the acceptor's nonce.
     Challenge = 2,
-    /// Handshake 3 (dialer -> acceptor): dialer proof and node information.
+    /// Handshake 3 (dialer -> acceptor): the dialer's nonce and its proof of the secret.
     Auth = 3,
-    /// Handshake 4 (acceptor -> dialer): acceptor node information.
+    /// Handshake 4 (acceptor -> dialer): the acceptor's proof and node information.
     Welcome = 4,
     /// Handshake refused (only sent for a version mismatch; other refusals just close).
     Refuse = 5,
+    /// Handshake 5 (dialer -> acceptor): the dialer's node information.
+    Identify = 6,
     /// Client data.
     Data = 16,
     /// Acknowledgment: cumulative receipt, or one message's return code from the peer client.
@@ -80,6 +82,7 @@ impl MsgType {
             3 => Auth,
             4 => Welcome,
             5 => Refuse,
+            6 => Identify,
             16 => Data,
             17 => Ack,
             18 => Nack,
@@ -409,9 +412,9 @@ mod tests {
         let mut bytes = BytesMut::from(&sample().to_bytes()[..]);
         bytes[4] = 9;
         let err = FrameDecoder::default().decode(&mut bytes).unwrap_err();
-        assert_eq!(err, FrameError::UnsupportedVersion { peer: 9, ours: 1 });
+        assert_eq!(err, FrameError::UnsupportedVersion { peer: 9, ours: 2 });
         let text = err.to_string();
-        assert!(text.contains("v9") && text.contains("v1"), "{text}");
+        assert!(text.contains("v9") && text.contains("v2"), "{text}");
     }
 
     #[test]

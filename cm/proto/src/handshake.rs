@@ -1,23 +1,30 @@
-//! The bootstrap handshake, one struct per expected message (in the manner of rustls).
+//! The bootstrap handshake (protocol v2), one struct per expected message (in the manner of
+//! rustls).
 //!
 //! ```text
 //! dialer                                   acceptor
-//!   HELLO {cluster id, nonce_d}   ------->   version checked by the frame decoder;
-//!                                            wrong cluster -> close, logged, nothing said
-//!          <-------  CHALLENGE {nonce_a, proof_a}
-//!   proof_a checked (acceptor holds secret)
-//!   AUTH {proof_d, dialer NodeInfo} ------->  proof_d checked; wrong -> close, logged
-//!          <-------  WELCOME {acceptor NodeInfo}
+//!   HELLO {cluster id}            ------->   version checked by the frame decoder;
+//!                                            cluster compared, result kept for later
+//!          <-------  CHALLENGE {nonce_a}     (sent whatever the cluster id was)
+//!   AUTH {nonce_d, proof_d}       ------->   cluster and proof_d checked; either wrong ->
+//!                                            close, logged, nothing said
+//!          <-------  WELCOME {proof_a, acceptor NodeInfo}
+//!   proof_a checked
+//!   IDENTIFY {dialer NodeInfo}    ------->
 //! ```
 //!
-//! A node only reveals its identity, capabilities and clients after the other side has proven it
-//! holds the cluster secret. A version mismatch is the one refusal that is answered
-//! ([`MsgType::Refuse`]), so an operator on either side reads both versions.
+//! The dialer proves first, over both nonces: the acceptor never emits an HMAC to a peer that
+//! has not proven it holds the secret, so knowing the cluster id buys an attacker nothing to
+//! guess the secret offline with. A wrong cluster id and a wrong secret end the same way (close
+//! after AUTH); only the local log says which. A version mismatch is the one refusal that is
+//! answered ([`MsgType::Refuse`]), so an operator on either side reads both versions.
 //!
 //! Nonces come in from the caller; nothing here touches a socket, the clock or an RNG.
 
 use crate::auth::{self, ClusterSecret, Role};
-use crate::control::{self, Auth, Challenge, ControlError, Hello, NodeInfo, RefuseReason, Welcome};
+use crate::control::{
+    self, Auth, Challenge, ControlError, Hello, Identify, NodeInfo, RefuseReason, Welcome,
+};
 use crate::frame::{Frame, MsgType, PROTOCOL_VERSION};
 use thiserror::Error;
 
@@ -125,6 +132,8 @@ pub struct DialerExpectChallenge {
 #[derive(Debug)]
 pub struct DialerExpectWelcome {
     config: HandshakeConfig,
+    nonce: [u8; 32],
+    acceptor_nonce: [u8; 32],
 }
 
 impl DialerStart {
@@ -137,7 +146,6 @@ impl DialerStart {
     pub fn start(self) -> (DialerExpectChallenge, Frame) {
         let hello = Hello {
             cluster_id: self.config.cluster_id.clone(),
-            nonce: self.nonce,
         };
         let frame = Frame::control(MsgType::Hello, control::encode(&hello));
         (
@@ -151,21 +159,11 @@ impl DialerStart {
 }
 
 impl DialerExpectChallenge {
-    /// Checks the acceptor's proof and produces AUTH.
+    /// Reads the acceptor's nonce and produces AUTH (the dialer's proof over both nonces).
     pub fn handle(self, frame: &Frame) -> Result<(DialerExpectWelcome, Frame), HandshakeError> {
         expect(frame, MsgType::Challenge)?;
         let ch: Challenge = control::decode("CHALLENGE", &frame.payload)?;
         let c = &self.config;
-        if !auth::verify(
-            &c.secret,
-            Role::Acceptor,
-            &c.cluster_id,
-            &self.nonce,
-            &ch.nonce,
-            &ch.proof,
-        ) {
-            return Err(HandshakeError::AuthFailed);
-        }
         let proof = auth::proof(
             &c.secret,
             Role::Dialer,
@@ -174,13 +172,15 @@ impl DialerExpectChallenge {
             &ch.nonce,
         );
         let auth = Auth {
+            nonce: self.nonce,
             proof,
-            node: c.node.clone(),
         };
         let frame = Frame::control(MsgType::Auth, control::encode(&auth));
         Ok((
             DialerExpectWelcome {
                 config: self.config,
+                nonce: self.nonce,
+                acceptor_nonce: ch.nonce,
             },
             frame,
         ))
@@ -188,13 +188,31 @@ impl DialerExpectChallenge {
 }
 
 impl DialerExpectWelcome {
-    /// Reads the acceptor's description; the handshake is complete.
-    pub fn handle(self, frame: &Frame) -> Result<NodeInfo, HandshakeError> {
+    /// Checks the acceptor's proof, reads its description and produces IDENTIFY; the handshake
+    /// is complete on this side.
+    pub fn handle(self, frame: &Frame) -> Result<(NodeInfo, Frame), HandshakeError> {
         expect(frame, MsgType::Welcome)?;
         let w: Welcome = control::decode("WELCOME", &frame.payload)?;
+        let c = &self.config;
+        if !auth::verify(
+            &c.secret,
+            Role::Acceptor,
+            &c.cluster_id,
+            &self.nonce,
+            &self.acceptor_nonce,
+            &w.proof,
+        ) {
+            return Err(HandshakeError::AuthFailed);
+        }
         w.node.validate()?;
-        check_not_self(&self.config.node, &w.node)?;
-        Ok(w.node)
+        check_not_self(&c.node, &w.node)?;
+        let frame = Frame::control(
+            MsgType::Identify,
+            control::encode(&Identify {
+                node: c.node.clone(),
+            }),
+        );
+        Ok((w.node, frame))
     }
 }
 
@@ -210,7 +228,15 @@ pub struct AcceptorStart {
 pub struct AcceptorExpectAuth {
     config: HandshakeConfig,
     nonce: [u8; 32],
-    dialer_nonce: [u8; 32],
+    /// The cluster the dialer claimed, when it is not ours (refused only after AUTH, so a wrong
+    /// cluster looks exactly like a wrong secret from the outside).
+    wrong_cluster: Option<String>,
+}
+
+/// Acceptor, WELCOME sent, waiting for IDENTIFY.
+#[derive(Debug)]
+pub struct AcceptorExpectIdentify {
+    config: HandshakeConfig,
 }
 
 impl AcceptorStart {
@@ -219,36 +245,21 @@ impl AcceptorStart {
         AcceptorStart { config, nonce }
     }
 
-    /// Checks HELLO (cluster) and produces CHALLENGE.
+    /// Reads HELLO and produces CHALLENGE, whatever cluster the dialer claimed.
     pub fn handle(self, frame: &Frame) -> Result<(AcceptorExpectAuth, Frame), HandshakeError> {
         expect(frame, MsgType::Hello)?;
         let hello: Hello = control::decode("HELLO", &frame.payload)?;
-        if hello.cluster_id != self.config.cluster_id {
-            return Err(HandshakeError::WrongCluster {
-                peer: hello.cluster_id,
-                ours: self.config.cluster_id.clone(),
-            });
-        }
-        let c = &self.config;
-        let proof = auth::proof(
-            &c.secret,
-            Role::Acceptor,
-            &c.cluster_id,
-            &hello.nonce,
-            &self.nonce,
-        );
+        let wrong_cluster =
+            (hello.cluster_id != self.config.cluster_id).then_some(hello.cluster_id);
         let frame = Frame::control(
             MsgType::Challenge,
-            control::encode(&Challenge {
-                nonce: self.nonce,
-                proof,
-            }),
+            control::encode(&Challenge { nonce: self.nonce }),
         );
         Ok((
             AcceptorExpectAuth {
                 config: self.config,
                 nonce: self.nonce,
-                dialer_nonce: hello.nonce,
+                wrong_cluster,
             },
             frame,
         ))
@@ -256,30 +267,61 @@ impl AcceptorStart {
 }
 
 impl AcceptorExpectAuth {
-    /// Checks the dialer's proof; returns its description and the WELCOME to send.
-    pub fn handle(self, frame: &Frame) -> Result<(NodeInfo, Frame), HandshakeError> {
+    /// Checks the dialer's cluster and proof; returns the WELCOME to send (the acceptor's proof
+    /// and description).
+    pub fn handle(self, frame: &Frame) -> Result<(AcceptorExpectIdentify, Frame), HandshakeError> {
         expect(frame, MsgType::Auth)?;
         let a: Auth = control::decode("AUTH", &frame.payload)?;
         let c = &self.config;
-        if !auth::verify(
+        // The proof is checked whatever the cluster verdict, so both refusals cost the same.
+        let proof_ok = auth::verify(
             &c.secret,
             Role::Dialer,
             &c.cluster_id,
-            &self.dialer_nonce,
+            &a.nonce,
             &self.nonce,
             &a.proof,
-        ) {
+        );
+        if let Some(peer) = self.wrong_cluster {
+            return Err(HandshakeError::WrongCluster {
+                peer,
+                ours: c.cluster_id.clone(),
+            });
+        }
+        if !proof_ok {
             return Err(HandshakeError::AuthFailed);
         }
-        a.node.validate()?;
-        check_not_self(&c.node, &a.node)?;
+        let proof = auth::proof(
+            &c.secret,
+            Role::Acceptor,
+            &c.cluster_id,
+            &a.nonce,
+            &self.nonce,
+        );
         let frame = Frame::control(
             MsgType::Welcome,
             control::encode(&Welcome {
+                proof,
                 node: c.node.clone(),
             }),
         );
-        Ok((a.node, frame))
+        Ok((
+            AcceptorExpectIdentify {
+                config: self.config,
+            },
+            frame,
+        ))
+    }
+}
+
+impl AcceptorExpectIdentify {
+    /// Reads the dialer's description; the handshake is complete.
+    pub fn handle(self, frame: &Frame) -> Result<NodeInfo, HandshakeError> {
+        expect(frame, MsgType::Identify)?;
+        let i: Identify = control::decode("IDENTIFY", &frame.payload)?;
+        i.node.validate()?;
+        check_not_self(&self.config.node, &i.node)?;
+        Ok(i.node)
     }
 }
 
@@ -293,6 +335,7 @@ fn check_not_self(ours: &NodeInfo, theirs: &NodeInfo) -> Result<(), HandshakeErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::{S1 as S, S2};
     use crate::control::TransportCap;
 
     fn cfg(node: &str, cluster: &str, secret: &str) -> HandshakeConfig {
@@ -312,12 +355,28 @@ mod tests {
         let (d1, hello) = DialerStart::new(d, [1; 32]).start();
         let (a1, challenge) = AcceptorStart::new(a, [2; 32]).handle(&hello)?;
         let (d2, auth) = d1.handle(&challenge)?;
-        let (dialer_info, welcome) = a1.handle(&auth)?;
-        let acceptor_info = d2.handle(&welcome)?;
+        let (a2, welcome) = a1.handle(&auth)?;
+        let (acceptor_info, identify) = d2.handle(&welcome)?;
+        let dialer_info = a2.handle(&identify)?;
         Ok((dialer_info, acceptor_info))
     }
 
-    const S: &str = "a-long-enough-secret";
+    /// What an attacker who knows only the cluster id gets back from an acceptor: the frames it
+    /// sent in answer to a HELLO and an AUTH with a guessed proof, and the acceptor's verdict.
+    fn probe(cluster: &str, acceptor_secret: &str) -> (Vec<Frame>, HandshakeError) {
+        let (_, hello) = DialerStart::new(cfg("a", cluster, S2), [1; 32]).start();
+        let (a1, challenge) = AcceptorStart::new(cfg("b", "c", acceptor_secret), [2; 32])
+            .handle(&hello)
+            .unwrap();
+        let forged = Frame::control(
+            MsgType::Auth,
+            control::encode(&Auth {
+                nonce: [9; 32],
+                proof: [0; 32],
+            }),
+        );
+        (vec![challenge], a1.handle(&forged).unwrap_err())
+    }
 
     #[test]
     fn completes_with_same_secret() {
@@ -327,26 +386,51 @@ mod tests {
     }
 
     #[test]
+    fn dialer_proves_first_and_acceptor_emits_no_hmac_to_an_impostor() {
+        let (sent, err) = probe("c", S);
+        assert_eq!(err, HandshakeError::AuthFailed);
+        // Only the CHALLENGE went out, and it is nothing but a nonce (32 bytes, no proof).
+        assert_eq!(sent.len(), 1);
+        let ch: Challenge = control::decode("CHALLENGE", &sent[0].payload).unwrap();
+        assert_eq!(sent[0].payload.len(), ch.nonce.len());
+    }
+
+    #[test]
+    fn wrong_cluster_and_wrong_secret_look_the_same_from_outside() {
+        let (by_cluster, e1) = probe("another-cluster", S);
+        let (by_secret, e2) = probe("c", S);
+        // Same frames on the wire (same type, same length) up to the same point, then a close.
+        let shape = |fs: &[Frame]| {
+            fs.iter()
+                .map(|f| (f.header.msg_type, f.payload.len()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(shape(&by_cluster), shape(&by_secret));
+        // The local verdicts say precisely why.
+        assert!(matches!(e1, HandshakeError::WrongCluster { .. }), "{e1}");
+        assert_eq!(e2, HandshakeError::AuthFailed);
+    }
+
+    #[test]
     fn wrong_secret_fails_on_both_sides() {
-        // The dialer detects the impostor acceptor before revealing anything.
+        // The acceptor refuses a dialer with another secret...
+        let err = run(cfg("a", "c", S), cfg("b", "c", S2)).unwrap_err();
+        assert_eq!(err, HandshakeError::AuthFailed);
+        // ...and a dialer refuses an acceptor whose WELCOME proof is forged.
         let (d1, hello) = DialerStart::new(cfg("a", "c", S), [1; 32]).start();
-        let (_, ch) = AcceptorStart::new(cfg("b", "c", "another-secret-value"), [2; 32])
+        let (a1, ch) = AcceptorStart::new(cfg("b", "c", S), [2; 32])
             .handle(&hello)
             .unwrap();
-        assert_eq!(d1.handle(&ch).unwrap_err(), HandshakeError::AuthFailed);
-        // The acceptor detects an impostor dialer: forge an AUTH with a wrong proof.
-        let (_, hello) = DialerStart::new(cfg("a", "c", S), [1; 32]).start();
-        let (a1, _) = AcceptorStart::new(cfg("b", "c", S), [2; 32])
-            .handle(&hello)
-            .unwrap();
+        let (d2, auth) = d1.handle(&ch).unwrap();
+        a1.handle(&auth).unwrap();
         let forged = Frame::control(
-            MsgType::Auth,
-            control::encode(&Auth {
+            MsgType::Welcome,
+            control::encode(&Welcome {
                 proof: [0; 32],
-                node: cfg("a", "c", S).node,
+                node: cfg("b", "c", S).node,
             }),
         );
-        assert_eq!(a1.handle(&forged).unwrap_err(), HandshakeError::AuthFailed);
+        assert_eq!(d2.handle(&forged).unwrap_err(), HandshakeError::AuthFailed);
     }
 
     #[test]
@@ -377,8 +461,8 @@ mod tests {
         let mut refuse = refuse_version();
         refuse.payload = control::encode(&RefuseReason::Version { ours: 7 });
         let err = d1.handle(&refuse).unwrap_err();
-        assert_eq!(err, HandshakeError::PeerIncompatible { peer: 7, ours: 1 });
-        assert!(err.to_string().contains("v7") && err.to_string().contains("v1"));
+        assert_eq!(err, HandshakeError::PeerIncompatible { peer: 7, ours: 2 });
+        assert!(err.to_string().contains("v7") && err.to_string().contains("v2"));
     }
 
     #[test]

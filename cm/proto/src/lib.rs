@@ -12,6 +12,7 @@
 //! - [`frame`]: the fixed frame header, its encoder and its bounded, panic-free decoder.
 //! - [`control`]: payloads of control messages (handshake, ACK/NACK, CLIENT-UP, FLOW, ...).
 //! - [`auth`]: HMAC-SHA256 challenge-response over the shared cluster secret.
+//! - [`secret`]: the cluster secret's strength estimate (length and estimated bits).
 //! - [`handshake`]: the bootstrap handshake, one struct per expected message.
 //! - [`link_queue`]: a link's two-lane outgoing queue (control frames overtake bulk data).
 //! - [`stream`]: per-client send and receive streams (sequencing, replay, dedup, reordering).
@@ -29,6 +30,7 @@ pub mod ids;
 pub mod link_queue;
 pub mod placement;
 pub mod port;
+pub mod secret;
 pub mod session;
 pub mod stream;
 #[cfg(feature = "testkit")]

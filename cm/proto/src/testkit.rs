@@ -23,12 +23,13 @@ use crate::frame::{Flags, Frame, MsgType};
 use bytes::Bytes;
 
 /// Every message type, in wire order.
-pub const ALL_MSG_TYPES: [MsgType; 16] = [
+pub const ALL_MSG_TYPES: [MsgType; 17] = [
     MsgType::Hello,
     MsgType::Challenge,
     MsgType::Auth,
     MsgType::Welcome,
     MsgType::Refuse,
+    MsgType::Identify,
     MsgType::Data,
     MsgType::Ack,
     MsgType::Nack,

@@ -13,8 +13,8 @@
 
 use bytes::BytesMut;
 use peercm_cm_proto::control::{
-    self, Auth, Challenge, ClientAnnounce, Hello, NackReason, NodeInfo, RefuseReason, TransportCap,
-    Welcome,
+    self, Auth, Challenge, ClientAnnounce, Hello, Identify, NackReason, NodeInfo, RefuseReason,
+    TransportCap, Welcome,
 };
 use peercm_cm_proto::frame::{Flags, Frame, FrameDecoder, FrameError, MsgType, HEADER_LEN, MAGIC};
 use peercm_cm_proto::testkit::{frame_from_bytes, FrameSpace, ALL_MSG_TYPES, FRAME_INPUT_BYTES};
@@ -223,6 +223,7 @@ proptest! {
         let _ = control::decode::<Challenge>("CHALLENGE", &data);
         let _ = control::decode::<Auth>("AUTH", &data);
         let _ = control::decode::<Welcome>("WELCOME", &data);
+        let _ = control::decode::<Identify>("IDENTIFY", &data);
         let _ = control::decode::<RefuseReason>("REFUSE", &data);
         let _ = control::decode::<ClientAnnounce>("CLIENT-UP", &data);
         let _ = control::decode::<String>("CLIENT-DOWN", &data);
@@ -266,10 +267,11 @@ proptest! {
             clients: vec![announce.clone(); (id % 4) as usize],
         };
         prop_assert!(node.validate().is_ok());
-        let hello = Hello { cluster_id: name.clone(), nonce };
-        let challenge = Challenge { nonce, proof };
-        let auth = Auth { proof, node: node.clone() };
-        let welcome = Welcome { node: node.clone() };
+        let hello = Hello { cluster_id: name.clone() };
+        let challenge = Challenge { nonce };
+        let auth = Auth { nonce, proof };
+        let welcome = Welcome { proof, node: node.clone() };
+        let identify = Identify { node: node.clone() };
         let rt = |e: control::ControlError| TestCaseError::fail(e.to_string());
         prop_assert_eq!(control::decode::<Hello>("H", &control::encode(&hello)).map_err(rt)?, hello);
         prop_assert_eq!(
@@ -280,6 +282,10 @@ proptest! {
         prop_assert_eq!(
             control::decode::<Welcome>("W", &control::encode(&welcome)).map_err(rt)?,
             welcome
+        );
+        prop_assert_eq!(
+            control::decode::<Identify>("I", &control::encode(&identify)).map_err(rt)?,
+            identify
         );
         prop_assert_eq!(
             control::decode::<ClientAnnounce>("U", &control::encode(&announce)).map_err(rt)?,

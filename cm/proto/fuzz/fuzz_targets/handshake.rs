@@ -2,8 +2,9 @@
 //!
 //! Input layout: byte 0 picks the message type, byte 1 picks how the payload is built, the rest
 //! is the payload. Besides raw payloads the target builds payloads whose authenticated prefix is
-//! correct (a valid HMAC proof followed by fuzzer bytes) so that the node description checks
-//! behind the proof are reachable. Nothing may panic; decoded values must re-encode and decode to
+//! correct (AUTH's nonce and proof, or WELCOME's proof, followed by fuzzer bytes) so that the
+//! checks behind the proof are reachable; IDENTIFY is fed to an acceptor that completed a genuine
+//! AUTH. Nothing may panic; decoded values must re-encode and decode to
 //! themselves.
 
 #![no_main]
@@ -12,7 +13,7 @@ use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use peercm_cm_proto::auth::{self, ClusterSecret, Role};
 use peercm_cm_proto::control::{
-    self, Auth, Challenge, ClientAnnounce, Hello, NodeInfo, RefuseReason, TransportCap,
+    self, Auth, Challenge, ClientAnnounce, Hello, Identify, NodeInfo, RefuseReason, TransportCap,
     TransportMsg, Welcome,
 };
 use peercm_cm_proto::frame::{Flags, Frame, MsgType};
@@ -24,11 +25,12 @@ use peercm_cm_proto::testkit::msg_type_from_byte;
 const CLUSTER: &str = "fuzz-cluster";
 const D_NONCE: [u8; 32] = [0x11; 32];
 const A_NONCE: [u8; 32] = [0x22; 32];
+const SECRET: &[u8] = b"5b0e7c39d1a48f26e3b7150c9d8a2f4e6c1b3d5f7a9e0c2b4d6f8a1c3e5b7d9f";
 
 fn config(node: &str, instance: u64) -> HandshakeConfig {
     HandshakeConfig {
         cluster_id: CLUSTER.into(),
-        secret: ClusterSecret::new(b"fuzzing-secret-0123456789").expect("long enough"),
+        secret: ClusterSecret::new(SECRET).expect("a strong secret"),
         node: NodeInfo {
             node_id: node.into(),
             instance,
@@ -69,6 +71,7 @@ fuzz_target!(|data: &[u8]| {
     check_decode!(Challenge, "CHALLENGE", raw);
     check_decode!(Auth, "AUTH", raw);
     check_decode!(Welcome, "WELCOME", raw);
+    check_decode!(Identify, "IDENTIFY", raw);
     check_decode!(NodeInfo, "NODE", raw);
     check_decode!(RefuseReason, "REFUSE", raw);
     check_decode!(ClientAnnounce, "CLIENT-UP", raw);
@@ -89,9 +92,10 @@ fuzz_target!(|data: &[u8]| {
 
     // Build the payload: raw, or an authenticated prefix followed by the fuzzer's bytes.
     let payload = match mode % 4 {
-        // CHALLENGE/AUTH with a correct proof, then whatever follows.
+        // AUTH (dialer nonce and proof) or WELCOME (acceptor proof) with a correct proof, then
+        // whatever follows.
         1 => {
-            let role = if t == MsgType::Challenge {
+            let role = if t == MsgType::Welcome {
                 Role::Acceptor
             } else {
                 Role::Dialer
@@ -99,8 +103,8 @@ fuzz_target!(|data: &[u8]| {
             let secret = config("x", 0).secret;
             let proof = auth::proof(&secret, role, CLUSTER, &D_NONCE, &A_NONCE);
             let mut v = Vec::new();
-            if t == MsgType::Challenge {
-                v.extend_from_slice(&A_NONCE);
+            if t != MsgType::Welcome {
+                v.extend_from_slice(&D_NONCE);
             }
             v.extend_from_slice(&proof);
             v.extend_from_slice(raw);
@@ -110,7 +114,6 @@ fuzz_target!(|data: &[u8]| {
         2 => {
             let mut v = control::encode(&Hello {
                 cluster_id: CLUSTER.into(),
-                nonce: D_NONCE,
             })
             .to_vec();
             v.extend_from_slice(raw);
@@ -133,19 +136,28 @@ fuzz_target!(|data: &[u8]| {
     let (acc, challenge) = AcceptorStart::new(config("acceptor", 2), A_NONCE)
         .handle(&hello)
         .expect("genuine HELLO accepted");
-    if let Ok((node, welcome)) = acc.handle(&f) {
-        assert!(
-            node.validate().is_ok(),
-            "accepted an invalid node: {node:?}"
-        );
+    if let Ok((_, welcome)) = acc.handle(&f) {
         assert_eq!(welcome.header.msg_type, MsgType::Welcome);
     }
 
     // Dialer waiting for WELCOME, reached through a genuine CHALLENGE.
-    let (dialer_welcome, _auth) = dialer_expecting_challenge()
+    let (dialer_welcome, auth) = dialer_expecting_challenge()
         .handle(&challenge)
         .expect("genuine CHALLENGE accepted");
-    if let Ok(node) = dialer_welcome.handle(&f) {
+    if let Ok((node, identify)) = dialer_welcome.handle(&f) {
+        assert!(
+            node.validate().is_ok(),
+            "accepted an invalid node: {node:?}"
+        );
+        assert_eq!(identify.header.msg_type, MsgType::Identify);
+    }
+
+    // Acceptor waiting for IDENTIFY, reached through a genuine AUTH.
+    let (acc, _) = AcceptorStart::new(config("acceptor", 2), A_NONCE)
+        .handle(&hello)
+        .expect("genuine HELLO accepted");
+    let (acc, _) = acc.handle(&auth).expect("genuine AUTH accepted");
+    if let Ok(node) = acc.handle(&f) {
         assert!(
             node.validate().is_ok(),
             "accepted an invalid node: {node:?}"

@@ -11,11 +11,12 @@ use peercm_cm_manager::{
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub const SECRET: &str = "integration-test-secret-0123456789";
+/// 32 random bytes as hex, as `peercm secret generate` writes them.
+pub const SECRET: &str = "8c2f6e1a9d4b7035e2c8a1f64b9d3e70c5a2f8e1d6b4093c7e5a1f2d8b6c4e09";
 pub const WAIT: Duration = Duration::from_secs(30);
 
 pub fn secret() -> ClusterSecret {
-    ClusterSecret::new(SECRET.as_bytes()).expect("test secret is long enough")
+    ClusterSecret::new(SECRET.as_bytes()).expect("test secret is strong enough")
 }
 
 pub fn spec(model: SendModel) -> ClientSpec {

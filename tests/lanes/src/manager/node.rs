@@ -10,13 +10,13 @@ use peercm_verbs_shim::types::AsyncEvent;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-const SECRET: &[u8] = b"peercm-manager-lane-secret-0123456789";
+const SECRET: &[u8] = b"e4a19c7f3b2d8065a1f9c3e7b5d20486f1c9e3a7d5b2086e4c1a9f7d3b5e2081";
 const CLUSTER: &str = "softroce-lane";
 /// The nodes' session link timeout in ms (`--link-timeout-ms`, see `node_config`).
 pub static LINK_TIMEOUT_MS: AtomicU64 = AtomicU64::new(1500);
 
 pub fn secret() -> ClusterSecret {
-    ClusterSecret::new(SECRET).expect("the lane secret is long enough")
+    ClusterSecret::new(SECRET).expect("the lane secret is strong enough")
 }
 
 pub fn node_config(id: &str, hcas: &[Hca]) -> NodeConfig {

@@ -52,6 +52,7 @@ impl Session {
                 | MsgType::Auth
                 | MsgType::Welcome
                 | MsgType::Refuse
+                | MsgType::Identify
         );
         let current = self
             .links
@@ -72,7 +73,8 @@ impl Session {
             | MsgType::Challenge
             | MsgType::Auth
             | MsgType::Welcome
-            | MsgType::Refuse => Self::recv_handshake(h.msg_type),
+            | MsgType::Refuse
+            | MsgType::Identify => Self::recv_handshake(h.msg_type),
             MsgType::Heartbeat => self.recv_heartbeat(link, h),
             MsgType::Reset => self.recv_reset(link, h),
             MsgType::ResetAck => self.recv_reset_ack(link, h),
