@@ -115,8 +115,8 @@ pub fn render(doc: &Value) -> String {
     }
     let _ = writeln!(
         out,
-        "\n{:<8} {:<16} {:>10} {:>7} {:>12} {:>12} {:>6}  clients",
-        "ic", "device", "cap Mb/s", "usable", "decl MB/s", "meas MB/s", "util"
+        "\n{:<8} {:<16} {:>10} {:>10} {:>12} {:>12} {:>6}  clients",
+        "ic", "device", "cap Mb/s", "state", "decl MB/s", "meas MB/s", "util"
     );
     for ic in doc
         .get("interconnects")
@@ -134,18 +134,20 @@ pub fn render(doc: &Value) -> String {
         let f = |k: &str| ic.get(k).and_then(Value::as_f64).unwrap_or(0.0);
         let _ = writeln!(
             out,
-            "{:<8} {:<16} {:>10} {:>7} {:>12.1} {:>12.1} {:>5.0}%  {}",
+            "{:<8} {:<16} {:>10} {:>10} {:>12.1} {:>12.1} {:>5.0}%  {}",
             s(ic, "name"),
             ic.get("device").and_then(Value::as_str).unwrap_or("tcp"),
             ic.get("capacity_mbits_per_s")
                 .and_then(Value::as_u64)
                 .unwrap_or(0),
-            if ic.get("usable").and_then(Value::as_bool) == Some(true) {
-                "yes"
-            } else if ic.get("port_active").and_then(Value::as_bool) == Some(false) {
-                "down" // the local port is not ACTIVE (waiting for PORT_ACTIVE)
-            } else {
-                "no"
+            // up / port_down / failing / connecting / idle (older nodes: from `usable`).
+            match ic.get("state").and_then(Value::as_str) {
+                Some(state) => state,
+                None if ic.get("usable").and_then(Value::as_bool) == Some(true) => "up",
+                None if ic.get("port_active").and_then(Value::as_bool) == Some(false) => {
+                    "port_down"
+                }
+                None => "idle",
             },
             f("declared_mbytes_per_s"),
             f("measured_mbytes_per_s"),
@@ -228,8 +230,8 @@ mod tests {
                  "declared_mbytes_per_s": 2050.0, "measured_mbytes_per_s": 12.5,
                  "utilization": 1.64, "clients": ["mirror", "heartbeat"]},
                 {"id": 1, "name": "rail 1", "device": "rxe0 port 1", "capacity_mbits_per_s": 25000,
-                 "usable": false, "declared_mbytes_per_s": 0.0, "measured_mbytes_per_s": 0.0,
-                 "utilization": 0.0, "clients": []}
+                 "usable": false, "state": "failing", "declared_mbytes_per_s": 0.0,
+                 "measured_mbytes_per_s": 0.0, "utilization": 0.0, "clients": []}
             ],
             "clients": [{"name": "mirror", "state": "Connected", "unacked": 4, "interconnect": 0}],
             "links": [{"id": 1}],
@@ -245,6 +247,15 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("rxe0 port 1"), "{text}");
+        assert!(
+            text.contains("failing"),
+            "a black-holed rail shows failing: {text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("tcp ") && l.contains(" up ")),
+            "without a state (an older node), usable gives it: {text}"
+        );
         assert!(text.contains("mirror, heartbeat"), "{text}");
         assert!(text.contains("164%"), "{text}");
         assert!(text.contains("FallbackToTcp"), "{text}");

@@ -87,8 +87,12 @@ pub struct VerbsTunables {
     pub recv_depth: u32,
     /// An offer for a rail not answered within this time is abandoned and retried.
     pub rail_offer_timeout_ms: u64,
-    /// How often rails without a link are offered again.
+    /// How often rails without a link are offered again; after a failed attempt (a link lost
+    /// before its activation round trip) the first retry waits about this long, each further
+    /// one twice as long, up to `rail_retry_max_ms`, with jitter.
     pub rail_retry_interval_ms: u64,
+    /// The longest backoff between offers of a failing rail.
+    pub rail_retry_max_ms: u64,
     /// How long an RDMA link judged dead stays fenced and parked (its resources kept, its
     /// receive ring deregistered) waiting for a zombie partner's WRITE to close it, before it
     /// is freed anyway.
@@ -108,6 +112,7 @@ impl Default for VerbsTunables {
             recv_depth: 256,
             rail_offer_timeout_ms: 3000,
             rail_retry_interval_ms: 1000,
+            rail_retry_max_ms: 30_000,
             fence_park_ms: 60_000,
             capacity_mbits_per_s: Default::default(),
         }
@@ -367,6 +372,12 @@ impl NodeConfig {
             return bad(
                 "verbs.rail_offer_timeout_ms and verbs.rail_retry_interval_ms must be > 0".into(),
             );
+        }
+        if v.rail_retry_max_ms < v.rail_retry_interval_ms {
+            return bad(format!(
+                "verbs.rail_retry_max_ms ({}) must be at least verbs.rail_retry_interval_ms ({})",
+                v.rail_retry_max_ms, v.rail_retry_interval_ms
+            ));
         }
         if v.fence_park_ms == 0 || v.fence_park_ms > 3_600_000 {
             return bad(format!(

@@ -94,6 +94,43 @@ pub struct InterconnectStatus {
     /// not finished after 2 s. They cost memory and a thread each, never liveness; at 8 the
     /// device's rails stay down until they finish (docs/operations.md).
     pub teardowns_stuck: u32,
+    /// `up` (a link in the session), `port_down`, `failing` (its last link attempts were lost
+    /// before their activation round trip; the next offer waits for the backoff),
+    /// `connecting`, or `idle`.
+    pub state: RailState,
+    /// A rail: failed link attempts in a row (0 once one activates).
+    pub failures: u32,
+    /// A rail: offers this node (the dialer) made on it.
+    pub offers: u64,
+}
+
+/// What the status says about an interconnect (`"up"`, `"port_down"`, ... in JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RailState {
+    /// A link on it is in the session.
+    Up,
+    /// The local port is not ACTIVE.
+    PortDown,
+    /// Its last link attempts failed (lost before their activation round trip); the next
+    /// offer waits for the backoff.
+    Failing,
+    /// A link is being set up or is waiting for its activation round trip.
+    Connecting,
+    /// Nothing: no partner session, or the partner has no such rail.
+    Idle,
+}
+
+impl std::fmt::Display for RailState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RailState::Up => "up",
+            RailState::PortDown => "port_down",
+            RailState::Failing => "failing",
+            RailState::Connecting => "connecting",
+            RailState::Idle => "idle",
+        })
+    }
 }
 
 /// Which transport carries a link (`"tcp"` or `"rdma"` in JSON).

@@ -40,6 +40,8 @@ pub enum CloseCause {
     },
     /// The partner offered its rail again, so the link held there is dead.
     RailReoffered,
+    /// A new RDMA link got no activation round trip in time (`rail_offer_timeout_ms`).
+    NotActivated,
     /// A test asked for it (fault injection).
     Killed,
 }
@@ -49,6 +51,7 @@ impl fmt::Display for CloseCause {
         match self {
             CloseCause::ProtocolViolation { detail } => write!(f, "protocol violation: {detail}"),
             CloseCause::RailReoffered => f.write_str("partner re-offered its rail"),
+            CloseCause::NotActivated => f.write_str("no activation round trip in time"),
             CloseCause::Killed => f.write_str("killed on request (fault injection)"),
         }
     }
@@ -126,6 +129,18 @@ pub enum NodeEvent {
     RdmaLinkFenced {
         /// The link.
         link: LinkId,
+    },
+    /// A rail link failed before its activation round trip (lost, or unanswered): the rail
+    /// is failing and the next offer waits `retry_in_ms`.
+    RailAttemptFailed {
+        /// The rail.
+        rail: InterconnectId,
+        /// Failed attempts in a row.
+        failures: u32,
+        /// Backoff before the next offer, ms (dialer; the acceptor waits for offers).
+        retry_in_ms: u64,
+        /// Why it failed.
+        reason: String,
     },
     /// A fenced RDMA link finally closed.
     FencedLinkClosed {
@@ -225,6 +240,15 @@ impl fmt::Display for NodeEvent {
                 "{transport} link {link} closed: silent for {silent_ms} ms"
             ),
             NodeEvent::RdmaLinkFenced { link } => write!(f, "rdma link {link} fenced"),
+            NodeEvent::RailAttemptFailed {
+                rail,
+                failures,
+                retry_in_ms,
+                reason,
+            } => write!(
+                f,
+                "rail {rail} failing ({failures} in a row: {reason}); next offer in {retry_in_ms} ms"
+            ),
             NodeEvent::FencedLinkClosed { link, reason } => {
                 write!(f, "fenced rdma link {link} closed: {reason}")
             }

@@ -112,6 +112,10 @@ bitflags! {
         /// HEARTBEAT from an acceptor: it has no session in the epoch `seq` (it lost every
         /// link on its side); a dialer still up in that epoch resets.
         const RESET_REQUEST = 1 << 3;
+        /// HEARTBEAT on a new RDMA rail link, outside the session: the dialer's probe, and the
+        /// acceptor's answer over the same link. A rail link counts as up only after this
+        /// round trip (a black-holed rail never does).
+        const LINK_PROBE = 1 << 4;
     }
 }
 

@@ -8,9 +8,10 @@ mod common;
 
 use common::*;
 use peercm_cm_manager::config::PeerConfig;
-use peercm_cm_manager::status::{NodeEvent, NodeStatus, TransportKind};
+use peercm_cm_manager::status::{NodeEvent, NodeStatus, RailState, TransportKind};
 use peercm_cm_manager::{
-    ClientEvent, ClientHandle, ClientSpec, LatencyClass, Node, NodeConfig, SendModel, VerbsSource,
+    ClientEvent, ClientHandle, ClientSpec, InterconnectId, LatencyClass, Node, NodeConfig,
+    SendModel, VerbsSource,
 };
 use peercm_verbs_shim::sim::harness::seed_from_env;
 use peercm_verbs_shim::sim::SimFabric;
@@ -228,5 +229,86 @@ async fn a_teardown_that_hangs_stalls_neither_the_manager_nor_the_other_rail() {
     rx.await.unwrap();
     let sb = status(&b, "at the end").await;
     assert_eq!(sb.stats.delivered, 300, "every message exactly once");
+    assert_eq!(liveness_lost(&sb), None, "b lost a: {:#?}", sb.timeline);
+}
+
+/// How long the black-holed rail is watched: the old code offered it about once a second (a
+/// link handed over at once, dead when the hardware gave up retrying 0.94 s later, offered
+/// again at the next 1 s round); with the backoff (1 s doubling, jitter in [0.5, 1)), at most
+/// 5 offers fit in this window even with the shortest draws (0, 1.44, 3.38, 6.32, 11.26 s).
+const BLACK_HOLE_WINDOW: Duration = Duration::from_secs(16);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_rail_never_counts_as_linked_and_its_offers_back_off() {
+    let seed = seed_from_env(0x5eed_0111);
+    let f = fabric(seed);
+    // Everything a sends on rail 1 is lost; what b sends still arrives.
+    f.set_loss_from(("a", "hca0", 1), 1.0).unwrap();
+    let rt = NodesRuntime::new();
+    // The window starts before the nodes do, so every offer a makes falls inside it.
+    let started = tokio::time::Instant::now();
+    let (a, b) = start(&f, &rt).await;
+    let spec = ClientSpec {
+        bandwidth_mbytes_per_s: 500,
+        latency: LatencyClass::Bulk,
+        model: SendModel::Sync,
+    };
+    let mut mirror = a.register("mirror", spec).await.unwrap();
+    let mut mirror_b = b.register("mirror", spec).await.unwrap();
+    mirror.connect().await.unwrap();
+    wait_up(&mut mirror).await;
+    wait_up(&mut mirror_b).await;
+    let rx = receive(mirror_b, 1..=100);
+    until(&a, "rail 2 linked", |s| rdma_links(s) == 1).await;
+
+    let rail1 = |s: &NodeStatus| {
+        s.interconnects
+            .iter()
+            .find(|i| i.id == InterconnectId::rail(1))
+            .cloned()
+            .unwrap()
+    };
+    let sa = until(&a, "rail 1 failing on a", |s| {
+        rail1(s).state == RailState::Failing
+    })
+    .await;
+    eprintln!("a: rail 1 {:?}", rail1(&sa));
+    send_acked(&mut mirror, 1..=50).await;
+    tokio::time::sleep_until(started + BLACK_HOLE_WINDOW).await;
+    let sa = status(&a, "after the window").await;
+    let r = rail1(&sa);
+    eprintln!(
+        "sim black-holed rail: {} offers, {} failures in a row over {:?}; state {}",
+        r.offers, r.failures, BLACK_HOLE_WINDOW, r.state
+    );
+    assert!(r.offers >= 2, "the rail is retried: {r:?}");
+    assert!(
+        r.offers <= 5,
+        "offers back off (the old code made about one a second): {r:?}"
+    );
+    assert!(!r.usable, "never linked: {r:?}");
+    let linked_on_rail1 = |s: &NodeStatus| {
+        s.timeline.iter().any(|t| {
+            matches!(t.event, NodeEvent::RdmaLinkUp { rail, .. } if rail == InterconnectId::rail(1))
+        })
+    };
+    assert!(
+        !linked_on_rail1(&sa),
+        "a never linked rail 1: {:#?}",
+        sa.timeline
+    );
+    let sb = until(&b, "rail 1 failing on b too", |s| {
+        rail1(s).state == RailState::Failing
+    })
+    .await;
+    assert!(
+        !linked_on_rail1(&sb),
+        "b never linked rail 1: {:#?}",
+        sb.timeline
+    );
+
+    // The healthy rail carried the stream all along.
+    send_acked(&mut mirror, 51..=100).await;
+    rx.await.unwrap();
     assert_eq!(liveness_lost(&sb), None, "b lost a: {:#?}", sb.timeline);
 }

@@ -96,7 +96,8 @@
 //!   to it go unanswered (retransmitted; `RetryExcErr` if `retry_count < 7`); after release the
 //!   next retransmission gets through.
 //! - [`SimFabric::set_latency`] (one-way, plus seeded uniform jitter) and
-//!   [`SimFabric::set_loss`] (seeded per-transmission loss, recovered by retransmission) per
+//!   [`SimFabric::set_loss`] (seeded per-transmission loss, recovered by retransmission;
+//!   [`SimFabric::set_loss_from`] for one direction only) per
 //!   cable.
 //!
 //! # Time and determinism
@@ -511,6 +512,30 @@ impl SimFabric {
             let c = w.cable_of(w.port_ref(end.0, end.1, end.2)?)?;
             w.cables[c].loss = probability;
             w.note_fault(format!("cable {c} loss {probability}"));
+            Ok(())
+        })
+    }
+
+    /// Makes each transmission **leaving** `end` on its cable get lost with `probability`
+    /// (seeded), on top of [`SimFabric::set_loss`]: one-directional loss. Requests that end's
+    /// queue pairs send are lost (retransmitted after the ACK timeout, `RetryExcErr` in the
+    /// end); the other end's requests still arrive and complete (the simulator does not model
+    /// acknowledgements as packets of their own).
+    pub fn set_loss_from(&self, end: PortAddr<'_>, probability: f64) -> Result<(), VerbsError> {
+        if !(0.0..=1.0).contains(&probability) {
+            return Err(VerbsError::InvalidArgument(format!(
+                "loss probability {probability} outside 0..=1"
+            )));
+        }
+        self.inner.with(|w, _| {
+            let at = w.port_ref(end.0, end.1, end.2)?;
+            let c = w.cable_of(at)?;
+            let from = usize::from(w.cables[c].ends[1] == at);
+            w.cables[c].loss_from[from] = probability;
+            w.note_fault(format!(
+                "cable {c} loss {probability} from {}/{} port {}",
+                end.0, end.1, end.2
+            ));
             Ok(())
         })
     }

@@ -250,3 +250,21 @@ fn latency_delays_completions() {
         t.elapsed()
     );
 }
+
+/// `set_loss_from`: everything leaving one end is lost (that end's requests exhaust their
+/// retries), while the other end's requests still arrive and complete.
+#[test]
+fn loss_from_one_end_loses_that_direction_only() {
+    let f = fabric(0x10f);
+    let (a, b) = pair(&f, params(), params());
+    f.set_loss_from(("n1", "rxe0", 1), 1.0).unwrap();
+    assert!(f.set_loss_from(("n1", "rxe0", 1), 1.5).is_err());
+    // b -> a gets through, and the bytes land.
+    b.mr.write(0, b"from b").unwrap();
+    b.write(1, a.mr.remote(), 0, 6);
+    expect(&b.scq, 1, WcStatus::Success);
+    assert_eq!(a.mr.read(0, 6).unwrap(), b"from b");
+    // a -> b is black-holed: retransmitted, then RetryExcErr.
+    a.write(2, b.mr.remote(), 0, 6);
+    expect(&a.scq, 2, WcStatus::RetryExcErr);
+}

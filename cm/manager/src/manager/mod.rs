@@ -302,7 +302,9 @@ impl Manager {
                     return; // a fenced or closed link's last frames
                 }
                 self.last_partner_rx = Some(now);
-                self.activate_rdma_link(link, now);
+                if self.rdma_link_activation(link, &frame, now) {
+                    return; // a LINK_PROBE, outside the session
+                }
                 if let Err(e) = self.session.handle_frame(link, frame, now) {
                     tracing::warn!(
                         link = link.get(),
@@ -335,6 +337,9 @@ impl Manager {
                     });
                     if l.in_session() {
                         self.session.handle_link_down(link, now);
+                    } else if let AnyLink::Rdma { rail, .. } = &l {
+                        let rail = *rail;
+                        self.rail_attempt_failed(link, rail, reason.to_string(), now);
                     }
                     self.refresh_interconnects(now);
                 }

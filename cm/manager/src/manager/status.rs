@@ -2,9 +2,13 @@
 //! load, the reason clients are on TCP, and the timeline of notable events.
 
 use super::Manager;
+use crate::links::AnyLink;
 use crate::rails::Rails;
-use crate::status::{ClientStatus, FallbackReason, InterconnectStatus, LinkStatus, NodeStatus};
+use crate::status::{
+    ClientStatus, FallbackReason, InterconnectStatus, LinkStatus, NodeStatus, RailState,
+};
 use crate::timeline::{ic_name, NodeEvent, TimelineEntry};
+use peercm_cm_proto::session::InterconnectId;
 use std::time::Instant;
 
 /// Timeline entries kept for status output.
@@ -94,6 +98,7 @@ impl Manager {
             .into_iter()
             .map(|l| {
                 let rail = self.rails.local.iter().find(|r| r.rail == l.id);
+                let health = self.rails.health.get(l.id);
                 InterconnectStatus {
                     id: l.id,
                     name: ic_name(Some(l.id)),
@@ -112,8 +117,37 @@ impl Manager {
                     teardowns_stuck: rail
                         .and_then(|r| stuck.iter().find(|s| s.device == r.device))
                         .map_or(0, |s| s.count),
+                    state: self.rail_state(l.id, l.usable, rail.map(|r| r.active)),
+                    failures: health.failures,
+                    offers: health.offers,
                 }
             })
             .collect()
+    }
+
+    /// What the status says about interconnect `id`.
+    fn rail_state(&self, id: InterconnectId, usable: bool, port_active: Option<bool>) -> RailState {
+        if usable {
+            return RailState::Up;
+        }
+        if port_active == Some(false) {
+            return RailState::PortDown;
+        }
+        if id.is_tcp() {
+            return RailState::Idle;
+        }
+        if self.rails.health.get(id).failures > 0 {
+            return RailState::Failing;
+        }
+        let setting_up = self.rails.is_pending(id)
+            || self
+                .links
+                .values()
+                .any(|l| matches!(l, AnyLink::Rdma { rail, .. } if *rail == id));
+        if setting_up {
+            RailState::Connecting
+        } else {
+            RailState::Idle
+        }
     }
 }

@@ -61,6 +61,8 @@ impl Rails {
             tunables: tunables.clone(),
             max_payload_bytes: max_payload,
             reaper,
+            probing: BTreeMap::new(),
+            health: Default::default(),
         };
         let provider: Arc<dyn Provider> = match source {
             _ if !tunables.enabled => {

@@ -23,26 +23,6 @@ use std::time::{Duration, Instant};
 const TCP_CAPACITY_MBITS_PER_S: u32 = 10_000;
 
 impl Manager {
-    /// Acceptor side: an RDMA link joins the session on its first frame.
-    pub(crate) fn activate_rdma_link(&mut self, link: LinkId, now: Instant) {
-        let Some(AnyLink::Rdma {
-            rail, activated, ..
-        }) = self.links.get_mut(&link)
-        else {
-            return;
-        };
-        if *activated {
-            return;
-        }
-        *activated = true;
-        let rail = *rail;
-        if let Some(peer) = self.session.peer().cloned() {
-            self.session.handle_link_up_on(link, rail, peer, now);
-            self.note(NodeEvent::RdmaLinkUp { link, rail });
-            self.refresh_interconnects(now);
-        }
-    }
-
     /// Tells the placement policy which interconnects have live links.
     pub(crate) fn refresh_interconnects(&mut self, now: Instant) {
         let live: HashSet<InterconnectId> = self
@@ -111,10 +91,12 @@ impl Manager {
                 AnyLink::Tcp(_) => None,
             })
             .collect();
+        self.expire_activations(now);
         for rail in self.rails.rails_to_offer(peer_rails, &linked, now) {
             let link_id = LinkId::new(self.next_link.fetch_add(1, Ordering::Relaxed));
             match self.rails.begin_offer(rail, link_id, now) {
                 Ok(job) => {
+                    self.rails.health.offered(rail);
                     let tx = self.rail_tx.clone();
                     tokio::task::spawn_blocking(move || {
                         let res = job.prepare();
@@ -177,19 +159,11 @@ impl Manager {
                     AnyLink::Rdma {
                         link,
                         rail,
-                        activated: dialer,
+                        activated: false,
                     },
                 );
-                if dialer {
-                    if let Some(peer) = self.session.peer().cloned() {
-                        self.session.handle_link_up_on(link_id, rail, peer, now);
-                    }
-                    self.note(NodeEvent::RdmaLinkUp {
-                        link: link_id,
-                        rail,
-                    });
-                    self.refresh_interconnects(now);
-                }
+                // In the session only after a round trip over it (`activation`).
+                self.await_activation(link_id, now);
             }
             RailDone::Fenced { link, res } => match res {
                 Ok(()) => self.note(NodeEvent::RdmaLinkFenced { link }),
@@ -219,8 +193,15 @@ impl Manager {
                 .filter(|(_, l)| matches!(l, AnyLink::Rdma { rail: r, .. } if *r == rail))
                 .map(|(id, _)| *id)
                 .collect();
+            let now = Instant::now();
             for id in stale {
+                let unactivated = self.links.get(&id).is_some_and(|l| !l.in_session());
                 self.close_link(id, CloseCause::RailReoffered);
+                if unactivated {
+                    // The dialer gave up on it: its round trip never completed.
+                    let reason = "re-offered before its activation round trip".to_string();
+                    self.rail_attempt_failed(id, rail, reason, now);
+                }
             }
         }
         let id = match &msg {
@@ -355,7 +336,11 @@ impl Manager {
             }
         }
         if up {
-            // Offer the rail again at once (dialer) rather than at the next round.
+            // Offer the rail again at once (dialer) rather than at the next round; the port
+            // changed state, so attempts that failed before are no reason to wait.
+            for rail in &rails {
+                self.rails.health.activated(*rail);
+            }
             self.next_rail_round = now;
         }
     }

@@ -11,8 +11,9 @@
 //! Setup ("slam connect" over the bootstrap session): the dialer prepares a queue pair and its
 //! receive ring for a rail and sends `TransportMsg::Offer`; the acceptor prepares its own,
 //! connects it to the offer (INIT -> RTR -> RTS) and answers `Accept`; the dialer connects to
-//! the answer. The acceptor hands its link to the session on the first frame that arrives on
-//! it, which proves the dialer's queue pair is ready; the dialer hands its link over at once.
+//! the answer. Neither side hands its link to the session before a round trip over it (a
+//! LINK_PROBE heartbeat and its answer, `activation`); a rail whose attempts fail is offered
+//! again only after an exponential backoff with jitter (`health`).
 //!
 //! - `discovery`: listing and opening the devices, numbering their ports as rails, the
 //!   capabilities announced to the partner.
@@ -20,14 +21,19 @@
 //! - `setup`: the blocking resource creation for one rail link (`SetupJob`, `RailDone`).
 //! - `negotiation`: the TRANSPORT offer/answer exchange and the dialer's offers in flight.
 //! - `events`: the device async-event watchers and the port state they change.
+//! - `activation`: a new rail link joins the session only after a LINK_PROBE round trip.
+//! - `health`: failed attempts per rail, the dialer's backoff before re-offering, the state
+//!   shown in the status.
 //! - `teardown`: the reaper, where every verbs call that can block (destroy, deregister,
 //!   fence, modify to ERR) runs, off the manager task; the guards that send it work.
 //! - `glue`: the manager's side of all this, an `impl Manager` block.
 
+mod activation;
 mod discovery;
 mod error;
 mod events;
 mod glue;
+mod health;
 mod negotiation;
 mod setup;
 mod teardown;
@@ -41,7 +47,7 @@ pub(crate) use teardown::{ReapedLink, ReapedPrepared, Reaper};
 
 use crate::config::VerbsTunables;
 use crate::status::RdmaUnavailable;
-use peercm_cm_proto::session::InterconnectId;
+use peercm_cm_proto::session::{InterconnectId, LinkId};
 use peercm_verbs_shim::{Device, Provider};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -90,4 +96,8 @@ pub(crate) struct Rails {
     max_payload_bytes: u32,
     /// Where this node's verbs objects are destroyed (off the manager task).
     pub reaper: Reaper,
+    /// RDMA links waiting for their activation round trip, since when.
+    pub probing: BTreeMap<LinkId, std::time::Instant>,
+    /// Failed attempts and backoff per rail.
+    pub health: health::Health,
 }

@@ -78,6 +78,7 @@ impl Rails {
             .iter()
             .filter(|r| r.active && r.rail.get() <= peer_rails)
             .filter(|r| !linked.contains(&r.rail) && !self.pending.contains_key(&r.rail))
+            .filter(|r| self.health.may_offer(r.rail, now))
             .map(|r| r.rail)
             .collect()
     }
@@ -247,6 +248,11 @@ impl Rails {
                 RailAction::None
             }
         }
+    }
+
+    /// Whether an offer for `rail` is in flight.
+    pub fn is_pending(&self, rail: InterconnectId) -> bool {
+        self.pending.contains_key(&rail)
     }
 
     /// Forgets offers in flight (the session went down).

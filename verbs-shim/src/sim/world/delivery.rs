@@ -116,7 +116,9 @@ impl World {
             return self.lost(qpn, i, now);
         };
         if let Some(c) = self.port(dev, port).and_then(|p| p.cable) {
-            let loss = self.cables[c].loss;
+            let cable = &self.cables[c];
+            let from = usize::from(cable.ends[1] == (dev, port));
+            let loss = cable.loss.max(cable.loss_from[from]);
             if loss > 0.0 {
                 let draw = self.qps.get_mut(&qpn).map_or(1.0, |q| q.rng.next_f64());
                 if draw < loss {

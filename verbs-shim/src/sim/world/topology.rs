@@ -47,6 +47,8 @@ pub(crate) struct CableRec {
     pub latency: Duration,
     pub jitter: Duration,
     pub loss: f64,
+    /// Extra loss of the transmissions leaving each end (`ends[k]`): one-directional loss.
+    pub loss_from: [f64; 2],
 }
 
 /// Whether a GID is IPv4-mapped (`::ffff:a.b.c.d`).
@@ -194,6 +196,7 @@ impl World {
             latency: Duration::ZERO,
             jitter: Duration::ZERO,
             loss: 0.0,
+            loss_from: [0.0; 2],
         });
         for ((d, p), n) in [(a, na), (b, nb)] {
             let mut v4 = [0u8; 16];
