@@ -2,6 +2,7 @@
 //! `peercm_cm_proto::frame`; this only adapts them to `Framed`.
 
 use bytes::BytesMut;
+use peercm_cm_proto::control::MAX_HANDSHAKE_PAYLOAD_BYTES;
 use peercm_cm_proto::frame::{FrameDecoder, FrameError, HEADER_LEN};
 use peercm_cm_proto::Frame;
 use thiserror::Error;
@@ -53,6 +54,19 @@ impl FrameCodec {
         FrameCodec {
             decoder: FrameDecoder::new(max_payload_bytes),
         }
+    }
+
+    /// A codec for the handshake: payloads above
+    /// [`MAX_HANDSHAKE_PAYLOAD_BYTES`](peercm_cm_proto::control::MAX_HANDSHAKE_PAYLOAD_BYTES)
+    /// (64 KiB) are refused from the header, whatever the session's limit, so an unauthenticated
+    /// peer cannot make this node hold more than that per connection.
+    pub fn handshake() -> Self {
+        FrameCodec::new(MAX_HANDSHAKE_PAYLOAD_BYTES as u32)
+    }
+
+    /// The largest payload accepted.
+    pub fn max_payload_bytes(&self) -> u32 {
+        self.decoder.max_payload_bytes()
     }
 }
 

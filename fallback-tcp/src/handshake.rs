@@ -1,6 +1,9 @@
 //! The bootstrap handshake over a TCP socket: drives the IO-free state structs of
 //! `peercm_cm_proto::handshake` with a deadline, and turns every failure into a
 //! [`HandshakeFailure`] that says what went wrong and whose fault it is.
+//!
+//! Until the peer has authenticated, frames are capped at 64 KiB (refused from the header, and
+//! no buffer is sized from a length claim); the session's `max_payload_bytes` applies after.
 
 use crate::codec::{CodecError, FrameCodec};
 use futures::{SinkExt, StreamExt};
@@ -21,7 +24,7 @@ use tokio_util::codec::Framed;
 pub struct TcpHandshakeConfig {
     /// Identity and secret.
     pub handshake: HandshakeConfig,
-    /// Largest frame payload accepted.
+    /// Largest frame payload accepted once the handshake is done (during it, 64 KiB).
     pub max_payload_bytes: u32,
     /// The whole handshake must finish within this.
     pub timeout: Duration,
@@ -92,7 +95,7 @@ pub async fn dial(
     cfg: &TcpHandshakeConfig,
 ) -> Result<(FramedLink, NodeInfo), HandshakeFailure> {
     let _ = stream.set_nodelay(true);
-    let mut framed = Framed::new(stream, FrameCodec::new(cfg.max_payload_bytes));
+    let mut framed = Framed::new(stream, FrameCodec::handshake());
     let run = async {
         let (state, hello) = DialerStart::new(cfg.handshake.clone(), nonce()).start();
         framed.send(hello).await?;
@@ -107,6 +110,8 @@ pub async fn dial(
     let peer = tokio::time::timeout(cfg.timeout, run)
         .await
         .map_err(|_| HandshakeFailure::Timeout(cfg.timeout))??;
+    // Authenticated: the session's limit from now on. The bytes already read stay buffered.
+    *framed.codec_mut() = FrameCodec::new(cfg.max_payload_bytes);
     Ok((framed, peer))
 }
 
@@ -119,7 +124,7 @@ pub async fn accept(
     cfg: &TcpHandshakeConfig,
 ) -> Result<(FramedLink, NodeInfo), HandshakeFailure> {
     let _ = stream.set_nodelay(true);
-    let mut framed = Framed::new(stream, FrameCodec::new(cfg.max_payload_bytes));
+    let mut framed = Framed::new(stream, FrameCodec::handshake());
     let run = async {
         let hello = match next(&mut framed).await {
             Err(HandshakeFailure::Protocol(HandshakeError::PeerIncompatible { peer, ours })) => {
@@ -141,5 +146,7 @@ pub async fn accept(
     let peer = tokio::time::timeout(cfg.timeout, run)
         .await
         .map_err(|_| HandshakeFailure::Timeout(cfg.timeout))??;
+    // Authenticated: the session's limit from now on. The bytes already read stay buffered.
+    *framed.codec_mut() = FrameCodec::new(cfg.max_payload_bytes);
     Ok((framed, peer))
 }

@@ -194,6 +194,10 @@ pub struct SessionTunables {
     pub link_timeout_ms: u64,
     /// Handshake deadline.
     pub handshake_timeout_ms: u64,
+    /// Inbound handshakes in progress at once; a connection beyond is closed unread and counted.
+    pub max_pending_handshakes: usize,
+    /// Inbound handshakes in progress at once from one source IP address.
+    pub max_pending_handshakes_per_source: usize,
     /// First reconnect delay after a failed dial (doubles up to the maximum).
     pub reconnect_backoff_min_ms: u64,
     /// Longest reconnect delay.
@@ -214,6 +218,8 @@ impl Default for SessionTunables {
             heartbeat_interval_ms: s.heartbeat_interval.as_millis() as u64,
             link_timeout_ms: s.link_timeout.as_millis() as u64,
             handshake_timeout_ms: 5000,
+            max_pending_handshakes: 128,
+            max_pending_handshakes_per_source: 16,
             reconnect_backoff_min_ms: 50,
             reconnect_backoff_max_ms: 1000,
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
@@ -335,6 +341,15 @@ impl NodeConfig {
         }
         if s.handshake_timeout_ms == 0 {
             return bad("session.handshake_timeout_ms must be > 0".into());
+        }
+        if !(1..=65_536).contains(&s.max_pending_handshakes)
+            || !(1..=s.max_pending_handshakes).contains(&s.max_pending_handshakes_per_source)
+        {
+            return bad(format!(
+                "session.max_pending_handshakes ({}) must be 1..=65536 and \
+                 session.max_pending_handshakes_per_source ({}) 1..=max_pending_handshakes",
+                s.max_pending_handshakes, s.max_pending_handshakes_per_source
+            ));
         }
         if s.reconnect_backoff_min_ms == 0
             || s.reconnect_backoff_max_ms < s.reconnect_backoff_min_ms

@@ -5,6 +5,7 @@
 //! In JSON, a reason is an object `{"code": ..., "message": ...}`: `code` is stable (scripts and
 //! metrics match on it), `message` is the sentence shown to operators.
 
+pub use crate::manager::HandshakeStats;
 pub use crate::timeline::{NodeEvent, TimelineEntry};
 use peercm_cm_proto::port::PortState;
 use peercm_cm_proto::session::{InterconnectId, LinkId, SessionState, SessionStats};
@@ -37,6 +38,8 @@ pub struct NodeStatus {
     pub clients: Vec<ClientStatus>,
     /// Counters.
     pub stats: SessionStats,
+    /// Inbound handshakes: in progress, accepted, refused over the caps, failed.
+    pub handshakes: HandshakeStats,
     /// The most recent notable events, oldest first.
     pub timeline: Vec<TimelineEntry>,
 }

@@ -28,6 +28,9 @@ pub const MAGIC: [u8; 4] = *b"PCMF";
 pub const PROTOCOL_VERSION: u8 = 2;
 /// Size of the fixed header in bytes.
 pub const HEADER_LEN: usize = 36;
+/// Most buffer space the decoder reserves at a time for a frame still arriving. The length field
+/// is only the peer's claim: memory follows the bytes that actually arrive, in steps of this.
+pub const RESERVE_STEP_BYTES: usize = 64 * 1024;
 /// Default upper bound on a payload (1 MiB); a length field above the bound is a protocol error.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: u32 = 1 << 20;
 
@@ -323,7 +326,7 @@ impl FrameDecoder {
         let len = u32::from_be_bytes([buf[28], buf[29], buf[30], buf[31]]) as usize;
         let total = HEADER_LEN + len;
         if buf.len() < total {
-            buf.reserve(total - buf.len());
+            buf.reserve((total - buf.len()).min(RESERVE_STEP_BYTES));
             return Ok(None);
         }
         let expected = u32::from_be_bytes([buf[32], buf[33], buf[34], buf[35]]);
@@ -419,6 +422,24 @@ mod tests {
         assert_eq!(err, FrameError::UnsupportedVersion { peer: 9, ours: 2 });
         let text = err.to_string();
         assert!(text.contains("v9") && text.contains("v2"), "{text}");
+    }
+
+    /// Item 5: a header claiming a large payload reserves at most one step, not the claim.
+    #[test]
+    fn a_length_claim_reserves_one_step_not_the_claim() {
+        let mut bytes = BytesMut::from(&sample().to_bytes()[..32]);
+        bytes[28..32].copy_from_slice(&(8u32 << 20).to_be_bytes());
+        bytes.extend_from_slice(&[0; 4]);
+        let before = bytes.capacity();
+        assert!(FrameDecoder::new(16 << 20)
+            .decode(&mut bytes)
+            .unwrap()
+            .is_none());
+        assert!(
+            bytes.capacity() <= before + RESERVE_STEP_BYTES,
+            "{}",
+            bytes.capacity()
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! The dialer and the listener: accepting inbound TCP links, dialing the partner (the current
-//! entry of the switch order) with exponential backoff, and turning a handshaken connection into
-//! a session link.
+//! The dialer: dialing the partner (the current entry of the switch order) with exponential
+//! backoff, and turning a handshaken connection (dialed, or accepted by `listener`) into a
+//! session link.
 
 use super::Manager;
 use crate::links::{AnyLink, TcpSink};
@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use thiserror::Error;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tracing::Instrument;
 
 /// A link produced by the dialer or the listener, after a successful handshake.
@@ -49,54 +49,6 @@ pub(crate) enum DialError {
 }
 
 impl Manager {
-    pub(super) fn spawn_listener(&self, listener: TcpListener) -> tokio::task::JoinHandle<()> {
-        let new_tx = self.new_tx.clone();
-        let base = self.handshake.clone();
-        let info = self.node_info.subscribe();
-        #[cfg(feature = "fault-injection")]
-        let frozen = self.frozen_tx.subscribe();
-        tokio::spawn(
-            async move {
-                let mut handshakes = tokio::task::JoinSet::new();
-                loop {
-                    while handshakes.try_join_next().is_some() {}
-                    let (stream, from) = match listener.accept().await {
-                        Ok(x) => x,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    #[cfg(feature = "fault-injection")]
-                    let hung = *frozen.borrow();
-                    #[cfg(feature = "fault-injection")]
-                    if let Some(until) = hung.filter(|u| *u > Instant::now()) {
-                        // Fault injection (a hung process): the connection waits unanswered.
-                        tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
-                    }
-                    let mut hs = base.clone();
-                    hs.handshake.node = info.borrow().clone();
-                    let new_tx = new_tx.clone();
-                    handshakes.spawn(
-                        async move {
-                            match peercm_fallback_tcp::accept(stream, &hs).await {
-                                Ok((framed, peer)) => {
-                                    let _ = new_tx.send(NewLink::Accepted(framed, peer)).await;
-                                }
-                                Err(e) => {
-                                    tracing::warn!(%from, error = %e, "refused inbound connection")
-                                }
-                            }
-                        }
-                        .in_current_span(),
-                    );
-                }
-            }
-            .in_current_span(),
-        )
-    }
-
     pub(super) fn want_links(&self) -> u32 {
         self.cfg.peer.as_ref().map_or(0, |p| p.connections)
     }

@@ -7,7 +7,8 @@
 //! are in child modules, each an `impl Manager` block:
 //!
 //! - `commands`: what a [`crate::Node`] or [`crate::ClientHandle`] asks (`Command`).
-//! - `dialer`: the listener, dialing the partner with backoff, and new TCP links.
+//! - `dialer`: dialing the partner with backoff, and new TCP links.
+//! - `listener`: accepting inbound connections, pending handshakes capped overall and per source.
 //! - `partner`: partner-death detection, switching to a backup partner, fencing RDMA links.
 //! - `status`: the status snapshot, the interconnect list, the fallback reason, the timeline.
 //!
@@ -16,11 +17,14 @@
 
 mod commands;
 mod dialer;
+mod listener;
 mod partner;
 mod status;
 
 pub(crate) use commands::Command;
 use dialer::NewLink;
+use listener::HandshakeCounters;
+pub use listener::HandshakeStats;
 
 use crate::config::NodeConfig;
 use crate::links::{AnyLink, LinkInput};
@@ -96,6 +100,8 @@ pub(crate) struct Manager {
     backoff: Duration,
     timeline: VecDeque<TimelineEntry>,
     listener_task: Option<tokio::task::JoinHandle<()>>,
+    /// What the listener did with inbound connections.
+    handshake_counters: Arc<HandshakeCounters>,
 }
 
 impl Drop for Manager {
@@ -178,6 +184,7 @@ impl Manager {
             next_dial_at: Instant::now(),
             timeline: VecDeque::new(),
             listener_task: None,
+            handshake_counters: Arc::default(),
         };
         let mut m = m;
         if let Some(reason) = m.rails.unavailable.clone() {

@@ -59,6 +59,7 @@ impl Manager {
             links,
             clients,
             stats: self.session.stats(),
+            handshakes: self.handshake_counters.snapshot(),
             timeline: self.timeline.iter().cloned().collect(),
         }
     }
