@@ -56,9 +56,8 @@ impl FrameCodec {
         }
     }
 
-    /// A codec for the handshake: payloads above
-    /// [`MAX_HANDSHAKE_PAYLOAD_BYTES`](peercm_cm_proto::control::MAX_HANDSHAKE_PAYLOAD_BYTES)
-    /// (64 KiB) are refused from the header, whatever the session's limit, so an unauthenticated
+    /// A codec for the handshake: payloads above [`MAX_HANDSHAKE_PAYLOAD_BYTES`] (64 KiB) are
+    /// refused from the header, whatever the session's limit, so an unauthenticated
     /// peer cannot make this node hold more than that per connection.
     pub fn handshake() -> Self {
         FrameCodec::new(MAX_HANDSHAKE_PAYLOAD_BYTES as u32)
