@@ -6,9 +6,9 @@ use crate::error::CmError;
 use crate::manager::Command;
 use bytes::Bytes;
 use peercm_cm_proto::port::PortState;
-use peercm_cm_proto::session::{ClientEvent, ClientId, ClientSpec};
-use peercm_cm_proto::stream::SendModel;
+use peercm_cm_proto::session::{ClientEvent, ClientId, ClientSpec, SendOptions};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 /// A registered client.
@@ -83,12 +83,33 @@ impl ClientHandle {
         self.send_with(payload, self.spec.model).await
     }
 
-    /// Sends with an explicit send model.
-    pub async fn send_with(&self, payload: Bytes, model: SendModel) -> Result<u64, CmError> {
+    /// Sends with per-send options: a send model (a [`crate::SendModel`] converts into
+    /// options), and an acknowledgement timeout of its own overriding the client's default
+    /// ([`ClientHandle::set_ack_timeout`]).
+    pub async fn send_with(
+        &self,
+        payload: Bytes,
+        opts: impl Into<SendOptions>,
+    ) -> Result<u64, CmError> {
+        let opts = opts.into();
         self.ask(|reply| Command::Send {
             id: self.id,
             payload,
-            model,
+            opts,
+            reply,
+        })
+        .await
+    }
+
+    /// Sets this client's default acknowledgement timeout for its later sync and async sends
+    /// (`None`: wait for ever; the initial value is the configuration's `[[clients]]
+    /// ack_timeout_ms` for this name, if any). A send not acknowledged in time completes with
+    /// `Nacked { reason: Timeout }`; a completion that comes later is dropped and counted
+    /// (`late_completions` in the node's status).
+    pub async fn set_ack_timeout(&self, timeout: Option<Duration>) -> Result<(), CmError> {
+        self.ask(|reply| Command::SetAckTimeout {
+            id: self.id,
+            timeout,
             reply,
         })
         .await

@@ -244,6 +244,11 @@ pub struct ClientConfig {
     /// Send model.
     #[serde(default = "default_model")]
     pub model: SendModel,
+    /// Default acknowledgement timeout of the client registered under this name, ms (`None`:
+    /// sends wait for their acknowledgement for ever). A sync or async send not acknowledged
+    /// in time is NACKed with `Timeout`.
+    #[serde(default)]
+    pub ack_timeout_ms: Option<u64>,
 }
 
 fn default_latency() -> LatencyClass {
@@ -411,6 +416,12 @@ impl NodeConfig {
             if !seen.insert(&c.name) {
                 return bad(format!("client {:?} is declared twice", c.name));
             }
+            if c.ack_timeout_ms == Some(0) {
+                return bad(format!(
+                    "clients.ack_timeout_ms of {:?} must be > 0 (leave it out to wait for ever)",
+                    c.name
+                ));
+            }
         }
         Ok(())
     }
@@ -512,5 +523,21 @@ mod tests {
         .unwrap();
         assert!(written.contains("bandwidth_mbytes_per_s = 7"), "{written}");
         assert!(!written.contains("bandwidth_mbps"), "{written}");
+    }
+
+    /// Item 3: a client's default acknowledgement timeout, absent by default, never 0.
+    #[test]
+    fn client_ack_timeout_is_optional_and_positive() {
+        let base = "node_id = \"a\"\ncluster_id = \"c\"\nlisten = \"127.0.0.1:1\"\n[[clients]]\nname = \"x\"\n";
+        let cfg = NodeConfig::parse(&format!("{base}ack_timeout_ms = 250\n")).unwrap();
+        assert_eq!(cfg.clients[0].ack_timeout_ms, Some(250));
+        assert_eq!(
+            NodeConfig::parse(base).unwrap().clients[0].ack_timeout_ms,
+            None
+        );
+        let e = NodeConfig::parse(&format!("{base}ack_timeout_ms = 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ack_timeout_ms") && e.contains("\"x\""), "{e}");
     }
 }

@@ -40,7 +40,8 @@ pub use peercm_cm_proto::control::NackReason;
 pub use peercm_cm_proto::port::PortState;
 pub use peercm_cm_proto::secret::GENERATED_SECRET_BYTES;
 pub use peercm_cm_proto::session::{
-    ClientEvent, ClientSpec, DownReason, InterconnectId, LatencyClass, LinkId, SessionState,
+    ClientEvent, ClientSpec, DownReason, InterconnectId, LatencyClass, LinkId, SendOptions,
+    SessionState,
 };
 pub use peercm_cm_proto::stream::SendModel;
 pub use rails::VerbsSource;

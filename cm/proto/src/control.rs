@@ -252,6 +252,10 @@ pub enum NackReason {
     Closed = 3,
     /// The partner restarted (a new instance answered); the message was not delivered to it.
     PeerRestarted = 4,
+    /// No acknowledgement within the send's acknowledgement timeout (the client's default or
+    /// the send's own). The message may still reach the partner client; its late completion
+    /// is dropped and counted. Raised locally (code 5 is reserved on the wire for it).
+    Timeout = 5,
 }
 
 impl NackReason {
@@ -262,6 +266,7 @@ impl NackReason {
             2 => NackReason::UnknownClient,
             3 => NackReason::Closed,
             4 => NackReason::PeerRestarted,
+            5 => NackReason::Timeout,
             _ => return None,
         })
     }

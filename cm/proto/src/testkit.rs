@@ -44,11 +44,12 @@ pub const ALL_MSG_TYPES: [MsgType; 17] = [
 ];
 
 /// Every NACK reason.
-pub const ALL_NACK_REASONS: [NackReason; 4] = [
+pub const ALL_NACK_REASONS: [NackReason; 5] = [
     NackReason::ConnectionLost,
     NackReason::UnknownClient,
     NackReason::Closed,
     NackReason::PeerRestarted,
+    NackReason::Timeout,
 ];
 
 /// Bytes that, on top of `max_payload`, always suffice for [`frame_from_bytes`] to draw every

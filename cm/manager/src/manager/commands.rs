@@ -13,11 +13,8 @@ use peercm_cm_proto::auth::Role;
 use peercm_cm_proto::port::PortState;
 #[cfg(feature = "fault-injection")]
 use peercm_cm_proto::session::LinkId;
-use peercm_cm_proto::session::{ClientEvent, ClientId, ClientSpec};
-use peercm_cm_proto::stream::SendModel;
-#[cfg(feature = "fault-injection")]
-use std::time::Duration;
-use std::time::Instant;
+use peercm_cm_proto::session::{ClientEvent, ClientId, ClientSpec, SendOptions};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 type Reply<T> = oneshot::Sender<Result<T, CmError>>;
@@ -42,8 +39,13 @@ pub(crate) enum Command {
     Send {
         id: ClientId,
         payload: Bytes,
-        model: SendModel,
+        opts: SendOptions,
         reply: Reply<u64>,
+    },
+    SetAckTimeout {
+        id: ClientId,
+        timeout: Option<Duration>,
+        reply: Reply<()>,
     },
     Reply {
         id: ClientId,
@@ -97,6 +99,15 @@ impl Manager {
                         (id, rx)
                     });
                 if let Ok((id, _)) = &res {
+                    // A client listed in the configuration gets its default ack timeout.
+                    let timeout = self
+                        .cfg
+                        .clients
+                        .iter()
+                        .find(|c| c.name == name)
+                        .and_then(|c| c.ack_timeout_ms)
+                        .map(Duration::from_millis);
+                    let _ = self.session.set_ack_timeout(*id, timeout);
                     self.placement.add_client(
                         *id,
                         spec.bandwidth_mbytes_per_s,
@@ -129,10 +140,15 @@ impl Manager {
             Command::Send {
                 id,
                 payload,
-                model,
+                opts,
                 reply,
             } => {
-                let _ = reply.send(self.session.send(id, payload, model).map_err(CmError::from));
+                let res = self.session.send_with(id, payload, opts, Instant::now());
+                let _ = reply.send(res.map_err(CmError::from));
+            }
+            Command::SetAckTimeout { id, timeout, reply } => {
+                let res = self.session.set_ack_timeout(id, timeout);
+                let _ = reply.send(res.map_err(CmError::from));
             }
             Command::Reply {
                 id,

@@ -2,6 +2,7 @@
 //! manager's TRANSPORT messages. Each refuses what the client's port or the session state does
 //! not allow, and queues what the partner must learn.
 
+use super::SendOptions;
 use super::{code_ack, ClientSlot, Session};
 use super::{
     ClientEvent, ClientId, ClientSpec, InterconnectId, SessionError, SessionState,
@@ -12,6 +13,7 @@ use crate::frame::{Frame, MsgType};
 use crate::port::{Port, PortInput, PortState};
 use crate::stream::{RecvStream, SendModel, SendStream};
 use bytes::Bytes;
+use std::time::Instant;
 
 impl Session {
     /// Registers a client (port -> INITIALIZED) and announces it when the session is up.
@@ -42,6 +44,8 @@ impl Session {
                 placed: None,
                 bytes_out: 0,
                 mark_sent_at: None,
+                ack_timeout: None,
+                indexed_deadline: None,
             },
         );
         self.by_name.insert(name.to_string(), id);
@@ -81,6 +85,10 @@ impl Session {
         };
         let state = c.port.apply(input)?;
         if state == PortState::Destroyed {
+            self.forget_ack(id);
+            let Some(c) = self.clients.get_mut(&id) else {
+                return Ok(state);
+            };
             let seqs = c.send.drain_unacked();
             let name = c.name.clone();
             for seq in seqs {
@@ -110,12 +118,37 @@ impl Session {
 
     /// Queues a message for the partner's namesake and returns its send id, unique for the life
     /// of the client across resets and partner switches (every `Acked`, `Transmitted` or
-    /// `Nacked` of it carries that id). Fails fast unless the port is up.
+    /// `Nacked` of it carries that id). Fails fast unless the port is up. The client's default
+    /// acknowledgement timeout applies, counted from the next call that carries the clock (a
+    /// runtime's `poll_transmit` right after the command); [`Session::send_with`] takes the
+    /// clock and per-send options.
     pub fn send(
         &mut self,
         id: ClientId,
         payload: Bytes,
         model: SendModel,
+    ) -> Result<u64, SessionError> {
+        self.queue_send(id, payload, model.into(), None)
+    }
+
+    /// [`Session::send`] with per-send options (a model and an acknowledgement timeout of its
+    /// own) at `now`, from which the timeout counts.
+    pub fn send_with(
+        &mut self,
+        id: ClientId,
+        payload: Bytes,
+        opts: impl Into<SendOptions>,
+        now: Instant,
+    ) -> Result<u64, SessionError> {
+        self.queue_send(id, payload, opts.into(), Some(now))
+    }
+
+    fn queue_send(
+        &mut self,
+        id: ClientId,
+        payload: Bytes,
+        opts: SendOptions,
+        now: Option<Instant>,
     ) -> Result<u64, SessionError> {
         let max = self.cfg.max_payload_bytes;
         let high = self.cfg.flow_high_water;
@@ -139,11 +172,17 @@ impl Session {
                 state: c.port.state(),
             });
         }
-        let seq = c.send.push(payload, model);
+        let timeout = opts.ack_timeout.or(c.ack_timeout);
+        let seq = c.send.push_with(payload, opts.model, timeout, now);
         if !c.flow_on && c.send.queued() >= high {
             c.flow_on = true;
             self.events
                 .push_back((id, ClientEvent::FlowControl { on: true }));
+        }
+        if c.send.has_unarmed() {
+            self.unarmed.insert(id);
+        } else if timeout.is_some() {
+            self.reindex_ack(id);
         }
         Ok(seq)
     }

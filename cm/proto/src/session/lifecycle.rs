@@ -271,6 +271,7 @@ impl Session {
                     .push_back((*id, ClientEvent::FlowControl { on: false }));
             }
         }
+        self.reindex_ack_all();
     }
 
     pub(super) fn reset_streams(&mut self) {
@@ -289,6 +290,7 @@ impl Session {
         }
         self.peer_clients.clear();
         self.peer_retired.clear();
+        self.reindex_ack_all();
     }
 
     /// Announces a client. While UP the announcement goes on every link, so on whichever link
@@ -374,6 +376,7 @@ impl Session {
 
     /// Timer input: judges silent links dead. Harmless when nothing is due.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.expire_acks(now);
         if let (Some(since), Some(hold)) = (self.holding_since, self.cfg.hold_on_partner_loss) {
             if now.saturating_duration_since(since) >= hold {
                 tracing::warn!(

@@ -17,12 +17,14 @@
 //!
 //! Layout: this file holds the [`Session`] state, its accessors and its event/timer outputs;
 //! `types` the public vocabulary (ids, config, events, errors, stats); `commands` the client
-//! commands; `lifecycle` link up/down, resets, the autoswitch hold and the timer; `liveness`
+//! commands; `ack_timeout` the acknowledgement timeouts of sends; `lifecycle` link up/down,
+//! resets, the autoswitch hold and the timer; `liveness`
 //! the grace a late timer gives links before a silence verdict; `marks` the consumed marks
 //! waiting to be reported (rate limited); `recv` one
 //! receive function per message type behind [`Session::handle_frame`]; `transmit`
 //! [`Session::poll_transmit`] and the link choice.
 
+mod ack_timeout;
 mod commands;
 mod lifecycle;
 mod liveness;
@@ -40,7 +42,7 @@ use crate::port::{Port, PortState};
 use crate::stream::{RecvStream, SendStream};
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// An ACK carrying the return code of synchronous message `seq`, with the cumulative ack.
 fn code_ack(peer_client: PeerClientId, seq: u64, delivered: u64, code: i32) -> Frame {
@@ -86,6 +88,10 @@ struct ClientSlot {
     bytes_out: u64,
     /// When the consumed mark last went to the partner (in an ACK or FLOW frame).
     mark_sent_at: Option<Instant>,
+    /// Default acknowledgement timeout of its sync and async sends.
+    ack_timeout: Option<Duration>,
+    /// Its earliest acknowledgement deadline as entered in `Session::ack_index`.
+    indexed_deadline: Option<Instant>,
 }
 
 /// One partner session. See the module docs.
@@ -111,6 +117,10 @@ pub struct Session {
     /// Clients whose consumed mark moved and awaits a frame (sent by `poll_transmit` at most
     /// once per `consumed_report_interval`, unless an ACK or FLOW takes it first).
     mark_due: marks::MarkReports,
+    /// Each client's earliest acknowledgement deadline, ordered (see `ack_timeout`).
+    ack_index: BTreeSet<(Instant, ClientId)>,
+    /// Clients with sends whose acknowledgement deadline awaits the clock.
+    unarmed: BTreeSet<ClientId>,
     events: VecDeque<(ClientId, ClientEvent)>,
     closing: VecDeque<LinkId>,
     rr_client: ClientId,
@@ -150,6 +160,8 @@ impl Session {
             ack_due: BTreeSet::new(),
             flow_due: BTreeSet::new(),
             mark_due: marks::MarkReports::default(),
+            ack_index: BTreeSet::new(),
+            unarmed: BTreeSet::new(),
             events: VecDeque::new(),
             closing: VecDeque::new(),
             rr_client: ClientId::new(0),
@@ -271,6 +283,7 @@ impl Session {
             .chain(hold)
             .chain(self.grace_deadlines())
             .chain(self.next_mark_report())
+            .chain(self.next_ack_deadline())
             .min()
     }
 

@@ -65,6 +65,8 @@ impl Session {
     /// The next frame to transmit: control first, then acks and credit, then client data
     /// (round robin over clients, least-loaded link), then heartbeats on quiet links.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
+        // Sends queued without the clock start their acknowledgement timeout now.
+        self.arm_ack_timers(now);
         while let Some((want, frame)) = self.control_out.pop_front() {
             let link = match want {
                 Some(l) if self.links.contains_key(&l) => Some(l),

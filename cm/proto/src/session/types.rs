@@ -61,6 +61,27 @@ impl Default for SessionConfig {
     }
 }
 
+/// Per-send options: the send model, and an acknowledgement timeout overriding the client's
+/// default (see [`crate::session::Session::set_ack_timeout`]). A [`SendModel`] converts into
+/// options without a timeout of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendOptions {
+    /// How the send completes.
+    pub model: SendModel,
+    /// `Some`: NACK it with `Timeout` unless acknowledged within this long (sync and async;
+    /// a local send completes without its partner). `None`: the client's default.
+    pub ack_timeout: Option<Duration>,
+}
+
+impl From<SendModel> for SendOptions {
+    fn from(model: SendModel) -> Self {
+        SendOptions {
+            model,
+            ack_timeout: None,
+        }
+    }
+}
+
 /// How latency-sensitive a client is. The placement policy keeps a Critical client out of the
 /// failure domain of the heaviest client (see [`crate::placement`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -290,4 +311,9 @@ pub struct SessionStats {
     pub unknown_client_frames: u64,
     /// DATA frames from a partner client incarnation that has closed (dropped).
     pub stale_frames_dropped: u64,
+    /// Sends NACKed with `Timeout` (no acknowledgement within their acknowledgement timeout).
+    pub ack_timeouts: u64,
+    /// Completions (return codes, consumed marks) that came for sends already timed out:
+    /// dropped.
+    pub late_completions: u64,
 }

@@ -1,9 +1,13 @@
 //! The sending half of a client stream: sequence numbers, the unacknowledged messages kept for
-//! replay, completions by send model, and the credit and window that bound transmission.
+//! replay, completions by send model, and the credit and window that bound transmission. The
+//! acknowledgement timeout of each send is in the child module `timeout`.
+
+mod timeout;
 
 use crate::frame::Flags;
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 /// When a send completes for the sending client \[CDP\].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -34,6 +38,9 @@ pub enum SendCompletion {
         /// Sequence number.
         seq: u64,
     },
+    /// The completion of a send that had already timed out (its client was told `Timeout`):
+    /// dropped, only counted.
+    Late,
 }
 
 #[derive(Debug)]
@@ -44,6 +51,12 @@ struct Unacked {
     model: SendModel,
     sent: bool,
     transmit_reported: bool,
+    /// Acknowledgement timeout of this send, once armed its deadline (see `timeout`).
+    timeout: Option<Duration>,
+    deadline: Option<Instant>,
+    /// Timed out: its client was told; kept only while the wire still needs it (until the
+    /// partner has received it), and completes silently.
+    timed_out: bool,
 }
 
 /// The sending half of one client's stream.
@@ -60,6 +73,13 @@ pub struct SendStream {
     sent_upto: u64,
     credit: u64,
     window: u32,
+    /// Armed acknowledgement deadlines, by (deadline, wire seq).
+    deadlines: BTreeSet<(Instant, u64)>,
+    /// Sends with a timeout whose deadline is not armed yet (pushed without the clock).
+    unarmed: Vec<u64>,
+    /// Timed-out sends already released (the partner had them), by wire seq: a completion
+    /// that comes for one later is late (bounded, oldest forgotten first).
+    released_late: BTreeMap<u64, SendModel>,
 }
 
 impl SendStream {
@@ -75,12 +95,29 @@ impl SendStream {
             sent_upto: 0,
             credit,
             window: window.max(1),
+            deadlines: BTreeSet::new(),
+            unarmed: Vec::new(),
+            released_late: BTreeMap::new(),
         }
     }
 
     /// Queues a message and returns its send id (the client's number for it): unique for the
     /// life of the stream, across resets and rebases, unlike the wire sequence number.
     pub fn push(&mut self, payload: Bytes, model: SendModel) -> u64 {
+        self.push_with(payload, model, None, None)
+    }
+
+    /// [`SendStream::push`] with an acknowledgement timeout (sync and async sends; a local
+    /// send completes without its partner). Its deadline is armed at `now`, or, without the
+    /// clock, by the next [`SendStream::arm`].
+    pub fn push_with(
+        &mut self,
+        payload: Bytes,
+        model: SendModel,
+        timeout: Option<Duration>,
+        now: Option<Instant>,
+    ) -> u64 {
+        let timeout = timeout.filter(|_| model != SendModel::Local);
         let seq = self.next_seq;
         self.next_seq += 1;
         let client_seq = self.next_client_seq;
@@ -93,10 +130,19 @@ impl SendStream {
                 model,
                 sent: false,
                 transmit_reported: false,
+                timeout,
+                deadline: None,
+                timed_out: false,
             },
         );
         self.to_send.insert(seq);
         self.never_sent += 1;
+        if timeout.is_some() {
+            match now {
+                Some(now) => self.arm_one(seq, now),
+                None => self.unarmed.push(seq),
+            }
+        }
         client_seq
     }
 
@@ -173,6 +219,13 @@ impl SendStream {
                 continue;
             };
             let client = u.client_seq;
+            if u.timed_out {
+                // Its client was told; the partner has it, so the wire needs it no more.
+                let model = u.model;
+                self.take(seq);
+                self.remember_late(seq, model);
+                continue;
+            }
             match u.model {
                 SendModel::Sync | SendModel::Async => {}
                 SendModel::Local => {
@@ -211,12 +264,20 @@ impl SendStream {
                 });
             }
         }
+        done.extend(self.late_upto(upto));
         done
     }
 
     /// The partner client returned `code` for (wire) `seq`.
     pub fn on_code(&mut self, seq: u64, code: i32) -> Option<SendCompletion> {
+        if self.released_late.remove(&seq).is_some() {
+            return Some(SendCompletion::Late);
+        }
         match self.unacked.get(&seq) {
+            Some(u) if u.model == SendModel::Sync && u.timed_out => {
+                self.take(seq);
+                Some(SendCompletion::Late)
+            }
             Some(u) if u.model == SendModel::Sync => {
                 let client = u.client_seq;
                 self.take(seq);
@@ -246,8 +307,11 @@ impl SendStream {
 
     /// Drops one message (NACKed by the partner, by wire `seq`). Returns the client's number
     /// for it, if it was there.
+    /// A send that already timed out returns None (its client was told).
     pub fn remove(&mut self, seq: u64) -> Option<u64> {
-        self.take(seq).map(|u| u.client_seq)
+        self.take(seq)
+            .filter(|u| !u.timed_out)
+            .map(|u| u.client_seq)
     }
 
     fn take(&mut self, seq: u64) -> Option<Unacked> {
@@ -255,6 +319,9 @@ impl SendStream {
             Some(u) => {
                 if self.to_send.remove(&seq) && !u.sent {
                     self.never_sent -= 1;
+                }
+                if let Some(d) = u.deadline {
+                    self.deadlines.remove(&(d, seq));
                 }
                 Some(u)
             }
@@ -277,11 +344,20 @@ impl SendStream {
     }
 
     /// Removes and returns every unacknowledged (client) sequence number, to be NACKed.
+    /// Sends that already timed out are dropped without a number (their client was told).
     pub fn drain_unacked(&mut self) -> Vec<u64> {
-        let seqs = self.unacked.values().map(|u| u.client_seq).collect();
+        let seqs = self
+            .unacked
+            .values()
+            .filter(|u| !u.timed_out)
+            .map(|u| u.client_seq)
+            .collect();
         self.unacked.clear();
         self.to_send.clear();
         self.never_sent = 0;
+        self.deadlines.clear();
+        self.unarmed.clear();
+        self.released_late.clear();
         seqs
     }
 
@@ -298,20 +374,33 @@ impl SendStream {
 
     /// Starts over with a new partner (a switch to a backup) keeping every unacknowledged
     /// message: they are renumbered 1.. in their original order for the partner's fresh
-    /// receive stream and all sent again; each keeps its client number, and new messages go on
-    /// numbering from where the client was. Returns how many were kept.
+    /// receive stream and all sent again; each keeps its client number (and its deadline), and
+    /// new messages go on numbering from where the client was. Sends that already timed out
+    /// are dropped (their client was told). Returns how many were kept.
     pub fn rebase(&mut self, credit: u64) -> usize {
         let kept = std::mem::take(&mut self.unacked);
+        let unarmed: BTreeSet<u64> = std::mem::take(&mut self.unarmed).into_iter().collect();
         self.to_send.clear();
+        self.deadlines.clear();
+        self.released_late.clear();
         self.next_seq = 1;
         self.acked_upto = 0;
         self.sent_upto = 0;
         self.credit = credit;
         self.never_sent = 0;
-        for (_, mut u) in kept {
+        for (old, mut u) in kept {
+            if u.timed_out {
+                continue;
+            }
             u.sent = false;
             let seq = self.next_seq;
             self.next_seq += 1;
+            if let Some(d) = u.deadline {
+                self.deadlines.insert((d, seq));
+            }
+            if unarmed.contains(&old) {
+                self.unarmed.push(seq);
+            }
             self.unacked.insert(seq, u);
             self.to_send.insert(seq);
             self.never_sent += 1;

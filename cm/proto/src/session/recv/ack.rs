@@ -58,6 +58,7 @@ impl Session {
                         .push_back((id, ClientEvent::Nacked { seq, reason }));
                 }
             }
+            self.reindex_ack(id);
         }
         Ok(())
     }
@@ -78,14 +79,23 @@ impl Session {
         Ok(())
     }
 
-    /// Turns send completions into client events.
+    /// Turns send completions into client events (a late one, of a send that timed out, is
+    /// only counted).
     pub(in crate::session) fn complete(&mut self, id: ClientId, done: Vec<SendCompletion>) {
+        if done.is_empty() {
+            return;
+        }
         for d in done {
             let ev = match d {
                 SendCompletion::Acked { seq, code } => ClientEvent::Acked { seq, code },
                 SendCompletion::Transmitted { seq } => ClientEvent::Transmitted { seq },
+                SendCompletion::Late => {
+                    self.stats.late_completions += 1;
+                    continue;
+                }
             };
             self.events.push_back((id, ev));
         }
+        self.reindex_ack(id);
     }
 }
