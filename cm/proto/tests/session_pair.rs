@@ -532,3 +532,48 @@ fn client_registered_during_the_reset_is_announced_on_every_link() {
         );
     }
 }
+
+/// The restart bug found in the soft-RoCE lane: a dialer restarted with the same node id counts
+/// its epochs from 1 again, and the acceptor's RESET-REQUEST heartbeats (sent while it has no
+/// session) carried the acceptor's old epoch, the very number of the new dialer's first
+/// session. A RESET-REQUEST arriving on a second link after the new session came up reset it:
+/// the client saw `Up`, `Down{PeerReset}`, `Up` right after connecting.
+#[test]
+fn a_restarted_dialer_is_not_reset_by_the_old_sessions_epoch() {
+    let (mut p, _ca, _cb) = up_pair(31, 1, SendModel::Async);
+    assert_eq!(p.b.epoch(), 1);
+    p.restart_a(SessionConfig::default());
+    let ca = p.a.register("mirror", spec(SendModel::Async)).unwrap();
+    p.a.connect(ca).unwrap();
+    // Two links come up; the new session's reset runs on the first while the second's frames
+    // (the acceptor's fence among them) are held back.
+    let first = p.add_link();
+    let second = p.add_link();
+    for _ in 0..10 {
+        p.deliver_all_on(first, true);
+        p.deliver_all_on(first, false);
+    }
+    assert_eq!(p.a.state(), SessionState::Up);
+    assert_eq!(p.b.state(), SessionState::Up);
+    assert_eq!(p.a.epoch(), 1, "the restarted dialer's first session");
+    // Now the second link's frames arrive, the acceptor's early fence first.
+    let stale: Vec<_> = p
+        .queued_headers(second, false)
+        .into_iter()
+        .filter(|h| {
+            h.flags
+                .contains(peercm_cm_proto::frame::Flags::RESET_REQUEST)
+        })
+        .map(|h| h.seq)
+        .collect();
+    assert!(
+        stale.iter().all(|&epoch| epoch != p.a.epoch()),
+        "a RESET-REQUEST naming the new session's epoch {stale:?} is queued"
+    );
+    p.drive();
+    assert_eq!(p.a.state(), SessionState::Up);
+    assert_eq!(p.a.epoch(), 1, "no second reset");
+    let downs = count(&p.a_events, ca, |e| matches!(e, ClientEvent::Down { .. }));
+    assert_eq!(downs, 0, "the new client went down: {:?}", p.a_events);
+    assert_eq!(count(&p.a_events, ca, |e| *e == ClientEvent::Up), 1);
+}

@@ -61,6 +61,13 @@ impl Session {
                     self.closing.push_back(l);
                 }
                 self.go_down(DownReason::PeerRestarted, NackReason::PeerRestarted);
+                if self.role == Role::Acceptor {
+                    // The old epoch belonged to the old process's session. A restarted dialer
+                    // counts from 1 again, so a RESET-REQUEST fence carrying the old number could
+                    // name the new process's session and reset it right after it came up. No
+                    // session of the new process is numbered 0.
+                    self.epoch = 0;
+                }
             }
         }
         self.peer = Some(peer);
