@@ -88,6 +88,7 @@ impl World {
             heartbeat_interval: Duration::from_millis(100),
             link_timeout: Duration::from_millis(500),
             hold_on_partner_loss: None,
+            ..SessionConfig::default()
         };
         let mut w = World {
             a: Session::new(cfg.clone(), Role::Dialer),
