@@ -33,7 +33,7 @@
 //! ```
 
 use crate::error::CmError;
-use peercm_cm_proto::control::validate_name;
+use peercm_cm_proto::control::{validate_name, MAX_CLIENTS_PER_NODE};
 use peercm_cm_proto::frame::DEFAULT_MAX_PAYLOAD_BYTES;
 use peercm_cm_proto::session::{ClientSpec, LatencyClass, SessionConfig};
 use peercm_cm_proto::stream::SendModel;
@@ -408,6 +408,12 @@ impl NodeConfig {
         if let Some((dev, _)) = v.capacity_mbits_per_s.iter().find(|(_, c)| **c == 0) {
             return bad(format!("verbs.capacity_mbits_per_s.{dev} must be > 0"));
         }
+        if self.clients.len() > MAX_CLIENTS_PER_NODE {
+            return bad(format!(
+                "{} [[clients]] declared, but a node may have at most {MAX_CLIENTS_PER_NODE} clients registered",
+                self.clients.len()
+            ));
+        }
         let mut seen = std::collections::HashSet::new();
         for c in &self.clients {
             if let Err(e) = validate_name("clients.name", &c.name) {
@@ -471,6 +477,27 @@ mod tests {
         assert_eq!(cfg.peer.unwrap().connections, 4);
         assert_eq!(cfg.session.window, 64);
         assert_eq!(cfg.clients[0].model, SendModel::Async);
+    }
+
+    /// Item 1 (issue 8): more `[[clients]]` than a node may register is refused when the
+    /// configuration is loaded, not discovered when the pair (re)connects.
+    #[test]
+    fn too_many_clients_refused_at_load() {
+        let base = "node_id = \"a\"\ncluster_id = \"c\"\nlisten = \"127.0.0.1:1\"\n";
+        let clients = |n: usize| -> String {
+            (0..n)
+                .map(|i| format!("[[clients]]\nname = \"c{i}\"\n"))
+                .collect()
+        };
+        let ok = NodeConfig::parse(&format!("{base}{}", clients(300))).unwrap();
+        assert_eq!(ok.clients.len(), 300);
+        let e = NodeConfig::parse(&format!("{base}{}", clients(MAX_CLIENTS_PER_NODE + 1)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("16385 [[clients]]") && e.contains("16384"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub use config::NodeConfig;
 pub use error::CmError;
 pub use node::Node;
 pub use peercm_cm_proto::auth::ClusterSecret;
-pub use peercm_cm_proto::control::NackReason;
+pub use peercm_cm_proto::control::{NackReason, MAX_CLIENTS_PER_NODE};
 pub use peercm_cm_proto::port::PortState;
 pub use peercm_cm_proto::secret::GENERATED_SECRET_BYTES;
 pub use peercm_cm_proto::session::{

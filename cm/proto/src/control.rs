@@ -10,8 +10,9 @@ use thiserror::Error;
 
 /// Longest client or node name, in bytes.
 pub const MAX_NAME_BYTES: usize = 64;
-/// Most clients one node may announce.
-pub const MAX_CLIENTS: usize = 256;
+/// Most clients one node may have registered at once (and announce to its partner): enforced
+/// at `register`, by config validation and on receipt of the partner's announcements.
+pub const MAX_CLIENTS_PER_NODE: usize = 16_384;
 /// Upper bound on a handshake payload.
 pub const MAX_HANDSHAKE_PAYLOAD_BYTES: usize = 64 * 1024;
 
@@ -159,7 +160,8 @@ pub struct ClientGone {
     pub id: u32,
 }
 
-/// Who a node is, exchanged during the handshake.
+/// Who a node is, exchanged during the handshake. Its size does not grow with the number of
+/// clients: those are announced after the handshake, one bounded CLIENT-UP frame each.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
     /// The node's configured id.
@@ -168,23 +170,12 @@ pub struct NodeInfo {
     pub instance: u64,
     /// Transports offered.
     pub capabilities: Vec<TransportCap>,
-    /// Registered clients.
-    pub clients: Vec<ClientAnnounce>,
 }
 
 impl NodeInfo {
     /// Validates bounds on a peer-supplied node description.
     pub fn validate(&self) -> Result<(), ControlError> {
         validate_name("node id", &self.node_id)?;
-        if self.clients.len() > MAX_CLIENTS {
-            return Err(ControlError::OutOfBounds {
-                what: "client list",
-                detail: format!("{} clients > {MAX_CLIENTS}", self.clients.len()),
-            });
-        }
-        for c in &self.clients {
-            validate_name("client name", &c.name)?;
-        }
         Ok(())
     }
 }

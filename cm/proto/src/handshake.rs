@@ -346,7 +346,6 @@ mod tests {
                 node_id: node.into(),
                 instance: node.len() as u64,
                 capabilities: vec![TransportCap::Tcp],
-                clients: vec![],
             },
         }
     }

@@ -264,7 +264,6 @@ proptest! {
                 TransportCap::Tcp,
                 TransportCap::Verbs { device: name.clone(), port: 1, gid, capacity_mbits_per_s: window },
             ],
-            clients: vec![announce.clone(); (id % 4) as usize],
         };
         prop_assert!(node.validate().is_ok());
         let hello = Hello { cluster_id: name.clone() };

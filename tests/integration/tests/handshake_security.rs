@@ -50,7 +50,6 @@ fn dialer(cluster: &str, secret: &str) -> DialerStart {
             node_id: "raw".into(),
             instance: 4242,
             capabilities: vec![TransportCap::Tcp],
-            clients: vec![],
         },
     };
     DialerStart::new(cfg, [7; 32])

@@ -80,12 +80,6 @@ pub(crate) enum Command {
 }
 
 impl Manager {
-    fn publish_node_info(&self) {
-        let mut info = self.node_info.borrow().clone();
-        info.clients = self.session.announcements();
-        self.node_info.send_replace(info);
-    }
-
     pub(super) fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::Register { name, spec, reply } => {
@@ -108,13 +102,11 @@ impl Manager {
                         .and_then(|c| c.ack_timeout_ms)
                         .map(Duration::from_millis);
                     let _ = self.session.set_ack_timeout(*id, timeout);
-                    self.placement.add_client(
-                        *id,
-                        spec.bandwidth_mbytes_per_s,
-                        spec.latency,
-                        Instant::now(),
-                    );
-                    self.publish_node_info();
+                    // Placed with the rest of the burst (one pass for all; see PLACE_BATCH).
+                    self.to_place
+                        .push((*id, spec.bandwidth_mbytes_per_s, spec.latency));
+                    self.to_place_at
+                        .get_or_insert_with(|| Instant::now() + super::PLACE_BATCH);
                 }
                 let _ = reply.send(res);
             }
@@ -130,10 +122,10 @@ impl Manager {
                 // Flush first so the client sees its final NACKs before its channel closes.
                 self.flush(Instant::now());
                 if matches!(res, Ok(PortState::Destroyed)) {
+                    self.to_place.retain(|(c, _, _)| *c != id);
                     self.clients.remove(&id);
                     self.placement.remove_client(id);
                     self.bytes_fed.remove(&id);
-                    self.publish_node_info();
                 }
                 let _ = reply.send(res);
             }

@@ -34,7 +34,9 @@ use peercm_cm_proto::auth::Role;
 use peercm_cm_proto::control::NodeInfo;
 use peercm_cm_proto::handshake::HandshakeConfig;
 use peercm_cm_proto::placement::{Placement, PlacementConfig};
-use peercm_cm_proto::session::{ClientEvent, ClientId, LinkId, Session, SessionState};
+use peercm_cm_proto::session::{
+    ClientEvent, ClientId, LatencyClass, LinkId, Session, SessionState,
+};
 use peercm_fallback_tcp::TcpHandshakeConfig;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::AtomicU64;
@@ -45,6 +47,10 @@ use tokio::sync::{mpsc, watch};
 
 /// Capacity of the link -> manager channel (back-pressures readers when the manager lags).
 const LINK_INPUT_CAPACITY: usize = 4096;
+/// How long newly registered clients wait to be placed, so that a burst of registrations is
+/// placed in one pass (a pass costs O(n log n) in the number of clients). An unplaced client's
+/// data goes on any link meanwhile.
+const PLACE_BATCH: Duration = Duration::from_millis(20);
 
 /// The manager task's state (see the module docs). The fields the rail glue in
 /// [`crate::rails`] works on are `pub(crate)`.
@@ -57,6 +63,11 @@ pub(crate) struct Manager {
     pub(crate) links: HashMap<LinkId, AnyLink>,
     pub(crate) rails: Rails,
     pub(crate) placement: Placement,
+    /// Clients registered but not yet placed, placed together by `flush` once
+    /// [`PLACE_BATCH`] has passed since the first of them (see `place_registered`).
+    to_place: Vec<(ClientId, u32, LatencyClass)>,
+    /// When `to_place` is due.
+    to_place_at: Option<Instant>,
     /// Bytes of each client already fed to the placement policy.
     pub(crate) bytes_fed: HashMap<ClientId, u64>,
     dev_tx: mpsc::Sender<DeviceInput>,
@@ -155,6 +166,8 @@ impl Manager {
             links: HashMap::new(),
             rails,
             placement: Placement::new(PlacementConfig::default()),
+            to_place: Vec::new(),
+            to_place_at: None,
             bytes_fed: HashMap::new(),
             dev_tx,
             dev_rx,
@@ -219,6 +232,7 @@ impl Manager {
         let switch = self.switch_deadline();
         [
             self.session.poll_timeout(),
+            self.to_place_at,
             dial,
             rails,
             self.placement.poll_timeout(),
@@ -280,8 +294,12 @@ impl Manager {
                     // `due` lets the session tell a late runtime (a stalled process) from a
                     // silent link: see `Session::handle_timer`.
                     self.session.handle_timer(due, now);
-                    self.feed_placement(now);
-                    self.placement.handle_timeout(now);
+                    if self.placement.poll_timeout().is_some_and(|t| now >= t) {
+                        // Measured rates are fed when the policy evaluates: a pass over every
+                        // client, so not on every heartbeat tick.
+                        self.feed_placement(now);
+                        self.placement.handle_timeout(now);
+                    }
                     if now >= self.next_rail_round {
                         self.offer_rails(now);
                     }
@@ -365,7 +383,19 @@ impl Manager {
         }
     }
 
+    /// Hands the clients registered since the last batch to the placement policy.
+    fn place_registered(&mut self, now: Instant) {
+        self.to_place_at = None;
+        if !self.to_place.is_empty() {
+            let batch = std::mem::take(&mut self.to_place);
+            self.placement.add_clients(batch, now);
+        }
+    }
+
     fn flush(&mut self, now: Instant) {
+        if self.to_place_at.is_some_and(|at| now >= at) {
+            self.place_registered(now);
+        }
         let mut closed_any = false;
         while let Some(link) = self.session.poll_close_link() {
             if let Some(h) = self.links.remove(&link) {
@@ -443,6 +473,5 @@ pub(crate) fn local_node_info(cfg: &NodeConfig, instance: u64) -> NodeInfo {
         node_id: cfg.node_id.clone(),
         instance,
         capabilities: vec![peercm_cm_proto::control::TransportCap::Tcp],
-        clients: Vec::new(),
     }
 }

@@ -35,7 +35,6 @@ fn config(node: &str, instance: u64) -> HandshakeConfig {
             node_id: node.into(),
             instance,
             capabilities: vec![TransportCap::Tcp],
-            clients: vec![],
         },
     }
 }

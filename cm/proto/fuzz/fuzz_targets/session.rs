@@ -53,7 +53,6 @@ fn node(name: &str, instance: u64) -> NodeInfo {
         node_id: name.into(),
         instance,
         capabilities: vec![TransportCap::Tcp],
-        clients: vec![],
     }
 }
 

@@ -204,6 +204,27 @@ impl Placement {
         latency: LatencyClass,
         now: Instant,
     ) {
+        self.add_clients([(client, demand_mbytes_per_s, latency)], now);
+    }
+
+    /// [`Placement::add_client`] for many clients at once (client, demand in MB/s, latency
+    /// class), placed by one pass: a burst of registrations costs one placement of the burst,
+    /// not one pass over every client per registration.
+    pub fn add_clients(
+        &mut self,
+        clients: impl IntoIterator<Item = (ClientId, u32, LatencyClass)>,
+        now: Instant,
+    ) {
+        for (client, demand_mbytes_per_s, latency) in clients {
+            self.insert_client(client, demand_mbytes_per_s, latency);
+        }
+        if self.next_eval.is_none() && !self.clients.is_empty() {
+            self.next_eval = now.checked_add(self.rebalance_interval());
+        }
+        self.reconcile(now);
+    }
+
+    fn insert_client(&mut self, client: ClientId, demand_mbytes_per_s: u32, latency: LatencyClass) {
         if let Some(c) = self.clients.get_mut(&client) {
             c.declared = demand_mbytes_per_s;
             c.latency = latency;
@@ -221,10 +242,6 @@ impl Placement {
                 },
             );
         }
-        if self.next_eval.is_none() {
-            self.next_eval = now.checked_add(self.rebalance_interval());
-        }
-        self.reconcile(now);
     }
 
     /// Updates the declared demand (MB/s) of a client; the next evaluation acts on it. Unknown

@@ -97,6 +97,12 @@ impl Placement {
         if cands.is_empty() {
             return;
         }
+        // Nothing to place (the common case on every timer tick): skip the snapshot, whose
+        // cost grows with the number of clients.
+        let placed = |c: &super::Client| c.assigned.is_some_and(|l| cands.contains(&l));
+        if self.clients.values().all(placed) {
+            return;
+        }
         let mut snap = self.snapshot(now, &cands);
         let mut displaced: Vec<ClientId> = self
             .clients

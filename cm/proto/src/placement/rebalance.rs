@@ -16,8 +16,8 @@ impl Placement {
     pub(super) fn evaluate(&mut self, now: Instant) {
         self.reconcile(now);
         let cands = self.candidates();
-        if cands.is_empty() {
-            return;
+        if cands.len() < 2 {
+            return; // nowhere to move anything to
         }
         let hold = self.cfg.failback_hold;
         let settled: Vec<InterconnectId> = cands

@@ -2,14 +2,20 @@
 //! candidates (rule 1), effective demand and utilization (rule 2), heavy clients (rule 3), the
 //! heaviest client and rule 4 violations.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use super::rate::decayed_rate;
 use super::{InterconnectId, InterconnectKind, Placement, BYTES_PER_MB, HEAVY_SHARE};
-use crate::session::ClientId;
+use crate::session::{ClientId, LatencyClass};
 
 /// Working copy of the placement of the clients on the candidate interconnects.
+///
+/// Besides the assignment it keeps the placed clients ranked by demand, per interconnect and
+/// (non-Critical ones) overall, so the questions the rules ask while placing thousands of
+/// clients ("does this interconnect carry a heavy client", "who is the heaviest client") cost
+/// a logarithm, not a pass over every client.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Snap {
     /// Effective demand of every client, MB/s.
@@ -18,6 +24,30 @@ pub(super) struct Snap {
     pub(super) at: BTreeMap<ClientId, InterconnectId>,
     pub(super) load: BTreeMap<InterconnectId, f64>,
     pub(super) count: BTreeMap<InterconnectId, usize>,
+    /// Critical clients (left out of `ranked`).
+    pub(super) critical: BTreeSet<ClientId>,
+    /// Placed clients of each interconnect by demand.
+    on_ranked: BTreeMap<InterconnectId, BTreeSet<Rank>>,
+    /// Placed non-Critical clients with a positive demand, by demand.
+    ranked: BTreeSet<Rank>,
+}
+
+/// Orders clients by demand, then by lowest id first: the last element of a set of ranks is
+/// the highest demand, ties to the lowest id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Rank(u64, Reverse<ClientId>);
+
+impl Rank {
+    fn new(demand: f64, c: ClientId) -> Self {
+        // The IEEE 754 total order as an unsigned key (the order of `f64::total_cmp`).
+        let b = demand.to_bits();
+        let key = if b >> 63 == 1 { !b } else { b | 1 << 63 };
+        Rank(key, Reverse(c))
+    }
+
+    fn client(self) -> ClientId {
+        self.1 .0
+    }
 }
 
 impl Snap {
@@ -39,6 +69,11 @@ impl Snap {
         self.at.insert(c, l);
         *self.load.entry(l).or_insert(0.0) += d;
         *self.count.entry(l).or_insert(0) += 1;
+        let r = Rank::new(d, c);
+        self.on_ranked.entry(l).or_default().insert(r);
+        if d > 0.0 && !self.critical.contains(&c) {
+            self.ranked.insert(r);
+        }
     }
 
     pub(super) fn unplace(&mut self, c: ClientId) {
@@ -52,27 +87,44 @@ impl Snap {
                 (self.load(l) - d).max(0.0)
             };
             self.load.insert(l, rest);
+            let r = Rank::new(d, c);
+            if let Some(set) = self.on_ranked.get_mut(&l) {
+                set.remove(&r);
+            }
+            self.ranked.remove(&r);
         }
     }
 
     pub(super) fn on(&self, l: InterconnectId) -> Vec<ClientId> {
-        self.at
-            .iter()
-            .filter(|&(_, &at)| at == l)
-            .map(|(&c, _)| c)
-            .collect()
+        self.on_ranked
+            .get(&l)
+            .map(|set| {
+                let mut v: Vec<ClientId> = set.iter().map(|r| r.client()).collect();
+                v.sort();
+                v
+            })
+            .unwrap_or_default()
     }
 
     /// The client with the highest demand on `l` (ties to the lowest id).
     pub(super) fn heaviest_on(&self, l: InterconnectId) -> Option<ClientId> {
-        let mut best: Option<(ClientId, f64)> = None;
-        for c in self.on(l) {
-            let d = self.demand(c);
-            if !matches!(best, Some((_, bd)) if d <= bd) {
-                best = Some((c, d));
-            }
-        }
-        best.map(|(c, _)| c)
+        self.on_ranked
+            .get(&l)
+            .and_then(|set| set.last())
+            .map(|r| r.client())
+    }
+
+    /// The clients on `l` with the highest demands, highest first.
+    fn top_on(&self, l: InterconnectId) -> impl Iterator<Item = ClientId> + '_ {
+        self.on_ranked
+            .get(&l)
+            .into_iter()
+            .flat_map(|set| set.iter().rev().map(|r| r.client()))
+    }
+
+    /// The placed non-Critical client with the highest positive demand (ties to the lowest id).
+    fn heaviest_ranked(&self) -> Option<ClientId> {
+        self.ranked.last().map(|r| r.client())
     }
 }
 
@@ -113,6 +165,9 @@ impl Placement {
         for (&cid, c) in &self.clients {
             let rate = decayed_rate(c, now, half_life) / BYTES_PER_MB;
             snap.demand.insert(cid, f64::from(c.declared).max(rate));
+            if c.latency == LatencyClass::Critical {
+                snap.critical.insert(cid);
+            }
         }
         for (&cid, c) in &self.clients {
             if let Some(l) = c.assigned.filter(|l| cands.contains(l)) {
@@ -154,25 +209,17 @@ impl Placement {
         except: Option<ClientId>,
     ) -> bool {
         let half = f64::from(self.capacity(l)) / 8.0 * HEAVY_SHARE;
-        snap.on(l)
-            .into_iter()
-            .any(|c| Some(c) != except && snap.demand(c) > half)
+        // The two highest demands decide: `except` may be one of them.
+        snap.top_on(l)
+            .filter(|&c| Some(c) != except)
+            .take(1)
+            .any(|c| snap.demand(c) > half)
     }
 
     /// Rule 4: the placed non-Critical client with the highest positive demand (ties to the
     /// lowest id).
     pub(super) fn heaviest(&self, snap: &Snap) -> Option<ClientId> {
-        let mut best: Option<(ClientId, f64)> = None;
-        for &c in snap.at.keys() {
-            let d = snap.demand(c);
-            if self.is_critical(c) || d <= 0.0 {
-                continue;
-            }
-            if !matches!(best, Some((_, bd)) if d <= bd) {
-                best = Some((c, d));
-            }
-        }
-        best.map(|(c, _)| c)
+        snap.heaviest_ranked()
     }
 
     /// Whether `l` is an RDMA interconnect with non-zero capacity outside failure domain
@@ -218,7 +265,6 @@ impl Placement {
 mod tests {
     use super::*;
     use crate::placement::PlacementConfig;
-    use crate::session::LatencyClass;
     use std::time::Duration;
 
     #[test]

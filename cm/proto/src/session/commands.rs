@@ -8,7 +8,7 @@ use super::{
     ClientEvent, ClientId, ClientSpec, InterconnectId, SessionError, SessionState,
     TransportSendError, MAX_TRANSPORT_PAYLOAD_BYTES,
 };
-use crate::control::{self, ClientGone, NackReason};
+use crate::control::{self, ClientGone, NackReason, MAX_CLIENTS_PER_NODE};
 use crate::frame::{Frame, MsgType};
 use crate::port::{Port, PortInput, PortState};
 use crate::stream::{RecvStream, SendModel, SendStream};
@@ -21,6 +21,11 @@ impl Session {
         control::validate_name("client name", name)?;
         if self.by_name.contains_key(name) {
             return Err(SessionError::DuplicateName(name.to_string()));
+        }
+        if self.clients.len() >= MAX_CLIENTS_PER_NODE {
+            return Err(SessionError::TooManyClients {
+                limit: MAX_CLIENTS_PER_NODE,
+            });
         }
         let id = self.next_client_id;
         self.next_client_id = ClientId::new(self.next_client_id.get().wrapping_add(1).max(1));

@@ -247,14 +247,6 @@ impl Session {
         self.clients.get(&id).map_or(0, |c| c.send.unacked_len())
     }
 
-    /// Announcements of every live client (for the handshake's NodeInfo).
-    pub fn announcements(&self) -> Vec<ClientAnnounce> {
-        self.clients
-            .iter()
-            .map(|(id, c)| self.announce(*id, c))
-            .collect()
-    }
-
     fn announce(&self, id: ClientId, c: &ClientSlot) -> ClientAnnounce {
         ClientAnnounce {
             name: c.name.clone(),

@@ -210,6 +210,13 @@ pub enum SessionError {
     /// The name is not acceptable.
     #[error(transparent)]
     BadName(#[from] control::ControlError),
+    /// The node already has the most clients it may have registered at once
+    /// ([`control::MAX_CLIENTS_PER_NODE`]).
+    #[error("this node already has {limit} clients registered, the most a node may have: close one first")]
+    TooManyClients {
+        /// The limit.
+        limit: usize,
+    },
     /// The port does not allow this now.
     #[error(transparent)]
     Port(#[from] InvalidTransition),

@@ -43,7 +43,6 @@ pub fn node(name: &str, instance: u64) -> NodeInfo {
         node_id: name.into(),
         instance,
         capabilities: vec![TransportCap::Tcp],
-        clients: vec![],
     }
 }
 

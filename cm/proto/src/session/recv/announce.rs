@@ -1,7 +1,7 @@
 //! CLIENT-UP and CLIENT-DOWN: which incarnation of each partner client is live, and the
 //! retirement of closed ones (late copies from slower links are ignored).
 
-use crate::control::{self, ClientAnnounce, ClientGone};
+use crate::control::{self, ClientAnnounce, ClientGone, ControlError, MAX_CLIENTS_PER_NODE};
 use crate::session::{PeerClient, Session};
 use crate::session::{PeerClientId, ProtocolViolation};
 use bytes::Bytes;
@@ -24,6 +24,17 @@ impl Session {
                 // arrived (it travels on a slower link): retire the old one now.
                 let old = p.id;
                 self.retire_peer_client(&a.name, old);
+            }
+            None if self.peer_clients.len() >= MAX_CLIENTS_PER_NODE => {
+                // A conforming partner refuses its client beyond the limit at `register`.
+                return Err(ProtocolViolation::Control(ControlError::OutOfBounds {
+                    what: "partner clients",
+                    detail: format!(
+                        "client {:?} would be the partner's client number {}, above the limit of {MAX_CLIENTS_PER_NODE}",
+                        a.name,
+                        self.peer_clients.len() + 1
+                    ),
+                }));
             }
             None => {}
         }
