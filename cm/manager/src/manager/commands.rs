@@ -152,6 +152,11 @@ impl Manager {
             }
             Command::Consumed { id, seq } => self.session.consumed(id, seq),
             Command::Status { reply } => {
+                // Status shows where every client is: place the ones still waiting for their
+                // batch (PLACE_BATCH) first.
+                let now = Instant::now();
+                self.place_registered(now);
+                self.flush(now);
                 let _ = reply.send(Ok(self.status()));
             }
             Command::SwitchPeer { reply } => {
