@@ -1,7 +1,7 @@
 //! Coordination between the roles (not peercm: that is what is under test): small files in the
 //! lane's shared sync dir (`--sync`), written then renamed. Roles announce themselves with
 //! `mlane.ready.<role>`; the leader sends numbered requests (`mlane.req.<role>.<n>`: `report`,
-//! `crash-at <index>`, `exit`) and waits for the answers (`mlane.resp.<role>.<n>`).
+//! `crash-at <index>`, `resync`, `exit`) and waits for the answers (`mlane.resp.<role>.<n>`).
 
 use super::args::Role;
 use crate::abort::AbortFile;

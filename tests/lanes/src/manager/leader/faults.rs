@@ -1,11 +1,26 @@
 //! The leader's fault injection: HCA0's cable cut and restore (its netdev administratively
-//! down/up, remembered so the run leaves the HCA as found), and arming the partner's planned
-//! crash.
+//! down/up, remembered so the run leaves the HCA as found), faults the host runner injects
+//! from outside the VMs (QEMU monitor `set_link`, `stop`, `cont`; undone at the end of the run
+//! if a scenario left them), and arming the partner's planned crash.
 
 use super::super::args::{Hca, Role};
 use super::Leader;
 use crate::netdev::set_admin_state;
 use serde_json::json;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How long the host runner may take to answer a request (it polls every 20 ms; its round trip
+/// was measured at 110-470 ms on a loaded host).
+const HOST_ACK_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The request that undoes `req` (`n1-cable0-off` -> `n1-cable0-on`, `n2-stop` -> `n2-cont`).
+fn undo_of(req: &str) -> Option<String> {
+    if let Some(base) = req.strip_suffix("-off") {
+        return Some(format!("{base}-on"));
+    }
+    req.strip_suffix("-stop").map(|base| format!("{base}-cont"))
+}
 
 impl Leader {
     /// Cuts the HCA's cable (its netdev admin down; rxe raises PORT_ERR); returns how.
@@ -36,6 +51,72 @@ impl Leader {
         }
     }
 
+    /// The lane's `ctl` dir (the sync dir's sibling), where the host runner takes requests.
+    fn ctl_dir(&self) -> Result<PathBuf, String> {
+        self.rpc
+            .sync
+            .dir
+            .parent()
+            .map(|p| p.join("ctl"))
+            .ok_or_else(|| "the sync dir has no parent: no ctl dir".to_string())
+    }
+
+    /// Asks the host runner for `req` (`<node>-cable<k>-off|on`: QEMU `set_link c<k>` on that
+    /// node's VM; `<node>-stop|cont`: freeze or resume it) and waits for its ack (protocol:
+    /// docs/softroce-lane.md, "Fault-injection protocol"). Returns the ack line. A fault
+    /// injected this way is undone at the end of the run unless a later request undid it.
+    pub async fn host_fault(&mut self, req: &str) -> Result<String, String> {
+        let dir = self.ctl_dir()?;
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let token = format!("n1.{}.{nanos}", std::process::id());
+        let tmp = dir.join(format!("{req}.tmp.n1.{}", std::process::id()));
+        std::fs::write(&tmp, format!("{token}\n"))
+            .map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, dir.join(req)).map_err(|e| format!("requesting {req}: {e}"))?;
+        let ack = dir.join(format!("{req}.ack"));
+        let deadline = Instant::now() + HOST_ACK_TIMEOUT;
+        let line = loop {
+            if let Ok(text) = std::fs::read_to_string(&ack) {
+                let line = text.lines().next().unwrap_or_default().to_string();
+                if line.contains(&format!(" {token} ")) {
+                    break line;
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the host runner did not answer {req} within {} s",
+                    HOST_ACK_TIMEOUT.as_secs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        if !line.starts_with("ok ") {
+            return Err(format!("the host runner refused {req}: {line}"));
+        }
+        match undo_of(req) {
+            Some(undo) => self.host_undo.push(undo),
+            None => self.host_undo.retain(|u| u != req),
+        }
+        Ok(line)
+    }
+
+    /// Whether the host fault that `undo` undoes is still in place.
+    pub fn host_fault_in_place(&self, undo: &str) -> bool {
+        self.host_undo.iter().any(|u| u == undo)
+    }
+
+    /// After the run: undoes the host faults a scenario left in place (a frozen VM resumed, a
+    /// link set up again).
+    pub(super) async fn undo_host_faults(&mut self) {
+        for req in std::mem::take(&mut self.host_undo).into_iter().rev() {
+            if let Err(e) = self.host_fault(&req).await {
+                self.log(format!("undoing a host fault: {e}"));
+            }
+        }
+    }
+
     /// Orders the partner to abort its process on receiving mirror record `index`. From then
     /// on the partner may be gone at any moment: it is asked nothing more.
     pub async fn arm_partner_crash(&mut self, index: u64) -> Result<(), String> {
@@ -48,5 +129,18 @@ impl Leader {
         }
         self.partner_crashed = true;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::undo_of;
+
+    #[test]
+    fn host_faults_know_their_undo() {
+        assert_eq!(undo_of("n1-cable0-off").as_deref(), Some("n1-cable0-on"));
+        assert_eq!(undo_of("n2-stop").as_deref(), Some("n2-cont"));
+        assert_eq!(undo_of("n1-cable0-on"), None);
+        assert_eq!(undo_of("n2-cont"), None);
     }
 }

@@ -5,7 +5,8 @@
 //! - `peers`: coordination with the other VMs through the sync dir (readiness, reports,
 //!   the final `exit`);
 //! - `streams`: the clients' sending streams across scenarios (record numbering, handles);
-//! - `faults`: fault injection (cable cut and restore on HCA0, the partner's planned crash);
+//! - `faults`: fault injection (cable cut and restore on HCA0, host-side faults through the
+//!   lane runner, the partner's planned crash);
 //! - `checks`: judging what the receivers report;
 //! - `report`: the result lines, the JSON report and the exit status;
 //! - `run`: the run itself, every scenario in order with its timeout.
@@ -49,6 +50,11 @@ pub struct Leader {
     sent: HashMap<&'static str, u64>,
     /// HCA0's netdev is down (a scenario cut it): the run brings it back at the end.
     rail_down: bool,
+    /// Node a's backup is node-c-nordma instead of node-c-backup (after its restart in
+    /// partner_freeze_keeps_backup: node-c-backup had a session with the earlier node a).
+    pub backup_nordma: bool,
+    /// Requests that undo the host faults still in place (`host_fault`), in order.
+    host_undo: Vec<String>,
     /// The partner was aborted (partner_crash_switches_to_backup): ask it nothing more.
     partner_crashed: bool,
     /// Async clients keep sending whatever is unacknowledged (see `stream_cfg`).
@@ -61,6 +67,26 @@ pub struct Leader {
 impl Leader {
     pub fn log(&self, m: impl AsRef<str>) {
         eprintln!("[manager-lane leader {:8.3}] {}", secs(self.t0), m.as_ref());
+    }
+
+    /// The id of node a's backup partner.
+    pub fn backup_id(&self) -> &'static str {
+        if self.backup_nordma {
+            "node-c-nordma"
+        } else {
+            "node-c-backup"
+        }
+    }
+
+    /// The address of node a's backup partner.
+    pub fn backup_addr(&self) -> Result<std::net::SocketAddr, String> {
+        if self.backup_nordma {
+            self.args
+                .no_rdma_peer
+                .ok_or_else(|| "no --no-rdma-peer given".into())
+        } else {
+            self.args.backup.ok_or_else(|| "no --backup given".into())
+        }
     }
 
     pub fn node(&self) -> Result<&Arc<Node>, String> {

@@ -34,6 +34,8 @@ pub async fn run_leader(args: Args, sync: SyncDir, hcas: Vec<Hca>) -> ExitCode {
         handles: HashMap::new(),
         sent: HashMap::new(),
         rail_down: false,
+        host_undo: Vec::new(),
+        backup_nordma: false,
         partner_crashed: false,
         keep_sending: false,
         ready: Vec::new(),
@@ -73,6 +75,7 @@ pub async fn run_leader(args: Args, sync: SyncDir, hcas: Vec<Hca>) -> ExitCode {
     }
     // Leave the HCA as found.
     leader.leave_links_as_found();
+    leader.undo_host_faults().await;
     leader.release_roles().await;
     if let Some(node) = leader.node.take() {
         if let Ok(s) = node.status().await {

@@ -44,7 +44,8 @@ pub async fn connect_client(
 impl Leader {
     /// Everything that must hold before any of `scenarios` can run.
     pub(super) async fn setup(&mut self, scenarios: &[&str]) -> Result<(), String> {
-        let switch = scenarios.contains(&"partner_crash_switches_to_backup");
+        let switch = scenarios.contains(&"partner_crash_switches_to_backup")
+            || scenarios.contains(&"partner_freeze_keeps_backup");
         let need_backup = switch || scenarios.contains(&"no_rdma_node_uses_tcp");
         let d = check_devices(&self.hcas)?;
         self.log(&d);
@@ -58,7 +59,7 @@ impl Leader {
         let mut cfg = node_config("node-a", &self.hcas);
         let mut pc = PeerConfig::new(peer, 2);
         if switch {
-            pc.backups = vec![self.args.backup.ok_or("no --backup given")?];
+            pc.backups = vec![self.backup_addr()?];
             pc.autoswitch = true;
         }
         cfg.peer = Some(pc);

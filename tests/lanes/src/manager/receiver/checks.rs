@@ -115,6 +115,15 @@ fn check_record(st: &mut RecvStats, seq: u64, payload: &[u8], tag: u8, hooks: &R
     }
 }
 
+/// Every client forgets which record it expects next (the leader's `resync`: the backup took
+/// part of each stream, so the next record may come after a hole). Duplicates of what was
+/// received before are still not detected across this point.
+pub fn resync(stats: &Stats) {
+    for st in lock(stats).values_mut() {
+        st.next = None;
+    }
+}
+
 /// Takes every event of a receiving client: checks each record, answers sync ones.
 pub fn spawn_receiver(mut h: ClientHandle, tag: u8, stats: Stats, hooks: RecvHooks) {
     let name = h.name().to_string();
@@ -184,5 +193,17 @@ mod tests {
         check_record(&mut st, 1, &r(3), 1, &keep);
         check_record(&mut st, 2, &r(7), 1, &keep);
         assert_eq!((st.gaps, st.indices.clone()), (0, vec![3, 7]));
+        // After a resync the next record may come after a hole.
+        let stats: Stats = Arc::default();
+        let mut st = RecvStats::default();
+        check_record(&mut st, 1, &r(1), 1, &hooks);
+        lock(&stats).insert("c".into(), st);
+        resync(&stats);
+        let mut st = lock(&stats).remove("c").unwrap();
+        assert_eq!(
+            check_record(&mut st, 2, &r(9), 1, &hooks),
+            record::code(&r(9))
+        );
+        assert_eq!((st.gaps, st.first, st.last), (0, Some(1), Some(9)));
     }
 }

@@ -1,7 +1,7 @@
 //! The receiving roles: the partner (node b on n2, with the same two HCAs) and the backup (n3,
 //! no RDMA: `node-c-nordma` and `node-c-backup`). They start their nodes, announce themselves
 //! in the sync dir, check every record they get ([`checks`]) and serve the leader's requests
-//! (`report`, `crash-at <index>`, `exit`) until it says exit or is gone.
+//! (`report`, `crash-at <index>`, `resync`, `exit`) until it says exit or is gone.
 
 mod checks;
 
@@ -13,7 +13,7 @@ use super::sync::SyncDir;
 use super::watch::StallProbe;
 use super::{lock, secs};
 use crate::cli::EXIT_NOT_RUN;
-use checks::{spawn_receiver, RecvHooks, RecvStats, Stats};
+use checks::{resync, spawn_receiver, RecvHooks, RecvStats, Stats};
 use peercm_cm_manager::{Node, VerbsSource};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -99,7 +99,10 @@ pub async fn run_receiver(role: Role, args: &Args, sync: SyncDir, hcas: Vec<Hca>
             };
             for (id, addr) in names.iter().zip(args.listen.iter()) {
                 let hooks = RecvHooks {
-                    keep_indices: *id == "node-c-backup",
+                    // Both of n3's nodes serve as node a's backup (node-c-nordma after node
+                    // a's restart in partner_freeze_keeps_backup): their clients get what the
+                    // partner did not acknowledge, so holes are expected and every index kept.
+                    keep_indices: role == Role::Backup,
                     crash_at: (role == Role::Partner).then(|| (crash_at.clone(), sync.clone())),
                 };
                 match start_receiver(id, *addr, &hcas, hooks).await {
@@ -145,6 +148,13 @@ pub async fn run_receiver(role: Role, args: &Args, sync: SyncDir, hcas: Vec<Hca>
                         per_node.insert(r.node.node_id().to_string(), receiver_report(r).await);
                     }
                     json!({ "ok": ok, "nodes": per_node })
+                }
+                "resync" => {
+                    for r in &nodes {
+                        resync(&r.stats);
+                    }
+                    log("resync: every client accepts its next record wherever it starts".into());
+                    json!({ "ok": true })
                 }
                 other => match other.strip_prefix("crash-at ").map(str::parse::<u64>) {
                     Some(Ok(ix)) if role == Role::Partner => {

@@ -3,8 +3,10 @@
 //! what went wrong (FAIL).
 
 mod cable_cut_hca0_under_stream;
+mod host_cable_pull_under_stream;
 mod no_rdma_node_uses_tcp;
 mod partner_crash_switches_to_backup;
+mod partner_freeze_keeps_backup;
 mod ports_down_at_start;
 mod rails_up_and_placement;
 mod restore_hca0;
@@ -16,8 +18,11 @@ pub const SCENARIOS: &[&str] = &[
     "rails_up_and_placement",
     "cable_cut_hca0_under_stream",
     "restore_hca0",
+    "host_cable_pull_under_stream",
     "no_rdma_node_uses_tcp",
     "ports_down_at_start",
+    // Node a is restarted afterwards, with node b as its partner again.
+    "partner_freeze_keeps_backup",
     // Last: the partner is dead afterwards.
     "partner_crash_switches_to_backup",
 ];
@@ -28,8 +33,10 @@ pub async fn run(leader: &mut Leader, name: &str, f: &mut Figures) -> Result<Str
         "rails_up_and_placement" => leader.rails_up_and_placement(f).await,
         "cable_cut_hca0_under_stream" => leader.cable_cut_hca0_under_stream(f).await,
         "restore_hca0" => leader.restore_hca0(f).await,
+        "host_cable_pull_under_stream" => leader.host_cable_pull_under_stream(f).await,
         "no_rdma_node_uses_tcp" => leader.no_rdma_node_uses_tcp(f).await,
         "ports_down_at_start" => leader.ports_down_at_start(f).await,
+        "partner_freeze_keeps_backup" => leader.partner_freeze_keeps_backup(f).await,
         "partner_crash_switches_to_backup" => leader.partner_crash_switches_to_backup(f).await,
         other => Err(format!("no such scenario {other}")),
     }

@@ -1,5 +1,6 @@
 //! Scenario 5, `partner_crash_switches_to_backup` (last: the partner is dead afterwards): node a
-//! has the backup partner, autoswitch; n2 aborts its process (`abort()`, as `kill -9`) on
+//! has the backup partner (node-c-backup, or node-c-nordma when partner_freeze_keeps_backup
+//! restarted node a), autoswitch; n2 aborts its process (`abort()`, as `kill -9`) on
 //! receiving mirror record k, mid-stream with all three clients. One `PeerSwitched` to
 //! node-c-backup per client, no NACK, no Down, no refused send; the backup got exactly the
 //! records node b did not acknowledge, in order, once; epoch raised; fallback "the partner
@@ -22,7 +23,8 @@ impl Leader {
         &mut self,
         f: &mut Figures,
     ) -> Result<String, String> {
-        let backup = self.args.backup.ok_or("no --backup given")?;
+        let backup = self.backup_addr()?;
+        let backup_id = self.backup_id();
         let node = self.node()?;
         let (s0, _) = wait_status(
             node,
@@ -75,7 +77,7 @@ impl Leader {
             "the session up with the backup",
             Duration::from_secs(20),
             |s| {
-                s.peer.as_deref() == Some("node-c-backup")
+                s.peer.as_deref() == Some(backup_id)
                     && s.session == peercm_cm_manager::SessionState::Up
             },
         )
@@ -84,19 +86,19 @@ impl Leader {
         // Per client: acks from b (before PeerSwitched) and from c (after); c must have got
         // exactly the records b did not acknowledge, in order, once.
         let report = self.report(Role::Backup).await?;
-        let c = &report["nodes"]["node-c-backup"];
+        let c = &report["nodes"][backup_id];
         if c.is_null() {
-            problems.push(format!("no report from node-c-backup: {report}"));
+            problems.push(format!("no report from {backup_id}: {report}"));
         }
         let mut t_switch = None;
         let mut per_client = Vec::new();
         for (name, o) in &outs {
             problems.extend(o.problems().into_iter().map(|p| format!("{name}: {p}")));
             let sw = match o.switched.as_slice() {
-                [(t, node)] if node == "node-c-backup" => *t,
+                [(t, node)] if node == backup_id => *t,
                 other => {
                     problems.push(format!(
-                        "{name}: expected one PeerSwitched to node-c-backup, got {:?}",
+                        "{name}: expected one PeerSwitched to {backup_id}, got {:?}",
                         other.iter().map(|x| x.1.clone()).collect::<Vec<_>>()
                     ));
                     continue;
@@ -114,9 +116,15 @@ impl Leader {
             let expected: Vec<u64> = (start..=o.last_sent)
                 .filter(|i| !by_b.contains(i))
                 .collect();
+            // (An earlier scenario may have sent the backup records too.)
             let got: Vec<u64> = c["clients"][name]["indices"]
                 .as_array()
-                .map(|a| a.iter().filter_map(Value::as_u64).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_u64)
+                        .filter(|i| *i >= start)
+                        .collect()
+                })
                 .unwrap_or_default();
             let bad: u64 = ["duplicates", "gaps", "bad"]
                 .iter()
@@ -225,7 +233,7 @@ impl Leader {
             return Err(problems.join("; "));
         }
         Ok(format!(
-            "node b aborted on receiving mirror record {crash_ix}; switched to node-c-backup {:.0} ms after b's last ack (all links gone +{:.0} ms), first ack from c +{:.0} ms; {}; no NACK, no Down, each record once and in order at c",
+            "node b aborted on receiving mirror record {crash_ix}; switched to {backup_id} {:.0} ms after b's last ack (all links gone +{:.0} ms), first ack from c +{:.0} ms; {}; no NACK, no Down, each record once and in order at c",
             f.get("last_ack_from_b_to_peer_switched_ms").and_then(Value::as_f64).unwrap_or(0.0),
             f.get("last_ack_from_b_to_all_links_gone_ms").and_then(Value::as_f64).unwrap_or(0.0),
             f.get("last_ack_from_b_to_first_ack_from_c_ms").and_then(Value::as_f64).unwrap_or(0.0),

@@ -105,7 +105,7 @@ impl Leader {
 
     /// Stops node a (the stall probe holds it weakly) and waits until node b has dropped every
     /// link to it, so the new node a meets a partner with no stale link.
-    async fn stop_node_a(&mut self) -> Result<(), String> {
+    pub(super) async fn stop_node_a(&mut self) -> Result<(), String> {
         let mut node = self.node.take().ok_or("node a is not running")?;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -139,12 +139,14 @@ impl Leader {
     }
 
     /// Node a's configuration, as the setup made it (with the backup when the switch runs).
-    fn node_a_config(&self) -> Result<peercm_cm_manager::NodeConfig, String> {
+    pub(super) fn node_a_config(&self) -> Result<peercm_cm_manager::NodeConfig, String> {
         let mut cfg = node_config("node-a", &self.hcas);
         let mut pc = PeerConfig::new(self.args.peer.ok_or("no --peer given")?, 2);
         let selected = cli::select(SCENARIOS, &cli::names(&self.args.only))?;
-        if selected.contains(&"partner_crash_switches_to_backup") {
-            pc.backups = vec![self.args.backup.ok_or("no --backup given")?];
+        if selected.contains(&"partner_crash_switches_to_backup")
+            || selected.contains(&"partner_freeze_keeps_backup")
+        {
+            pc.backups = vec![self.backup_addr()?];
             pc.autoswitch = true;
         }
         cfg.peer = Some(pc);
