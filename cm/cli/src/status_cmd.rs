@@ -184,6 +184,22 @@ pub fn render(doc: &Value) -> String {
         .and_then(Value::as_array)
         .map_or(0, Vec::len);
     let _ = writeln!(out, "\nlinks: {links}");
+    if let Some(h) = doc.get("handshakes").filter(|h| h.is_object()) {
+        let n = |k: &str| h.get(k).and_then(Value::as_u64).unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "inbound handshakes: {} pending, {} accepted, {} refused over the caps \
+             ({} overall, {} per source), {} failed authentication, {} failed, {} timed out",
+            n("pending"),
+            n("accepted"),
+            n("refused_busy") + n("refused_source_busy"),
+            n("refused_busy"),
+            n("refused_source_busy"),
+            n("auth_failed"),
+            n("failed"),
+            n("timed_out")
+        );
+    }
     let timeline: Vec<&Value> = doc
         .get("timeline")
         .and_then(Value::as_array)
@@ -235,6 +251,9 @@ mod tests {
             ],
             "clients": [{"name": "mirror", "state": "Connected", "unacked": 4, "interconnect": 0}],
             "links": [{"id": 1}],
+            "handshakes": {"pending": 2, "accepted": 1, "refused_busy": 5,
+                           "refused_source_busy": 7, "auth_failed": 3, "failed": 4,
+                           "timed_out": 6},
             "timeline": [{"at_ms": 1200,
                           "event": {"kind": "client_moved", "client": "mirror", "from": 1, "to": 0,
                                     "reason": "FallbackToTcp"},
@@ -259,6 +278,10 @@ mod tests {
         assert!(text.contains("mirror, heartbeat"), "{text}");
         assert!(text.contains("164%"), "{text}");
         assert!(text.contains("FallbackToTcp"), "{text}");
+        assert!(
+            text.contains("inbound handshakes: 2 pending, 1 accepted, 12 refused over the caps (5 overall, 7 per source), 3 failed authentication, 4 failed, 6 timed out"),
+            "{text}"
+        );
         assert!(text.contains("mirror               Connected"), "{text}");
     }
 
