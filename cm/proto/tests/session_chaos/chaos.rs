@@ -28,6 +28,8 @@ pub(super) struct Chaos {
     /// at delivery, seq, message number). Clients take them only now and then (`Consume`), so
     /// async sends must wait for that, not for the delivery.
     pub(super) to_consume: BTreeMap<(Side, usize), Vec<Untaken>>,
+    /// One seed in three: half the sends carry an acknowledgement timeout of 1-400 ms.
+    pub(super) ack_timeouts: bool,
 }
 
 impl Chaos {
@@ -91,6 +93,7 @@ impl Chaos {
             trace: std::env::var_os("PEERCM_CHAOS_TRACE").is_some(),
             slow: None,
             to_consume: BTreeMap::new(),
+            ack_timeouts: seed.is_multiple_of(3),
         }
         .traced()
     }
@@ -125,12 +128,18 @@ impl Chaos {
         let id = self.ids[&side][c];
         let n = self.streams[&(side, c)].msgs.len();
         let data = payload(side, c, n);
-        let res = match side {
-            Side::A => self.p.a.send(id, data.clone(), model),
-            Side::B => self.p.b.send(id, data.clone(), model),
+        let ack_timeout = (self.ack_timeouts && self.p.rng.below(2) == 0)
+            .then(|| Duration::from_millis(1 + self.p.rng.below(400)));
+        let now = self.p.now;
+        let opts = SendOptions { model, ack_timeout };
+        let res = match (side, ack_timeout) {
+            (Side::A, None) => self.p.a.send(id, data.clone(), model),
+            (Side::B, None) => self.p.b.send(id, data.clone(), model),
+            (Side::A, Some(_)) => self.p.a.send_with(id, data.clone(), opts, now),
+            (Side::B, Some(_)) => self.p.b.send_with(id, data.clone(), opts, now),
         };
         if self.trace {
-            println!("  {side:?}/client{c} send #{n} {model:?}: {res:?}");
+            println!("  {side:?}/client{c} send #{n} {model:?} {ack_timeout:?}: {res:?}");
         }
         if let Ok(seq) = res {
             let seed = self.seed;
@@ -149,6 +158,7 @@ impl Chaos {
                 transmitted: false,
                 nacked: None,
                 consumed: false,
+                ack_timeout,
             });
         }
     }

@@ -48,6 +48,8 @@ pub(super) struct Msg {
     pub(super) nacked: Option<NackReason>,
     /// The receiving client took it from its queue (reported with `consumed`).
     pub(super) consumed: bool,
+    /// Its own acknowledgement timeout, if it had one.
+    pub(super) ack_timeout: Option<Duration>,
 }
 
 /// One direction of one client: what the sender sent and what the receiver got.
