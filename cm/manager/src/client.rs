@@ -2,12 +2,14 @@
 //! losses and resets: the connection state is reported as events, never by invalidating the
 //! handle.
 
+use crate::consumed::{is_boundary, ConsumedReport};
 use crate::error::CmError;
 use crate::manager::Command;
 use bytes::Bytes;
 use peercm_cm_proto::port::PortState;
 use peercm_cm_proto::session::{ClientEvent, ClientId, ClientSpec, SendOptions};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -19,6 +21,10 @@ pub struct ClientHandle {
     spec: ClientSpec,
     cmd: mpsc::UnboundedSender<Command>,
     events: mpsc::UnboundedReceiver<ClientEvent>,
+    /// The latest message taken, for the manager (see [`crate::consumed`]).
+    report: Arc<ConsumedReport>,
+    /// Session boundaries (`Down`, `PeerSwitched`) taken so far.
+    boundaries: u64,
     /// Set once a `close` destroyed the port: every later call is [`CmError::ClientClosed`]
     /// (the manager has forgotten the id, so asking it would only say "unknown client").
     closed: AtomicBool,
@@ -32,6 +38,7 @@ impl ClientHandle {
         spec: ClientSpec,
         cmd: mpsc::UnboundedSender<Command>,
         events: mpsc::UnboundedReceiver<ClientEvent>,
+        report: Arc<ConsumedReport>,
     ) -> Self {
         let span = tracing::info_span!("client", name = %name, id = id.get());
         ClientHandle {
@@ -40,6 +47,8 @@ impl ClientHandle {
             spec,
             cmd,
             events,
+            report,
+            boundaries: 0,
             closed: AtomicBool::new(false),
             span,
         }
@@ -142,14 +151,17 @@ impl ClientHandle {
     }
 
     /// Taking a message is what the partner's async send waits for (and what grants it
-    /// credit): every take is reported to the manager, whose session coalesces the reports
-    /// into few frames (see `SessionConfig::consumed_report_interval`).
+    /// credit): every take is reported to the manager, at most one command at a time (see
+    /// [`crate::consumed`]), and its session coalesces the reports into few frames (see
+    /// `SessionConfig::consumed_report_interval`).
     fn after_event(&mut self, ev: &Option<ClientEvent>) {
         if let Some(ClientEvent::Data { seq, .. }) = ev {
-            let _ = self.cmd.send(Command::Consumed {
-                id: self.id,
-                seq: *seq,
-            });
+            let send = self.report.record(self.boundaries, *seq);
+            if send {
+                let _ = self.cmd.send(Command::Consumed { id: self.id });
+            }
+        } else if ev.as_ref().is_some_and(is_boundary) {
+            self.boundaries += 1;
         }
     }
 

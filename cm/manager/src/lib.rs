@@ -23,6 +23,7 @@
 
 pub mod client;
 pub mod config;
+mod consumed;
 pub mod error;
 mod links;
 pub mod manager;

@@ -96,7 +96,7 @@ impl Node {
 
     /// Registers a client (port INITIALIZED). The partner must register the same name.
     pub async fn register(&self, name: &str, spec: ClientSpec) -> Result<ClientHandle, CmError> {
-        let (id, events) = self
+        let (id, events, report) = self
             .ask(|reply| Command::Register {
                 name: name.to_string(),
                 spec,
@@ -109,6 +109,7 @@ impl Node {
             spec,
             self.cmd.clone(),
             events,
+            report,
         ))
     }
 

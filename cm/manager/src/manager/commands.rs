@@ -1,7 +1,8 @@
 //! Client and node commands: [`Command`], what a [`crate::Node`] or [`crate::ClientHandle`] asks
 //! of the manager, and how the manager carries each one out.
 
-use super::Manager;
+use super::{ClientChannel, Manager};
+use crate::consumed::ConsumedReport;
 use crate::error::CmError;
 #[cfg(feature = "fault-injection")]
 use crate::links::AnyLink;
@@ -14,6 +15,7 @@ use peercm_cm_proto::port::PortState;
 #[cfg(feature = "fault-injection")]
 use peercm_cm_proto::session::LinkId;
 use peercm_cm_proto::session::{ClientEvent, ClientId, ClientSpec, SendOptions};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
@@ -25,7 +27,11 @@ pub(crate) enum Command {
     Register {
         name: String,
         spec: ClientSpec,
-        reply: Reply<(ClientId, mpsc::UnboundedReceiver<ClientEvent>)>,
+        reply: Reply<(
+            ClientId,
+            mpsc::UnboundedReceiver<ClientEvent>,
+            Arc<ConsumedReport>,
+        )>,
     },
     Connect {
         id: ClientId,
@@ -53,9 +59,9 @@ pub(crate) enum Command {
         code: i32,
         reply: Reply<()>,
     },
+    /// The client took messages: the latest is in its [`ConsumedReport`].
     Consumed {
         id: ClientId,
-        seq: u64,
     },
     Status {
         reply: Reply<NodeStatus>,
@@ -89,10 +95,18 @@ impl Manager {
                     .map_err(CmError::from)
                     .map(|id| {
                         let (tx, rx) = mpsc::unbounded_channel();
-                        self.clients.insert(id, tx);
-                        (id, rx)
+                        let report = Arc::new(ConsumedReport::default());
+                        self.clients.insert(
+                            id,
+                            ClientChannel {
+                                tx,
+                                report: report.clone(),
+                                boundaries: 0,
+                            },
+                        );
+                        (id, rx, report)
                     });
-                if let Ok((id, _)) = &res {
+                if let Ok((id, _, _)) = &res {
                     // A client listed in the configuration gets its default ack timeout.
                     let timeout = self
                         .cfg
@@ -150,7 +164,16 @@ impl Manager {
             } => {
                 let _ = reply.send(self.session.reply(id, seq, code).map_err(CmError::from));
             }
-            Command::Consumed { id, seq } => self.session.consumed(id, seq),
+            Command::Consumed { id } => {
+                if let Some(ch) = self.clients.get(&id) {
+                    let (boundaries, seq) = ch.report.take();
+                    // A report made before the client took the latest Down/PeerSwitched
+                    // names a message of an older session: dropped.
+                    if boundaries == ch.boundaries {
+                        self.session.consumed(id, seq);
+                    }
+                }
+            }
             Command::Status { reply } => {
                 // Status shows where every client is: place the ones still waiting for their
                 // batch (PLACE_BATCH) first.

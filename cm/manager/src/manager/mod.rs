@@ -52,6 +52,14 @@ const LINK_INPUT_CAPACITY: usize = 4096;
 /// data goes on any link meanwhile.
 const PLACE_BATCH: Duration = Duration::from_millis(20);
 
+/// A registered client as the manager sees it: its event channel, its consumption reports and
+/// the session boundaries forwarded to it (see [`crate::consumed`]).
+pub(crate) struct ClientChannel {
+    tx: mpsc::UnboundedSender<ClientEvent>,
+    report: Arc<crate::consumed::ConsumedReport>,
+    boundaries: u64,
+}
+
 /// The manager task's state (see the module docs). The fields the rail glue in
 /// [`crate::rails`] works on are `pub(crate)`.
 pub(crate) struct Manager {
@@ -99,7 +107,7 @@ pub(crate) struct Manager {
     #[cfg(feature = "fault-injection")]
     pub(crate) readers_held_tx: watch::Sender<Option<Instant>>,
     pub(crate) next_link: Arc<AtomicU64>,
-    clients: HashMap<ClientId, mpsc::UnboundedSender<ClientEvent>>,
+    clients: HashMap<ClientId, ClientChannel>,
     node_info: watch::Sender<NodeInfo>,
     pub(crate) link_tx: mpsc::Sender<LinkInput>,
     link_rx: mpsc::Receiver<LinkInput>,
@@ -460,8 +468,11 @@ impl Manager {
             if let Some(e) = noted {
                 self.note(e);
             }
-            if let Some(tx) = self.clients.get(&id) {
-                let _ = tx.send(ev);
+            if let Some(ch) = self.clients.get_mut(&id) {
+                if crate::consumed::is_boundary(&ev) {
+                    ch.boundaries += 1;
+                }
+                let _ = ch.tx.send(ev);
             }
         }
     }
