@@ -120,3 +120,68 @@ async fn a_partner_killed_mid_stream_acked_only_what_its_client_took() {
     assert!(!acked.is_empty(), "what b's client took is acknowledged");
     drop(cb);
 }
+
+/// A take reported after a reset names a message of the old session: it must not mark the new
+/// session's messages as taken. b's client takes five old messages only once the connection was
+/// lost and re-established and three new ones wait behind them, then takes the first new one:
+/// only that one may be Acked (reading the old report as a take of the new stream Acked all
+/// three), and when b dies the other two are NACKed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_take_of_an_old_session_acknowledges_nothing_in_the_new_one() {
+    let (a, b) = start_pair(1).await;
+    let mut ca = a.register("m", spec(SendModel::Async)).await.unwrap();
+    let mut cb = b.register("m", spec(SendModel::Async)).await.unwrap();
+    ca.connect().await.unwrap();
+    wait_up(&mut ca).await;
+    wait_up(&mut cb).await;
+    wait_links(&a, 1).await;
+    for i in 1..=5 {
+        ca.send(msg("m", i)).await.unwrap();
+    }
+    wait_status(&b, "the five in b's queue", |s| s.stats.delivered == 5).await;
+    // The only connection drops: both sessions go down (a NACKs the five), then reset.
+    assert!(a.kill_link(None).await.unwrap().is_some());
+    let (acked, nacked) = completions_until_down(&mut ca).await;
+    assert!(acked.is_empty());
+    assert_eq!(nacked.len(), 5);
+    wait_up(&mut ca).await;
+    let new: Vec<u64> = {
+        let mut v = Vec::new();
+        for i in 6..=8 {
+            v.push(ca.send(msg("m", i)).await.unwrap());
+        }
+        v
+    };
+    wait_status(&b, "the three new ones in b's queue", |s| {
+        s.stats.delivered == 8
+    })
+    .await;
+    // b's client takes the five old ones now (its reports name the old session), then the
+    // Down and Up, then the first new one.
+    for i in 1..=5 {
+        let ev = wait_for(&mut cb, "old data", |e| {
+            matches!(e, ClientEvent::Data { .. })
+        })
+        .await;
+        assert!(matches!(ev, ClientEvent::Data { payload, .. } if payload == msg("m", i)));
+    }
+    // b's manager has handled that report before it answers (one command queue, in order).
+    b.status().await.unwrap();
+    let ev = wait_for(&mut cb, "the first new message", |e| {
+        matches!(e, ClientEvent::Data { .. })
+    })
+    .await;
+    assert!(matches!(ev, ClientEvent::Data { payload, .. } if payload == msg("m", 6)));
+    match next(&mut ca, "the Acked of the first new message").await {
+        ClientEvent::Acked { seq, code: None } => assert_eq!(seq, new[0]),
+        other => panic!("unexpected {other:?}"),
+    }
+    b.shutdown();
+    let (late_acked, nacked) = completions_until_down(&mut ca).await;
+    assert!(
+        late_acked.is_empty(),
+        "Acked {late_acked:?}, which b's client never took"
+    );
+    assert_eq!(nacked, new[1..]);
+    drop(cb);
+}
