@@ -50,9 +50,6 @@ pub struct Leader {
     sent: HashMap<&'static str, u64>,
     /// HCA0's netdev is down (a scenario cut it): the run brings it back at the end.
     rail_down: bool,
-    /// Node a's backup is node-c-nordma instead of node-c-backup (after its restart in
-    /// partner_freeze_keeps_backup: node-c-backup had a session with the earlier node a).
-    pub backup_nordma: bool,
     /// Requests that undo the host faults still in place (`host_fault`), in order.
     host_undo: Vec<String>,
     /// The partner was aborted (partner_crash_switches_to_backup): ask it nothing more.
@@ -71,22 +68,12 @@ impl Leader {
 
     /// The id of node a's backup partner.
     pub fn backup_id(&self) -> &'static str {
-        if self.backup_nordma {
-            "node-c-nordma"
-        } else {
-            "node-c-backup"
-        }
+        "node-c-backup"
     }
 
     /// The address of node a's backup partner.
     pub fn backup_addr(&self) -> Result<std::net::SocketAddr, String> {
-        if self.backup_nordma {
-            self.args
-                .no_rdma_peer
-                .ok_or_else(|| "no --no-rdma-peer given".into())
-        } else {
-            self.args.backup.ok_or_else(|| "no --backup given".into())
-        }
+        self.args.backup.ok_or_else(|| "no --backup given".into())
     }
 
     pub fn node(&self) -> Result<&Arc<Node>, String> {

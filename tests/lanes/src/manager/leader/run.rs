@@ -35,7 +35,6 @@ pub async fn run_leader(args: Args, sync: SyncDir, hcas: Vec<Hca>) -> ExitCode {
         sent: HashMap::new(),
         rail_down: false,
         host_undo: Vec::new(),
-        backup_nordma: false,
         partner_crashed: false,
         keep_sending: false,
         ready: Vec::new(),

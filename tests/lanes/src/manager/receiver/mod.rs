@@ -99,10 +99,7 @@ pub async fn run_receiver(role: Role, args: &Args, sync: SyncDir, hcas: Vec<Hca>
             };
             for (id, addr) in names.iter().zip(args.listen.iter()) {
                 let hooks = RecvHooks {
-                    // Both of n3's nodes serve as node a's backup (node-c-nordma after node
-                    // a's restart in partner_freeze_keeps_backup): their clients get what the
-                    // partner did not acknowledge, so holes are expected and every index kept.
-                    keep_indices: role == Role::Backup,
+                    keep_indices: *id == "node-c-backup",
                     crash_at: (role == Role::Partner).then(|| (crash_at.clone(), sync.clone())),
                 };
                 match start_receiver(id, *addr, &hcas, hooks).await {

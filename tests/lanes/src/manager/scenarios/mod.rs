@@ -2,6 +2,7 @@
 //! method of the leader that records its figures and returns a one-line summary (PASS) or
 //! what went wrong (FAIL).
 
+mod black_holed_rail_backs_off;
 mod cable_cut_hca0_under_stream;
 mod host_cable_pull_under_stream;
 mod no_rdma_node_uses_tcp;
@@ -19,6 +20,7 @@ pub const SCENARIOS: &[&str] = &[
     "cable_cut_hca0_under_stream",
     "restore_hca0",
     "host_cable_pull_under_stream",
+    "black_holed_rail_backs_off",
     "no_rdma_node_uses_tcp",
     "ports_down_at_start",
     // Node a is restarted afterwards, with node b as its partner again.
@@ -34,6 +36,7 @@ pub async fn run(leader: &mut Leader, name: &str, f: &mut Figures) -> Result<Str
         "cable_cut_hca0_under_stream" => leader.cable_cut_hca0_under_stream(f).await,
         "restore_hca0" => leader.restore_hca0(f).await,
         "host_cable_pull_under_stream" => leader.host_cable_pull_under_stream(f).await,
+        "black_holed_rail_backs_off" => leader.black_holed_rail_backs_off(f).await,
         "no_rdma_node_uses_tcp" => leader.no_rdma_node_uses_tcp(f).await,
         "ports_down_at_start" => leader.ports_down_at_start(f).await,
         "partner_freeze_keeps_backup" => leader.partner_freeze_keeps_backup(f).await,

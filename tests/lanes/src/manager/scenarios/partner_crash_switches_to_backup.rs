@@ -1,6 +1,5 @@
 //! Scenario 5, `partner_crash_switches_to_backup` (last: the partner is dead afterwards): node a
-//! has the backup partner (node-c-backup, or node-c-nordma when partner_freeze_keeps_backup
-//! restarted node a), autoswitch; n2 aborts its process (`abort()`, as `kill -9`) on
+//! has the backup partner, autoswitch; n2 aborts its process (`abort()`, as `kill -9`) on
 //! receiving mirror record k, mid-stream with all three clients. One `PeerSwitched` to
 //! node-c-backup per client, no NACK, no Down, no refused send; the backup got exactly the
 //! records node b did not acknowledge, in order, once; epoch raised; fallback "the partner

@@ -303,8 +303,8 @@ impl Leader {
         ))
     }
 
-    /// After the switch: node a is restarted (the same configuration, but node-c-nordma as its
-    /// backup) so that node b is its partner again, node b's receivers forget where each
+    /// After the switch: node a is restarted (the same configuration) so that node b is its
+    /// partner again, node b's receivers forget where each
     /// stream was (the backup took part of it), and both rails are linked.
     async fn restart_with_partner(&mut self, f: &mut Figures) -> Result<(), String> {
         self.stop_node_a().await?;
@@ -312,11 +312,9 @@ impl Leader {
         if r["ok"] != serde_json::json!(true) {
             return Err(format!("node b's receivers did not resync: {r}"));
         }
-        // Its backup from now on is n3's other node: node-c-backup still remembers the session
-        // it had with the node a just stopped, and a restarted dialer switching to such a
-        // backup is reset right after its second link (every client Down with PeerReset;
-        // docs/softroce-lane.md, "What the lane found").
-        self.backup_nordma = true;
+        // node-c-backup still remembers the session it had with the node a just stopped: the
+        // crash scenario's switch to it checks that the new node a is not reset by that
+        // session's epoch (docs/softroce-lane.md, "What the lane found").
         let t = Instant::now();
         let node = Node::start_with_verbs(self.node_a_config()?, secret(), VerbsSource::Real)
             .await
