@@ -4,6 +4,7 @@
 use bytes::BytesMut;
 use peercm_cm_proto::control::MAX_HANDSHAKE_PAYLOAD_BYTES;
 use peercm_cm_proto::frame::{FrameDecoder, FrameError, HEADER_LEN};
+use peercm_cm_proto::frame_reader::{Decoded, FrameReader};
 use peercm_cm_proto::Frame;
 use thiserror::Error;
 use tokio_util::codec::{Decoder, Encoder};
@@ -95,6 +96,48 @@ impl Decoder for FrameCodec {
             have: buf.len(),
             need,
         })
+    }
+}
+
+/// Frames on an established link: like [`FrameCodec`], except that a frame above the limit is
+/// skipped (consumed, never buffered) and yielded as [`Decoded::Oversize`], so the session can
+/// refuse that one message and keep the link (see `peercm_cm_proto::frame_reader`).
+#[derive(Debug, Clone, Copy)]
+pub struct LinkCodec {
+    reader: FrameReader,
+}
+
+impl LinkCodec {
+    /// A codec skipping payloads above `max_payload_bytes`.
+    pub fn new(max_payload_bytes: u32) -> Self {
+        LinkCodec {
+            reader: FrameReader::new(max_payload_bytes),
+        }
+    }
+}
+
+impl Decoder for LinkCodec {
+    type Item = Decoded;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Decoded>, CodecError> {
+        Ok(self.reader.decode(src)?)
+    }
+
+    /// At end of stream: as [`FrameCodec::decode_eof`]; a frame being skipped is cut short too.
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, CodecError> {
+        if let Some(d) = self.decode(buf)? {
+            return Ok(Some(d));
+        }
+        if self.reader.is_skipping() {
+            return Err(CodecError::Truncated {
+                have: buf.len(),
+                need: buf.len() + 1,
+            });
+        }
+        FrameCodec::new(self.reader.max_payload_bytes())
+            .decode_eof(buf)
+            .map(|f| f.map(Decoded::Frame))
     }
 }
 

@@ -14,6 +14,6 @@ pub mod codec;
 pub mod handshake;
 pub mod link;
 
-pub use codec::FrameCodec;
+pub use codec::{FrameCodec, LinkCodec};
 pub use handshake::{accept, dial, HandshakeFailure, TcpHandshakeConfig};
 pub use link::{spawn_link, LinkHandle, TcpLinkClosed, TcpLinkSink};

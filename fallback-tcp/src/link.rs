@@ -5,10 +5,11 @@
 //! ending closes the link; the sink hears exactly one [`TcpLinkSink::closed`] per link, with a
 //! typed [`TcpLinkClosed`] reason.
 
-use crate::codec::{CodecError, FrameCodec};
+use crate::codec::{CodecError, FrameCodec, LinkCodec};
 use crate::handshake::FramedLink;
 use futures::{SinkExt, StreamExt};
-use peercm_cm_proto::frame::FrameError;
+use peercm_cm_proto::frame::{FrameError, Header};
+use peercm_cm_proto::frame_reader::Decoded;
 use peercm_cm_proto::link_queue::{Lane, LinkQueue};
 use peercm_cm_proto::session::{LinkId, LocalDone};
 use peercm_cm_proto::Frame;
@@ -61,6 +62,10 @@ pub enum TcpLinkClosed {
 pub trait TcpLinkSink: Clone + Send + Sync + 'static {
     /// A frame arrived. Resolves to false if the consumer is gone (the link then stops).
     fn frame(&self, frame: Frame) -> impl Future<Output = bool> + Send;
+    /// A frame above `max_payload_bytes` arrived and was skipped (never buffered); here is its
+    /// header, for the session to refuse that one message. Resolves to false if the consumer
+    /// is gone.
+    fn oversize(&self, header: Header) -> impl Future<Output = bool> + Send;
     /// The writer put frames totalling `bytes` encoded bytes on the socket; `local_done` are
     /// the local-model marks queued with them, in order. Resolves to false if the consumer
     /// is gone.
@@ -117,7 +122,10 @@ pub fn spawn_link<S: TcpLinkSink>(framed: FramedLink, id: LinkId, sink: S) -> Li
         .unwrap_or_else(|_| "?".into());
     let parts = framed.into_parts();
     let (read_half, write_half) = parts.io.into_split();
-    let mut reader = tokio_util::codec::FramedRead::new(read_half, parts.codec);
+    // Authenticated: from here an oversize frame is skipped and refused alone (the handshake
+    // codec refused it outright).
+    let link_codec = LinkCodec::new(parts.codec.max_payload_bytes());
+    let mut reader = tokio_util::codec::FramedRead::new(read_half, link_codec);
     reader.read_buffer_mut().extend_from_slice(&parts.read_buf);
     let mut writer = tokio_util::codec::FramedWrite::new(write_half, FrameCodec::default());
     let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
@@ -130,8 +138,13 @@ pub fn spawn_link<S: TcpLinkSink>(framed: FramedLink, id: LinkId, sink: S) -> Li
         async move {
             let reason = loop {
                 match reader.next().await {
-                    Some(Ok(frame)) => {
+                    Some(Ok(Decoded::Frame(frame))) => {
                         if !to_m.frame(frame).await {
+                            return;
+                        }
+                    }
+                    Some(Ok(Decoded::Oversize(header))) => {
+                        if !to_m.oversize(header).await {
                             return;
                         }
                     }

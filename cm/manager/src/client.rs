@@ -105,6 +105,28 @@ impl ClientHandle {
             id: self.id,
             payload,
             opts,
+            #[cfg(feature = "fault-injection")]
+            past_partner_limit: false,
+            reply,
+        })
+        .await
+    }
+
+    /// Fault injection: sends without the check against the partner's `max_payload_bytes`
+    /// (this node's own limit still applies), so a message the partner must refuse as too
+    /// large goes on the wire, as from a node that does not know that limit.
+    #[cfg(feature = "fault-injection")]
+    pub async fn send_past_partner_limit(
+        &self,
+        payload: Bytes,
+        opts: impl Into<SendOptions>,
+    ) -> Result<u64, CmError> {
+        let opts = opts.into();
+        self.ask(|reply| Command::Send {
+            id: self.id,
+            payload,
+            opts,
+            past_partner_limit: true,
             reply,
         })
         .await

@@ -42,7 +42,7 @@ pub use peercm_cm_proto::port::PortState;
 pub use peercm_cm_proto::secret::GENERATED_SECRET_BYTES;
 pub use peercm_cm_proto::session::{
     ClientEvent, ClientSpec, DownReason, InterconnectId, LatencyClass, LinkId, SendOptions,
-    SessionState,
+    SessionError, SessionState,
 };
 pub use peercm_cm_proto::stream::SendModel;
 pub use rails::VerbsSource;

@@ -170,12 +170,22 @@ pub struct NodeInfo {
     pub instance: u64,
     /// Transports offered.
     pub capabilities: Vec<TransportCap>,
+    /// The largest message payload this node accepts (its `max_payload_bytes`): the partner
+    /// refuses a larger send at once, and a larger DATA frame that still arrives is refused for
+    /// that message alone (NACK reason [`NackReason::TooLarge`]).
+    pub max_payload_bytes: u32,
 }
 
 impl NodeInfo {
     /// Validates bounds on a peer-supplied node description.
     pub fn validate(&self) -> Result<(), ControlError> {
         validate_name("node id", &self.node_id)?;
+        if self.max_payload_bytes == 0 {
+            return Err(ControlError::OutOfBounds {
+                what: "max_payload_bytes",
+                detail: "0: a node accepts at least one byte".into(),
+            });
+        }
         Ok(())
     }
 }
@@ -247,6 +257,9 @@ pub enum NackReason {
     /// the send's own). The message may still reach the partner client; its late completion
     /// is dropped and counted. Raised locally (code 5 is reserved on the wire for it).
     Timeout = 5,
+    /// The message is larger than the receiving node's `max_payload_bytes`: the partner
+    /// refused it (the link and every other message are unaffected). Not delivered.
+    TooLarge = 6,
 }
 
 impl NackReason {
@@ -258,6 +271,7 @@ impl NackReason {
             3 => NackReason::Closed,
             4 => NackReason::PeerRestarted,
             5 => NackReason::Timeout,
+            6 => NackReason::TooLarge,
             _ => return None,
         })
     }

@@ -346,6 +346,7 @@ mod tests {
                 node_id: node.into(),
                 instance: node.len() as u64,
                 capabilities: vec![TransportCap::Tcp],
+                max_payload_bytes: 1 << 20,
             },
         }
     }

@@ -10,6 +10,8 @@
 //! Modules:
 //! - [`ids`]: typed identities (clients, the partner's clients, interconnects, links).
 //! - [`frame`]: the fixed frame header, its encoder and its bounded, panic-free decoder.
+//! - [`frame_reader`]: the established link's reader, which skips an oversize frame instead
+//!   of ending the stream.
 //! - [`control`]: payloads of control messages (handshake, ACK/NACK, CLIENT-UP, FLOW, ...).
 //! - [`auth`]: HMAC-SHA256 challenge-response over the shared cluster secret.
 //! - [`secret`]: the cluster secret's strength estimate (length and estimated bits).
@@ -25,6 +27,7 @@
 pub mod auth;
 pub mod control;
 pub mod frame;
+pub mod frame_reader;
 pub mod handshake;
 pub mod ids;
 pub mod link_queue;

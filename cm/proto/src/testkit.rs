@@ -44,12 +44,13 @@ pub const ALL_MSG_TYPES: [MsgType; 17] = [
 ];
 
 /// Every NACK reason.
-pub const ALL_NACK_REASONS: [NackReason; 5] = [
+pub const ALL_NACK_REASONS: [NackReason; 6] = [
     NackReason::ConnectionLost,
     NackReason::UnknownClient,
     NackReason::Closed,
     NackReason::PeerRestarted,
     NackReason::Timeout,
+    NackReason::TooLarge,
 ];
 
 /// Bytes that, on top of `max_payload`, always suffice for [`frame_from_bytes`] to draw every

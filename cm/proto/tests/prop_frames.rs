@@ -253,7 +253,7 @@ proptest! {
         instance in any::<u64>(),
         connecting in any::<bool>(),
         code in any::<i32>(),
-        reason in 1u8..=4,
+        reason in 1u8..=6,
         gid in any::<[u8; 16]>(),
     ) {
         let announce = ClientAnnounce { name: name.clone(), id, recv_window: window, connecting };
@@ -264,6 +264,7 @@ proptest! {
                 TransportCap::Tcp,
                 TransportCap::Verbs { device: name.clone(), port: 1, gid, capacity_mbits_per_s: window },
             ],
+            max_payload_bytes: window.max(1),
         };
         prop_assert!(node.validate().is_ok());
         let hello = Hello { cluster_id: name.clone() };

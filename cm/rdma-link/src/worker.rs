@@ -15,8 +15,8 @@ use crate::stats::bump;
 use crate::wrid;
 use bytes::{Bytes, BytesMut};
 use crossbeam_channel::Sender;
-use peercm_cm_proto::frame::FrameDecoder;
-use peercm_cm_proto::Frame;
+use peercm_cm_proto::frame::{FrameDecoder, HEADER_LEN};
+use peercm_cm_proto::frame_reader::{Decoded, FrameReader};
 use peercm_verbs_shim::{
     CompletionQueue, MemoryRegion, RecvWr, Sge, WcOpcode, WcStatus, WorkCompletion,
 };
@@ -132,7 +132,7 @@ impl Worker {
 
     /// One batch of completions, in order.
     fn handle(&mut self, wcs: &[WorkCompletion]) -> Result<(), LinkCloseReason> {
-        let mut frames: Vec<Frame> = Vec::new();
+        let mut frames: Vec<Decoded> = Vec::new();
         let mut data_done: Vec<u64> = Vec::new();
         let mut other_done = 0u32;
         let mut credits = 0u64;
@@ -207,12 +207,18 @@ impl Worker {
         bump(&self.sh.stats.bytes_sent, written_bytes);
 
         // Deliver, lock-free, unless a close was requested meanwhile.
-        for frame in frames {
+        for decoded in frames {
             if self.sh.closing.load(Ordering::SeqCst) {
                 break;
             }
-            let len = frame.encoded_len() as u64;
-            if !self.sink.frame(frame) {
+            let (len, taken) = match decoded {
+                Decoded::Frame(frame) => (frame.encoded_len() as u64, self.sink.frame(frame)),
+                Decoded::Oversize(header) => (
+                    HEADER_LEN as u64 + u64::from(header.len),
+                    self.sink.oversize(header),
+                ),
+            };
+            if !taken {
                 return Err(LinkCloseReason::SinkGone);
             }
             bump(&self.sh.stats.frames_received, 1);
@@ -253,7 +259,7 @@ impl Worker {
         &mut self,
         wc: &WorkCompletion,
         credits: &mut u64,
-    ) -> Result<Option<Frame>, LinkCloseReason> {
+    ) -> Result<Option<Decoded>, LinkCloseReason> {
         self.sh
             .qp()
             .post_recv(RecvWr {
@@ -291,7 +297,7 @@ impl Worker {
     }
 
     /// Copies the frame the immediate announced out of the ring and decodes it.
-    fn read_frame(&mut self, len: u32, byte_len: u32) -> Result<Frame, LinkCloseReason> {
+    fn read_frame(&mut self, len: u32, byte_len: u32) -> Result<Decoded, LinkCloseReason> {
         if byte_len != len {
             return Err(protocol(format!(
                 "the immediate announces {len} bytes, the WRITE carried {byte_len}"
@@ -313,8 +319,10 @@ impl Worker {
             bump(&self.sh.stats.ring_wraps_received, 1);
         }
         let mut buf = BytesMut::from(Bytes::from(bytes));
-        match self.decoder.decode(&mut buf) {
-            Ok(Some(frame)) if buf.is_empty() => Ok(frame),
+        // A frame above our limit that the partner wrote anyway (it is whole in the ring) is
+        // skipped like on TCP: refused alone, the link stays.
+        match FrameReader::new(self.decoder.max_payload_bytes()).decode(&mut buf) {
+            Ok(Some(decoded)) if buf.is_empty() => Ok(decoded),
             Ok(Some(_)) => Err(protocol(format!(
                 "a {len}-byte data message holds a shorter frame ({} bytes left over)",
                 buf.len()

@@ -106,6 +106,7 @@ fn fault_mid_stream(mode: FaultMode, seed: u64) {
                     rest.frames += 1;
                 }
                 Event::Written { .. } => {}
+                Event::Oversize(h) => panic!("no frame is above the limit here: {h:?}"),
                 Event::Closed(r) => rest.closed.push(r),
             }
         }

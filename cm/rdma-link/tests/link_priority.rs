@@ -28,6 +28,9 @@ impl LinkSink for GatedSink {
         }
         self.out.send(frame.header.msg_type).is_ok()
     }
+    fn oversize(&mut self, _header: peercm_cm_proto::Header) -> bool {
+        true
+    }
     fn written(&mut self, _bytes: u64, _local_done: Vec<LocalDone>) {}
     fn closed(&mut self, _reason: LinkCloseReason) {}
 }

@@ -42,6 +42,7 @@ fn watch(node: &Node, peer: u32, me: u32, n: u64, seed: u64) -> Seen {
                     seen.written_marks += 1;
                 }
             }
+            Some(Event::Oversize(h)) => panic!("dir {me}: no frame is above the limit: {h:?}"),
             Some(Event::Closed(r)) => panic!("dir {me}: link closed mid-stream: {r}"),
             None => panic!("dir {me}: sink gone mid-stream"),
         }

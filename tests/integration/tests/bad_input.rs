@@ -300,6 +300,7 @@ async fn bad_frames_after_authentication_close_only_that_link() {
                 node_id: "raw".into(),
                 instance: 77,
                 capabilities: vec![TransportCap::Tcp],
+                max_payload_bytes: 1 << 20,
             },
         };
         let (st, hello) = DialerStart::new(cfg, [5; 32]).start();

@@ -50,6 +50,7 @@ fn dialer(cluster: &str, secret: &str) -> DialerStart {
             node_id: "raw".into(),
             instance: 4242,
             capabilities: vec![TransportCap::Tcp],
+            max_payload_bytes: 1 << 20,
         },
     };
     DialerStart::new(cfg, [7; 32])

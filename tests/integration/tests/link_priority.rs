@@ -19,6 +19,9 @@ impl TcpLinkSink for NullSink {
     async fn frame(&self, _frame: Frame) -> bool {
         true
     }
+    async fn oversize(&self, _header: peercm_cm_proto::Header) -> bool {
+        true
+    }
     async fn written(&self, _bytes: u64, _local_done: Vec<LocalDone>) -> bool {
         true
     }

@@ -4,7 +4,7 @@
 //! channel into the manager task.
 
 use peercm_cm_proto::session::{LinkId, LocalDone};
-use peercm_cm_proto::Frame;
+use peercm_cm_proto::{Frame, Header};
 use peercm_cm_rdma_link::LinkCloseReason;
 use peercm_fallback_tcp::TcpLinkClosed;
 use thiserror::Error;
@@ -18,6 +18,13 @@ pub(crate) enum LinkInput {
         link: LinkId,
         /// The frame.
         frame: Frame,
+    },
+    /// A frame above `max_payload_bytes` arrived and was skipped; its header.
+    Oversize {
+        /// The link.
+        link: LinkId,
+        /// The skipped frame's header.
+        header: Header,
     },
     /// The link put `bytes` on the wire; `local_done` are local-model sends it carried.
     Written {

@@ -5,7 +5,7 @@
 
 use super::input::{LinkInput, LinkLoss};
 use peercm_cm_proto::session::{LinkId, LocalDone};
-use peercm_cm_proto::Frame;
+use peercm_cm_proto::{Frame, Header};
 use peercm_cm_rdma_link::{LinkCloseReason, LinkSink};
 use peercm_fallback_tcp::{TcpLinkClosed, TcpLinkSink};
 use tokio::sync::mpsc;
@@ -34,6 +34,14 @@ impl TcpLinkSink for TcpSink {
         let input = LinkInput::Frame {
             link: self.link,
             frame,
+        };
+        self.tx.send(input).await.is_ok()
+    }
+
+    async fn oversize(&self, header: Header) -> bool {
+        let input = LinkInput::Oversize {
+            link: self.link,
+            header,
         };
         self.tx.send(input).await.is_ok()
     }
@@ -71,6 +79,15 @@ impl LinkSink for RdmaSink {
             .blocking_send(LinkInput::Frame {
                 link: self.link,
                 frame,
+            })
+            .is_ok()
+    }
+
+    fn oversize(&mut self, header: Header) -> bool {
+        self.tx
+            .blocking_send(LinkInput::Oversize {
+                link: self.link,
+                header,
             })
             .is_ok()
     }

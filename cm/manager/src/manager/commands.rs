@@ -46,6 +46,9 @@ pub(crate) enum Command {
         id: ClientId,
         payload: Bytes,
         opts: SendOptions,
+        /// Fault injection: skip the check against the partner's `max_payload_bytes`.
+        #[cfg(feature = "fault-injection")]
+        past_partner_limit: bool,
         reply: Reply<u64>,
     },
     SetAckTimeout {
@@ -147,8 +150,18 @@ impl Manager {
                 id,
                 payload,
                 opts,
+                #[cfg(feature = "fault-injection")]
+                past_partner_limit,
                 reply,
             } => {
+                #[cfg(feature = "fault-injection")]
+                let res = if past_partner_limit {
+                    self.session
+                        .send_past_partner_limit(id, payload, opts, Instant::now())
+                } else {
+                    self.session.send_with(id, payload, opts, Instant::now())
+                };
+                #[cfg(not(feature = "fault-injection"))]
                 let res = self.session.send_with(id, payload, opts, Instant::now());
                 let _ = reply.send(res.map_err(CmError::from));
             }

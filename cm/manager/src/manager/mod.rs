@@ -348,6 +348,21 @@ impl Manager {
                     self.close_link(link, CloseCause::ProtocolViolation { detail });
                 }
             }
+            LinkInput::Oversize { link, header } => {
+                if !self.links.contains_key(&link) {
+                    return;
+                }
+                self.last_partner_rx = Some(now);
+                if let Err(e) = self.session.handle_oversize(link, header, now) {
+                    tracing::warn!(
+                        link = link.get(),
+                        error = %e,
+                        "protocol violation: closing link"
+                    );
+                    let detail = e.to_string();
+                    self.close_link(link, CloseCause::ProtocolViolation { detail });
+                }
+            }
             LinkInput::Written {
                 link,
                 bytes,
@@ -484,5 +499,6 @@ pub(crate) fn local_node_info(cfg: &NodeConfig, instance: u64) -> NodeInfo {
         node_id: cfg.node_id.clone(),
         instance,
         capabilities: vec![peercm_cm_proto::control::TransportCap::Tcp],
+        max_payload_bytes: cfg.session.max_payload_bytes,
     }
 }

@@ -35,6 +35,7 @@ fn config(node: &str, instance: u64) -> HandshakeConfig {
             node_id: node.into(),
             instance,
             capabilities: vec![TransportCap::Tcp],
+            max_payload_bytes: 1 << 20,
         },
     }
 }

@@ -53,6 +53,7 @@ fn node(name: &str, instance: u64) -> NodeInfo {
         node_id: name.into(),
         instance,
         capabilities: vec![TransportCap::Tcp],
+        max_payload_bytes: 1 << 20,
     }
 }
 

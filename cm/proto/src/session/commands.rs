@@ -37,13 +37,17 @@ impl Session {
             .peer_clients
             .get(name)
             .map_or(0, |p| u64::from(p.window));
+        let mut send = SendStream::new(window, credit);
+        if let Some(max) = self.partner_max_payload_bytes() {
+            send.set_partner_max(max);
+        }
         self.clients.insert(
             id,
             ClientSlot {
                 name: name.to_string(),
                 spec,
                 port,
-                send: SendStream::new(window, credit),
+                send,
                 recv: RecvStream::new(window),
                 flow_on: false,
                 placed: None,
@@ -148,6 +152,24 @@ impl Session {
         self.queue_send(id, payload, opts.into(), Some(now))
     }
 
+    /// The partner's `max_payload_bytes`, as its latest node description gave it.
+    pub fn partner_max_payload_bytes(&self) -> Option<u32> {
+        self.peer.as_ref().map(|p| p.max_payload_bytes)
+    }
+
+    /// Fault injection (tests only): [`Session::send_with`] without the check against the
+    /// partner's limit (ours still applies), so a message the partner must refuse as too
+    /// large goes on the wire, as it would from a node that does not know that limit.
+    pub fn send_past_partner_limit(
+        &mut self,
+        id: ClientId,
+        payload: Bytes,
+        opts: impl Into<SendOptions>,
+        now: Instant,
+    ) -> Result<u64, SessionError> {
+        self.queue_send_checked(id, payload, opts.into(), Some(now), false)
+    }
+
     fn queue_send(
         &mut self,
         id: ClientId,
@@ -155,16 +177,30 @@ impl Session {
         opts: SendOptions,
         now: Option<Instant>,
     ) -> Result<u64, SessionError> {
-        let max = self.cfg.max_payload_bytes;
+        self.queue_send_checked(id, payload, opts, now, true)
+    }
+
+    fn queue_send_checked(
+        &mut self,
+        id: ClientId,
+        payload: Bytes,
+        opts: SendOptions,
+        now: Option<Instant>,
+        check_partner: bool,
+    ) -> Result<u64, SessionError> {
+        let ours = self.cfg.max_payload_bytes;
+        let partner = self.partner_max_payload_bytes();
         let high = self.cfg.flow_high_water;
         let c = self
             .clients
             .get_mut(&id)
             .ok_or(SessionError::UnknownClient(id))?;
-        if payload.len() > max as usize {
+        let over_partner = check_partner && partner.is_some_and(|p| payload.len() > p as usize);
+        if payload.len() > ours as usize || over_partner {
             return Err(SessionError::PayloadTooLarge {
                 len: payload.len(),
-                max,
+                ours,
+                partner,
             });
         }
         // While holding for a switch, and while the switch's reset runs, sends queue: they go

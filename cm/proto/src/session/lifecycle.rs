@@ -70,7 +70,11 @@ impl Session {
                 }
             }
         }
+        let partner_max = peer.max_payload_bytes;
         self.peer = Some(peer);
+        for c in self.clients.values_mut() {
+            c.send.set_partner_max(partner_max);
+        }
         self.links.insert(
             link,
             LinkState {
@@ -284,11 +288,23 @@ impl Session {
     pub(super) fn reset_streams(&mut self) {
         self.stats.resets += 1;
         self.early.clear();
-        for c in self.clients.values_mut() {
+        let partner_max = self.peer.as_ref().map_or(u32::MAX, |p| p.max_payload_bytes);
+        for (id, c) in self.clients.iter_mut() {
             if self.switching {
                 // A new partner: nothing it has seen, so everything unacknowledged goes to it,
                 // renumbered for its fresh receive stream; the client's numbers stay. (Ports
-                // stay up; `switching` ends with the partner's READY.)
+                // stay up; `switching` ends with the partner's READY.) What the new partner
+                // would refuse as too large is NACKed here, before the renumbering, so its
+                // stream has no hole.
+                for seq in c.send.drain_above(partner_max) {
+                    self.events.push_back((
+                        *id,
+                        ClientEvent::Nacked {
+                            seq,
+                            reason: NackReason::TooLarge,
+                        },
+                    ));
+                }
                 self.stats.replays += c.send.rebase(0) as u64;
             } else {
                 c.send.reset(0);

@@ -228,13 +228,16 @@ pub enum SessionError {
         /// Port state.
         state: PortState,
     },
-    /// The payload is larger than the configured maximum.
-    #[error("payload of {len} bytes exceeds the maximum of {max}")]
+    /// The payload is larger than this node's `max_payload_bytes` or the partner's: refused
+    /// at once, nothing was sent.
+    #[error("payload of {len} bytes is too large: this node accepts at most {ours} bytes, the partner {}", partner.map_or_else(|| "(not known yet)".to_string(), |p| format!("at most {p} bytes")))]
     PayloadTooLarge {
         /// Its length.
         len: usize,
-        /// The maximum.
-        max: u32,
+        /// This node's `max_payload_bytes`.
+        ours: u32,
+        /// The partner's, once a partner has described itself.
+        partner: Option<u32>,
     },
     /// Bad reply.
     #[error(transparent)]
@@ -248,6 +251,16 @@ pub enum ProtocolViolation {
     /// A handshake message after the handshake.
     #[error("unexpected {0:?} on an established link")]
     Unexpected(MsgType),
+    /// A frame other than DATA was above `max_payload_bytes` (the link's reader skipped it).
+    #[error("{msg_type:?} frame of {len} bytes, above this node's max_payload_bytes of {max}")]
+    Oversize {
+        /// Its type.
+        msg_type: MsgType,
+        /// Its payload length.
+        len: u32,
+        /// This node's limit.
+        max: u32,
+    },
     /// A control payload was malformed.
     #[error(transparent)]
     Control(#[from] control::ControlError),
@@ -316,6 +329,9 @@ pub struct SessionStats {
     pub violations: u64,
     /// DATA frames for clients that do not exist here (NACKed).
     pub unknown_client_frames: u64,
+    /// Frames above `max_payload_bytes` skipped by the link readers (DATA is NACKed
+    /// `TooLarge`, anything else closes its link).
+    pub oversize_refused: u64,
     /// DATA frames from a partner client incarnation that has closed (dropped).
     pub stale_frames_dropped: u64,
     /// Sends NACKed with `Timeout` (no acknowledgement within their acknowledgement timeout).

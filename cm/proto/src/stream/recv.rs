@@ -58,7 +58,8 @@ pub enum ReplyError {
 #[derive(Debug)]
 pub struct RecvStream {
     delivered: u64,
-    reorder: BTreeMap<u64, (bool, Bytes)>,
+    /// Messages waiting for an earlier one; `None` marks a refused one (a hole filled).
+    reorder: BTreeMap<u64, Option<(bool, Bytes)>>,
     window: u32,
     consumed: u64,
     /// The consumed mark as last put in a frame for the partner.
@@ -110,6 +111,18 @@ impl RecvStream {
         sync: bool,
         payload: Bytes,
     ) -> Result<RecvOutcome, RecvError> {
+        self.accept(seq, Some((sync, payload)))
+    }
+
+    /// Message `seq` was refused (too large to take): it takes its place in the stream, so the
+    /// messages after it are delivered, but it is never delivered itself (the sender is told
+    /// with a NACK). Checked like a DATA frame (a duplicate is reported as one).
+    pub fn skip(&mut self, seq: u64) -> Result<RecvOutcome, RecvError> {
+        self.accept(seq, None)
+    }
+
+    fn accept(&mut self, seq: u64, msg: Option<(bool, Bytes)>) -> Result<RecvOutcome, RecvError> {
+        let sync = msg.as_ref().is_some_and(|(sync, _)| *sync);
         if seq == 0 {
             return Err(RecvError::ZeroSeq);
         }
@@ -127,9 +140,12 @@ impl RecvStream {
         if seq > limit {
             return Err(RecvError::BeyondCredit { seq, credit: limit });
         }
-        self.reorder.insert(seq, (sync, payload));
-        while let Some((sync, payload)) = self.reorder.remove(&(self.delivered + 1)) {
+        self.reorder.insert(seq, msg);
+        while let Some(next) = self.reorder.remove(&(self.delivered + 1)) {
             self.delivered += 1;
+            let Some((sync, payload)) = next else {
+                continue; // refused: its place is filled, nothing to deliver
+            };
             if sync {
                 self.awaiting_reply.insert(self.delivered);
             }

@@ -41,6 +41,13 @@ pub enum SendCompletion {
     /// The completion of a send that had already timed out (its client was told `Timeout`):
     /// dropped, only counted.
     Late,
+    /// The partner refused the message as larger than its `max_payload_bytes` (it was sent
+    /// anyway, e.g. queued for a partner with a larger limit): it was not delivered. The
+    /// session reports it as `Nacked { reason: TooLarge }`.
+    TooLarge {
+        /// Sequence number (the client's).
+        seq: u64,
+    },
 }
 
 #[derive(Debug)]
@@ -80,6 +87,9 @@ pub struct SendStream {
     /// Timed-out sends already released (the partner had them), by wire seq: a completion
     /// that comes for one later is late (bounded, oldest forgotten first).
     released_late: BTreeMap<u64, SendModel>,
+    /// The partner's `max_payload_bytes`: the partner skips a larger message (and NACKs it),
+    /// so a receipt or consumed mark passing over it does not mean it arrived.
+    partner_max: u32,
 }
 
 impl SendStream {
@@ -98,7 +108,17 @@ impl SendStream {
             deadlines: BTreeSet::new(),
             unarmed: Vec::new(),
             released_late: BTreeMap::new(),
+            partner_max: u32::MAX,
         }
+    }
+
+    /// The partner's largest accepted payload (from its node description).
+    pub fn set_partner_max(&mut self, max_payload_bytes: u32) {
+        self.partner_max = max_payload_bytes;
+    }
+
+    fn too_large(&self, u: &Unacked) -> bool {
+        u.payload.len() > self.partner_max as usize
     }
 
     /// Queues a message and returns its send id (the client's number for it): unique for the
@@ -228,6 +248,11 @@ impl SendStream {
             }
             match u.model {
                 SendModel::Sync | SendModel::Async => {}
+                SendModel::Local if self.too_large(u) => {
+                    // Skipped by the partner, whose NACK may come after this mark.
+                    self.take(seq);
+                    done.push(SendCompletion::TooLarge { seq: client });
+                }
                 SendModel::Local => {
                     let reported = u.transmit_reported;
                     self.take(seq);
@@ -258,6 +283,12 @@ impl SendStream {
             .collect();
         for seq in seqs {
             if let Some(u) = self.take(seq) {
+                if self.too_large(&u) {
+                    // Skipped by the partner (the mark passed over its hole); its NACK may
+                    // come after this mark.
+                    done.push(SendCompletion::TooLarge { seq: u.client_seq });
+                    continue;
+                }
                 done.push(SendCompletion::Acked {
                     seq: u.client_seq,
                     code: None,
@@ -368,8 +399,25 @@ impl SendStream {
     /// new send.
     pub fn reset(&mut self, credit: u64) {
         let next_client_seq = self.next_client_seq;
+        let partner_max = self.partner_max;
         *self = SendStream::new(self.window, credit);
         self.next_client_seq = next_client_seq;
+        self.partner_max = partner_max;
+    }
+
+    /// Removes every unacknowledged message above `max_payload_bytes` (a new partner's limit)
+    /// and returns their client numbers, to be NACKed `TooLarge`: before a
+    /// [`SendStream::rebase`], so the new partner's stream has no hole.
+    pub fn drain_above(&mut self, max_payload_bytes: u32) -> Vec<u64> {
+        let seqs: Vec<u64> = self
+            .unacked
+            .iter()
+            .filter(|(_, u)| u.payload.len() > max_payload_bytes as usize && !u.timed_out)
+            .map(|(s, _)| *s)
+            .collect();
+        seqs.into_iter()
+            .filter_map(|s| self.take(s).map(|u| u.client_seq))
+            .collect()
     }
 
     /// Starts over with a new partner (a switch to a backup) keeping every unacknowledged

@@ -43,6 +43,7 @@ pub fn node(name: &str, instance: u64) -> NodeInfo {
         node_id: name.into(),
         instance,
         capabilities: vec![TransportCap::Tcp],
+        max_payload_bytes: 1 << 20,
     }
 }
 
@@ -61,6 +62,8 @@ pub struct Pair {
     pub auto_consume: bool,
     /// Print every frame as it is delivered (for debugging one seed).
     pub trace: bool,
+    /// b's link readers skip frames with a larger payload (`Session::handle_oversize`).
+    pub b_reader_max: u32,
     /// Frames transmitted, by sender (`true`: a) and type.
     pub sent: HashMap<(bool, peercm_cm_proto::MsgType), usize>,
 }
@@ -84,6 +87,7 @@ impl Pair {
             b_events: Vec::new(),
             auto_consume: true,
             trace: false,
+            b_reader_max: u32::MAX,
             sent: HashMap::new(),
         }
     }
@@ -285,7 +289,10 @@ impl Pair {
                 frame.payload.len()
             );
         }
-        let res = if to_b {
+        let res = if to_b && frame.payload.len() > self.b_reader_max as usize {
+            // What b's link reader does with a frame above its limit: skip it, hand the header.
+            self.b.handle_oversize(id, frame.header, self.now)
+        } else if to_b {
             self.b.handle_frame(id, frame, self.now)
         } else {
             self.a.handle_frame(id, frame, self.now)
@@ -324,7 +331,9 @@ impl Pair {
             q.b_to_a.pop_front()
         }?;
         let t = frame.header.msg_type;
-        let res = if to_b {
+        let res = if to_b && frame.payload.len() > self.b_reader_max as usize {
+            self.b.handle_oversize(link, frame.header, self.now)
+        } else if to_b {
             self.b.handle_frame(link, frame, self.now)
         } else {
             self.a.handle_frame(link, frame, self.now)

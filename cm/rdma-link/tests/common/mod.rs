@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub enum Event {
     Frame(Frame),
+    Oversize(peercm_cm_proto::Header),
     Written {
         bytes: u64,
         local_done: Vec<LocalDone>,
@@ -35,6 +36,9 @@ pub struct ChanSink(pub Sender<Event>);
 impl LinkSink for ChanSink {
     fn frame(&mut self, frame: Frame) -> bool {
         self.0.send(Event::Frame(frame)).is_ok()
+    }
+    fn oversize(&mut self, header: peercm_cm_proto::Header) -> bool {
+        self.0.send(Event::Oversize(header)).is_ok()
     }
     fn written(&mut self, bytes: u64, local_done: Vec<LocalDone>) {
         let _ = self.0.send(Event::Written { bytes, local_done });
@@ -244,6 +248,7 @@ pub fn drain(events: &Receiver<Event>, peer_dir: u32, my_dir: u32, deadline: Dur
                 check_frame(&f, peer_dir, seen.frames);
                 seen.frames += 1;
             }
+            Event::Oversize(h) => panic!("no frame is above the limit here: {h:?}"),
             Event::Written { bytes, local_done } => {
                 seen.written_bytes += bytes;
                 for d in local_done {

@@ -1,7 +1,7 @@
 //! ACK, NACK and FLOW: completions of our sends (receipt, return codes, refusals) and the
 //! partner's credit; and how completions become client events.
 
-use crate::control;
+use crate::control::{self, NackReason};
 use crate::frame::{Flags, Frame, Header};
 use crate::session::Session;
 use crate::session::{ClientEvent, ClientId, PeerClientId, ProtocolViolation, SessionState};
@@ -89,6 +89,10 @@ impl Session {
             let ev = match d {
                 SendCompletion::Acked { seq, code } => ClientEvent::Acked { seq, code },
                 SendCompletion::Transmitted { seq } => ClientEvent::Transmitted { seq },
+                SendCompletion::TooLarge { seq } => ClientEvent::Nacked {
+                    seq,
+                    reason: NackReason::TooLarge,
+                },
                 SendCompletion::Late => {
                     self.stats.late_completions += 1;
                     continue;

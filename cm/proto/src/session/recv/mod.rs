@@ -5,11 +5,14 @@
 //! - `data`: DATA (delivery to local clients);
 //! - `ack`: ACK, NACK and FLOW (send completions and credit);
 //! - `transport`: TRANSPORT (setup messages for the partner's manager);
+//! - `oversize`: a frame above `max_payload_bytes` that the link's reader skipped
+//!   ([`Session::handle_oversize`]);
 //! - here: the handshake messages, which are a violation on an established link.
 
 mod ack;
 mod announce;
 mod data;
+mod oversize;
 mod reset;
 mod transport;
 
