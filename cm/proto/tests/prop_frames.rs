@@ -10,6 +10,8 @@
 //!   the length field larger (and still within the maximum), reported as incomplete.
 //! - Every strict prefix of a valid frame is incomplete (`Ok(None)`), consuming nothing.
 //! - The control payload decoders never panic on arbitrary bytes and round-trip their values.
+//! - The established link's reader yields frames within its limit and the headers of frames
+//!   above it, in order, however the bytes are split, never holding a skipped frame's bytes.
 
 use bytes::BytesMut;
 use peercm_cm_proto::control::{
@@ -17,6 +19,7 @@ use peercm_cm_proto::control::{
     TransportCap, Welcome,
 };
 use peercm_cm_proto::frame::{Flags, Frame, FrameDecoder, FrameError, MsgType, HEADER_LEN, MAGIC};
+use peercm_cm_proto::frame_reader::{Decoded, FrameReader};
 use peercm_cm_proto::testkit::{frame_from_bytes, FrameSpace, ALL_MSG_TYPES, FRAME_INPUT_BYTES};
 use peercm_cm_proto::PROTOCOL_VERSION;
 use proptest::prelude::*;
@@ -98,6 +101,48 @@ fn decode_all(data: &[u8]) -> Result<(Vec<Frame>, Option<FrameError>), TestCaseE
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// The established link's reader (item 2): frames within the limit decode as frames,
+    /// frames above it as their header alone, in order, however the bytes are split, and a
+    /// skipped frame's bytes are never held (the buffer never exceeds one read plus the
+    /// largest accepted frame).
+    #[test]
+    fn the_link_reader_skips_oversize_frames_however_split(
+        frames in prop::collection::vec(arb_frame(300), 1..8),
+        limit in 0u32..300,
+        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
+    ) {
+        let mut wire = BytesMut::new();
+        for f in &frames {
+            f.encode(&mut wire);
+        }
+        let mut points: Vec<usize> = cuts.iter().map(|i| i.index(wire.len() + 1)).collect();
+        points.push(0);
+        points.push(wire.len());
+        points.sort_unstable();
+        let mut reader = FrameReader::new(limit);
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for w in points.windows(2) {
+            buf.extend_from_slice(&wire[w[0]..w[1]]);
+            while let Some(d) = reader.decode(&mut buf).map_err(|e| TestCaseError::fail(e.to_string()))? {
+                got.push(d);
+            }
+            prop_assert!(buf.len() <= (w[1] - w[0]) + HEADER_LEN + limit as usize);
+        }
+        let want: Vec<Decoded> = frames
+            .iter()
+            .map(|f| {
+                if f.payload.len() > limit as usize {
+                    Decoded::Oversize(f.header)
+                } else {
+                    Decoded::Frame(f.clone())
+                }
+            })
+            .collect();
+        prop_assert_eq!(got, want);
+        prop_assert!(buf.is_empty() && !reader.is_skipping());
+    }
 
     #[test]
     fn frame_round_trips(f in arb_frame(MAX as usize)) {
