@@ -308,6 +308,11 @@ impl Manager {
                         self.feed_placement(now);
                         self.placement.handle_timeout(now);
                     }
+                    // Both sides: a new rail link without its round trip in time is a failed
+                    // attempt (the acceptor's too, not only the dialer's).
+                    if !self.rails.probing.is_empty() {
+                        self.expire_activations(now);
+                    }
                     if now >= self.next_rail_round {
                         self.offer_rails(now);
                     }

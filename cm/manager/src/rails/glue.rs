@@ -91,7 +91,6 @@ impl Manager {
                 AnyLink::Tcp(_) => None,
             })
             .collect();
-        self.expire_activations(now);
         for rail in self.rails.rails_to_offer(peer_rails, &linked, now) {
             let link_id = LinkId::new(self.next_link.fetch_add(1, Ordering::Relaxed));
             match self.rails.begin_offer(rail, link_id, now) {
