@@ -266,8 +266,10 @@ impl Manager {
                 .next_deadline()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             let deadline = tokio::time::Instant::from_std(due);
+            // Not `biased`: with a fixed order a link that always has input ready would starve
+            // the commands and the timer behind it (acknowledgement timeouts, placement,
+            // heartbeats). The timer branch drains ready input itself before any verdict.
             tokio::select! {
-                biased;
                 input = self.link_rx.recv() => {
                     if let Some(input) = input { self.on_link_input(input); }
                     // Drain what else is ready before flushing: fewer, larger batches.
