@@ -1,4 +1,5 @@
-//! Typed identities: [`ClientId`], [`PeerClientId`], [`InterconnectId`] and [`LinkId`].
+//! Typed identities: [`ClientId`], [`PeerClientId`], [`InterconnectId`], [`LinkId`] and
+//! [`RegionId`].
 //!
 //! Each is a plain number in a newtype, so that one kind of id cannot be passed where another
 //! is expected (`Session::place(client, interconnect)` with the arguments swapped does not
@@ -77,6 +78,12 @@ id_type! {
     LinkId(u64)
 }
 
+id_type! {
+    /// One memory region of a client, numbered by the node that holds it, per client (a
+    /// region is named on the wire by its client's id and this id).
+    RegionId(u32)
+}
+
 impl InterconnectId {
     /// The interconnect of TCP links.
     pub const TCP: InterconnectId = InterconnectId(0);
@@ -107,6 +114,7 @@ mod tests {
         assert_eq!(PeerClientId::new(8).to_string(), "8");
         assert_eq!(InterconnectId::new(2).to_string(), "2");
         assert_eq!(LinkId::new(u64::MAX).to_string(), u64::MAX.to_string());
+        assert_eq!(RegionId::new(4).to_string(), "4");
         assert_eq!(
             format!("{:>3}", ClientId::new(5)),
             "  5",

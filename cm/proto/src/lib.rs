@@ -20,6 +20,8 @@
 //! - [`stream`]: per-client send and receive streams (sequencing, replay, dedup, reordering).
 //! - [`placement`]: the IO-free bandwidth placement policy (which client on which interconnect).
 //! - [`port`]: the client port state machine (IDLE ... CONNECTED <-> STOPPED, DESTROYED).
+//! - [`region`]: client memory regions: the region exchange, WRITE frames, the region tables
+//!   and the typed refusals of one-sided writes.
 //! - [`session`]: one partner session multiplexing all clients over all links.
 //! - `testkit` (cargo feature `testkit`, test code only): the arbitrary-frame generator shared
 //!   by the property tests and the fuzz targets.
@@ -33,6 +35,7 @@ pub mod ids;
 pub mod link_queue;
 pub mod placement;
 pub mod port;
+pub mod region;
 pub mod secret;
 pub mod session;
 pub mod stream;
