@@ -6,6 +6,7 @@
 //! its CQs alive, so nothing is destroyed while something still depends on it.
 
 use crate::error::VerbsError;
+use crate::mapped::MappedFile;
 use crate::types::{
     Access, AsyncEvent, DeviceInfo, PortInfo, QpCaps, QpEndpoint, QpParams, QpState, RecvWr,
     RemoteMr, SendWr, VerbsUnavailable, WorkCompletion,
@@ -45,6 +46,17 @@ pub trait ProtectionDomain: Send + Sync {
         len: usize,
         access: Access,
     ) -> Result<Arc<dyn MemoryRegion>, VerbsError>;
+    /// Registers caller-provided memory, the whole of a mapped file, with the given rights
+    /// (a client region: `LOCAL_WRITE | REMOTE_WRITE`). The region holds `mem`, so the mapping
+    /// lives at least as long as the registration; its [`MemoryRegion::write`] and
+    /// [`MemoryRegion::read`] copy into and out of the mapping, and the partner's RDMA WRITEs
+    /// land there. Deregistering (or dropping) it invalidates its rkey and leaves the mapping
+    /// and its bytes to the other holders of `mem`.
+    fn reg_mapped(
+        self: Arc<Self>,
+        mem: Arc<MappedFile>,
+        access: Access,
+    ) -> Result<Arc<dyn MemoryRegion>, VerbsError>;
     /// Creates an RC queue pair in state RESET.
     fn create_qp(
         self: Arc<Self>,
@@ -54,7 +66,8 @@ pub trait ProtectionDomain: Send + Sync {
     ) -> Result<Box<dyn QueuePair>, VerbsError>;
 }
 
-/// A registered memory region that owns its buffer. The HCA (or the partner, through RDMA)
+/// A registered memory region that owns its buffer (or, registered with
+/// [`ProtectionDomain::reg_mapped`], holds the mapping it covers). The HCA (or the partner, through RDMA)
 /// may change the bytes at any time, so they are only reachable by copy.
 pub trait MemoryRegion: Send + Sync {
     /// Local key.

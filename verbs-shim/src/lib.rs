@@ -16,11 +16,14 @@
 //! - [`types`]: device, port, endpoint and work-completion descriptions.
 //! - [`api`]: the object-safe traits (provider, device, PD, MR, CQ, QP) both backends implement.
 //! - [`error`]: the error type, [`VerbsError`].
+//! - [`mapped`]: [`mapped::MappedFile`], a locked file mapped shared, that a region can be
+//!   registered over (client regions).
 //! - `teardown`: what a `Drop` does when destroying a verbs object fails (it leaks: memory the
 //!   HCA may still write into is never freed), shared by both backends.
 
 pub mod api;
 pub mod error;
+pub mod mapped;
 pub mod qp_state;
 pub mod real;
 #[cfg(feature = "scenarios")]
@@ -31,4 +34,5 @@ pub mod types;
 
 pub use api::{CompletionQueue, Device, MemoryRegion, ProtectionDomain, Provider, QueuePair};
 pub use error::VerbsError;
+pub use mapped::{MapError, MappedFile};
 pub use types::*;

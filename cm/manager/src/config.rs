@@ -25,6 +25,10 @@
 //! ring_bytes = 4194304
 //! capacity_mbits_per_s = { rxe0 = 10000 }   # override what the port reports
 //!
+//! [regions]                          # client regions: mapped files the partner writes into
+//! dir = "/dev/shm/peercm"            # one `<name>.region` file per region (no dir: no regions)
+//! max_bytes = 1073741824             # all regions of the node together
+//!
 //! [[clients]]                        # clients `peercm node` exposes for testing
 //! name = "echo"
 //! bandwidth_mbytes_per_s = 10
@@ -66,12 +70,37 @@ pub struct NodeConfig {
     /// RDMA interconnects.
     #[serde(default)]
     pub verbs: VerbsTunables,
+    /// Client regions (mapped files the partner may RDMA-write into).
+    #[serde(default)]
+    pub regions: RegionTunables,
     /// Unix socket where `peercm node` serves its status to `peercm status`.
     #[serde(default)]
     pub status_socket: Option<PathBuf>,
     /// Clients `peercm node` registers and answers for (testing and smoke checks).
     #[serde(default)]
     pub clients: Vec<ClientConfig>,
+}
+
+/// Client region settings (`[regions]`; see `crate::regions`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegionTunables {
+    /// The directory holding the region files, one `<name>.region` each. Without it the node
+    /// has no regions (a client asking for one is refused). A tmpfs (`/dev/shm/...`) keeps the
+    /// files across a crash of the process, not of the host; see docs/operations.md.
+    pub dir: Option<PathBuf>,
+    /// The most bytes all regions of the node may hold together; a region that would go
+    /// beyond is refused.
+    pub max_bytes: u64,
+}
+
+impl Default for RegionTunables {
+    fn default() -> Self {
+        RegionTunables {
+            dir: None,
+            max_bytes: 1 << 30,
+        }
+    }
 }
 
 /// RDMA interconnect settings (`[verbs]`).
@@ -281,6 +310,7 @@ impl NodeConfig {
             secret_file: None,
             session: SessionTunables::default(),
             verbs: VerbsTunables::default(),
+            regions: RegionTunables::default(),
             status_socket: None,
             clients: Vec::new(),
         }
@@ -408,6 +438,17 @@ impl NodeConfig {
         if let Some((dev, _)) = v.capacity_mbits_per_s.iter().find(|(_, c)| **c == 0) {
             return bad(format!("verbs.capacity_mbits_per_s.{dev} must be > 0"));
         }
+        if self.regions.max_bytes == 0 {
+            return bad("regions.max_bytes must be > 0".into());
+        }
+        if self
+            .regions
+            .dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
+            return bad("regions.dir must not be empty (leave it out for no regions)".into());
+        }
         if self.clients.len() > MAX_CLIENTS_PER_NODE {
             return bad(format!(
                 "{} [[clients]] declared, but a node may have at most {MAX_CLIENTS_PER_NODE} clients registered",
@@ -498,6 +539,35 @@ mod tests {
             e.contains("16385 [[clients]]") && e.contains("16384"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn regions_are_off_by_default_and_parsed_when_given() {
+        let base = "node_id = \"a\"\ncluster_id = \"c\"\nlisten = \"127.0.0.1:1\"\n";
+        let off = NodeConfig::parse(base).unwrap();
+        assert_eq!(off.regions, RegionTunables::default());
+        assert_eq!(off.regions.dir, None);
+        let on = NodeConfig::parse(&format!(
+            "{base}[regions]\ndir = \"/dev/shm/peercm\"\nmax_bytes = 4096\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            on.regions.dir.as_deref(),
+            Some(Path::new("/dev/shm/peercm"))
+        );
+        assert_eq!(on.regions.max_bytes, 4096);
+        let e = NodeConfig::parse(&format!("{base}[regions]\nmax_bytes = 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("regions.max_bytes"), "{e}");
+        let e = NodeConfig::parse(&format!("{base}[regions]\ndir = \"\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("regions.dir"), "{e}");
+        let e = NodeConfig::parse(&format!("{base}[regions]\nsize = 1\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("size"), "{e}");
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! - [`manager`]: the manager task: session, placement, links, rails.
 //! - `links`: the manager's handle on a TCP or RDMA link.
 //! - [`rails`]: RDMA rails (HCA ports), their setup over the bootstrap session, device events.
+//! - [`regions`]: client regions (mapped files; their registration and invalidation).
 //! - [`status`]: what `peercm status` reports.
 //! - [`timeline`]: the node's notable events, typed.
 //! - [`error`]: the error type, [`CmError`].
@@ -29,6 +30,7 @@ mod links;
 pub mod manager;
 pub mod node;
 pub mod rails;
+pub mod regions;
 pub mod status;
 pub mod timeline;
 

@@ -9,6 +9,7 @@ use super::mr::RealMr;
 use super::qp::RealQp;
 use crate::api::{CompletionQueue, MemoryRegion, ProtectionDomain, QueuePair};
 use crate::error::VerbsError;
+use crate::mapped::MappedFile;
 use crate::teardown::{dispose, Disposal};
 use crate::types::{Access, QpCaps};
 use rdma_mummy_sys as sys;
@@ -81,6 +82,41 @@ impl ProtectionDomain for RealPd {
         Ok(Arc::new(RealMr {
             mr: Mutex::new(mr),
             buf: ptr,
+            mapping: None,
+            len,
+            lkey,
+            rkey,
+            _pd: self,
+        }))
+    }
+
+    fn reg_mapped(
+        self: Arc<Self>,
+        mem: Arc<MappedFile>,
+        access: Access,
+    ) -> Result<Arc<dyn MemoryRegion>, VerbsError> {
+        let access = if access.contains(Access::REMOTE_WRITE) {
+            access | Access::LOCAL_WRITE
+        } else {
+            access
+        };
+        let (ptr, len) = (mem.as_mut_ptr(), mem.len());
+        // SAFETY: self.pd is live (this PD owns it); `ptr` is the start of a live shared
+        // mapping of `len` (> 0) bytes, which the RealMr built below keeps alive by holding
+        // `mem` until it is deregistered (and forever if that fails), so the HCA never
+        // reaches unmapped memory. The mapping's bytes are never borrowed by Rust code, only
+        // copied through raw pointers, so DMA into them invalidates no reference.
+        let mr = unsafe { sys::ibv_reg_mr(self.pd, ptr.cast(), len, access_bits(access)) };
+        if mr.is_null() {
+            return Err(VerbsError::last_os("ibv_reg_mr"));
+        }
+        // SAFETY: `mr` is the non-null `ibv_mr` ibv_reg_mr just returned; its key fields are
+        // plain integers set by the call.
+        let (lkey, rkey) = unsafe { ((*mr).lkey, (*mr).rkey) };
+        Ok(Arc::new(RealMr {
+            mr: Mutex::new(mr),
+            buf: ptr,
+            mapping: Some(mem),
             len,
             lkey,
             rkey,

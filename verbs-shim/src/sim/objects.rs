@@ -1,12 +1,15 @@
 //! The [`crate::api`] objects of the simulated backend: thin handles onto the fabric's world.
 //! Dropping a handle destroys its object, as the matching `ibv_destroy_*` / `ibv_dereg_mr`. A
 //! region whose deregistration fails (injected with `SimFabric::fail_deregistrations`) is
-//! leaked as the real backend leaks it (`crate::teardown`): still registered, bytes kept.
+//! leaked as the real backend leaks it (`crate::teardown`): still registered, bytes kept. A
+//! region registered over a caller's mapping keeps the mapping in its world record, so its
+//! bytes (and the partner's writes) are the mapped file's.
 
 use super::world::SendKind;
 use super::Inner;
 use crate::api::{CompletionQueue, Device, MemoryRegion, ProtectionDomain, Provider, QueuePair};
 use crate::error::VerbsError;
+use crate::mapped::MappedFile;
 use crate::teardown::{dispose, Disposal};
 use crate::types::{
     Access, AsyncEvent, DeviceInfo, PortInfo, QpCaps, QpEndpoint, QpParams, QpState, RecvWr,
@@ -147,6 +150,23 @@ impl ProtectionDomain for SimPd {
         access: Access,
     ) -> Result<Arc<dyn MemoryRegion>, VerbsError> {
         let (id, key, addr) = self.inner.with(|w, _| w.reg_mr(self.id, len, access))?;
+        Ok(Arc::new(SimMr {
+            inner: self.inner.clone(),
+            id,
+            key,
+            addr,
+            len,
+            _pd: self,
+        }))
+    }
+
+    fn reg_mapped(
+        self: Arc<Self>,
+        mem: Arc<MappedFile>,
+        access: Access,
+    ) -> Result<Arc<dyn MemoryRegion>, VerbsError> {
+        let len = mem.len();
+        let (id, key, addr) = self.inner.with(|w, _| w.reg_mapped(self.id, mem, access))?;
         Ok(Arc::new(SimMr {
             inner: self.inner.clone(),
             id,

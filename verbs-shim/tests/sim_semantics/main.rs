@@ -12,6 +12,7 @@ mod addressing;
 mod common;
 mod completion_fd;
 mod determinism;
+mod mapped;
 mod ports_and_faults;
 mod rc_delivery;
 mod state_machine;

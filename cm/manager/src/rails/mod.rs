@@ -36,7 +36,7 @@ mod glue;
 mod health;
 mod negotiation;
 mod setup;
-mod teardown;
+pub(crate) mod teardown;
 
 pub(crate) use error::RailSetupError;
 pub(crate) use events::DeviceInput;

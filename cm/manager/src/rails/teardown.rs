@@ -1,5 +1,6 @@
 //! The reaper: every verbs call that can block -- destroying a queue pair, a completion queue
-//! or a protection domain, deregistering a region, fencing a receive ring, moving a queue pair
+//! or a protection domain, deregistering a region (a link's, or a client region's on
+//! invalidation), fencing a receive ring, moving a queue pair
 //! to the error state -- runs here, on plain threads off the tokio runtime, never on the
 //! manager task or on anything its heartbeats depend on.
 //!
@@ -24,6 +25,7 @@
 use super::RailDone;
 use peercm_cm_proto::session::LinkId;
 use peercm_cm_rdma_link::{LinkCloseReason, LinkCloser, PreparedLink, RdmaLink};
+use peercm_verbs_shim::MemoryRegion;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -44,6 +46,11 @@ pub(crate) enum Teardown {
     Prepared(Box<PreparedLink>),
     /// Move a link's queue pair to ERR; whoever owns the link frees it later.
     Fail(LinkCloser, LinkCloseReason),
+    /// Deregister a client region's memory region (invalidation: the partner's writes with its
+    /// rkey fail from then on), then drop it (`crate::regions::registration`, not wired into
+    /// the manager yet).
+    #[cfg_attr(not(test), allow(dead_code))]
+    Region(Arc<dyn MemoryRegion>),
     /// Fence a link's receive ring, answer [`RailDone::Fenced`], keep the link until it closes
     /// or `park` passes, then free it.
     Fence {
@@ -61,6 +68,7 @@ impl Teardown {
             Teardown::Prepared(_) => "freeing a prepared link",
             Teardown::Fail(..) => "moving a queue pair to ERR",
             Teardown::Fence { .. } => "fencing a link",
+            Teardown::Region(_) => "invalidating a region",
         }
     }
 }
@@ -232,6 +240,13 @@ fn execute(inner: &Arc<Inner>, id: u64, job: Teardown) {
             drop(link);
         }
         Teardown::Prepared(p) => drop(p),
+        Teardown::Region(mr) => {
+            // A failed deregistration is logged (and the region leaked) by the MR's drop.
+            if let Err(error) = mr.deregister() {
+                tracing::error!(%error, "invalidating a region failed");
+            }
+            drop(mr);
+        }
         Teardown::Fail(closer, reason) => {
             closer.fail(reason);
             drop(closer);

@@ -19,10 +19,8 @@ enum Resp {
 impl World {
     pub(super) fn scatter(&mut self, mr: u64, offset: u64, data: &[u8]) {
         if let Some(m) = self.mrs.get_mut(&mr) {
-            let o = offset as usize;
-            if let Some(dst) = m.data.get_mut(o..o + data.len()) {
-                dst.copy_from_slice(data);
-            }
+            // Checked by whoever named the range (local_mr / remote_mr); out of range is a no-op.
+            let _ = m.data.put(offset as usize, data);
         }
     }
 
@@ -150,10 +148,10 @@ impl World {
             return self.lost(qpn, i, now);
         }
         let payload = match op {
-            Op::Send { .. } | Op::Write { .. } => self.mrs.get(&local).map(|m| {
-                let o = offset as usize;
-                m.data[o..o + len as usize].to_vec()
-            }),
+            Op::Send { .. } | Op::Write { .. } => self
+                .mrs
+                .get(&local)
+                .and_then(|m| m.data.get(offset as usize, len as usize)),
             Op::Read { .. } => None,
         };
         match self.respond(remote_qpn, op, payload.as_deref().unwrap_or(&[]), len) {
@@ -278,7 +276,7 @@ impl World {
                 let data = self
                     .mrs
                     .get(&mr)
-                    .map(|m| m.data[off..off + len as usize].to_vec());
+                    .and_then(|m| m.data.get(off, len as usize));
                 Resp::Done(data)
             }
         }

@@ -1,14 +1,16 @@
 //! The verbs objects' bookkeeping: opened contexts, protection domains, memory regions (with
-//! their bytes and keys), completion queues and queue pairs -- creating, looking up and
+//! their bytes -- owned, or a caller's mapped file -- and keys), completion queues and queue pairs -- creating, looking up and
 //! destroying them. What happens to requests on a QP is the engine's job ([`super::engine`]).
 
 use super::qp::{ack_timeout, rnr_timer, RecvEntry, SendEntry};
 use super::{invalid, World};
 use crate::error::VerbsError;
+use crate::mapped::MappedFile;
 use crate::sim::eventfd::EventFd;
 use crate::sim::rng::Rng;
 use crate::types::{Access, AsyncEvent, QpCaps, QpState, WorkCompletion};
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Largest queue a QP may ask for (like a device's `max_qp_wr`).
@@ -26,11 +28,52 @@ pub(super) struct PdRec {
     ctx: u64,
 }
 
+/// A region's bytes: its own, or the caller's mapping it was registered over (kept alive by
+/// the record, so a leaked region keeps its mapping too).
+pub(super) enum Bytes {
+    Owned(Vec<u8>),
+    Mapped(Arc<MappedFile>),
+}
+
+impl Bytes {
+    pub(super) fn len(&self) -> usize {
+        match self {
+            Bytes::Owned(v) => v.len(),
+            Bytes::Mapped(m) => m.len(),
+        }
+    }
+
+    /// A copy of `len` bytes at `offset`, if inside.
+    pub(super) fn get(&self, offset: usize, len: usize) -> Option<Vec<u8>> {
+        match self {
+            Bytes::Owned(v) => v.get(offset..offset.checked_add(len)?).map(<[u8]>::to_vec),
+            Bytes::Mapped(m) => m.read(offset, len).ok(),
+        }
+    }
+
+    /// Copies `data` in at `offset`; false (and nothing written) if it does not fit.
+    pub(super) fn put(&mut self, offset: usize, data: &[u8]) -> bool {
+        match self {
+            Bytes::Owned(v) => {
+                let Some(dst) = offset
+                    .checked_add(data.len())
+                    .and_then(|end| v.get_mut(offset..end))
+                else {
+                    return false;
+                };
+                dst.copy_from_slice(data);
+                true
+            }
+            Bytes::Mapped(m) => m.write(offset, data).is_ok(),
+        }
+    }
+}
+
 pub(super) struct MrRec {
     dev: usize,
     pub(super) pd: u64,
     pub(super) addr: u64,
-    pub(super) data: Vec<u8>,
+    pub(super) data: Bytes,
     pub(super) access: Access,
     key: u32,
     pub(super) registered: bool,
@@ -104,6 +147,26 @@ impl World {
         len: usize,
         access: Access,
     ) -> Result<(u64, u32, u64), VerbsError> {
+        self.register(pd, Bytes::Owned(vec![0; len]), access)
+    }
+
+    /// Registers a region over a caller's mapping; returns (id, key, addr).
+    pub(crate) fn reg_mapped(
+        &mut self,
+        pd: u64,
+        mem: Arc<MappedFile>,
+        access: Access,
+    ) -> Result<(u64, u32, u64), VerbsError> {
+        self.register(pd, Bytes::Mapped(mem), access)
+    }
+
+    fn register(
+        &mut self,
+        pd: u64,
+        data: Bytes,
+        access: Access,
+    ) -> Result<(u64, u32, u64), VerbsError> {
+        let len = data.len();
         let dev = self
             .pds
             .get(&pd)
@@ -138,7 +201,7 @@ impl World {
                 dev,
                 pd,
                 addr,
-                data: vec![0; len],
+                data,
                 access,
                 key,
                 registered: true,
@@ -158,17 +221,13 @@ impl World {
             .mrs
             .get_mut(&mr)
             .ok_or_else(|| invalid("memory region is gone"))?;
-        let end = offset
-            .checked_add(data.len())
-            .filter(|e| *e <= m.data.len())
-            .ok_or_else(|| {
-                invalid(format!(
-                    "write of {} bytes at {offset} beyond a {}-byte region",
-                    data.len(),
-                    m.data.len()
-                ))
-            })?;
-        m.data[offset..end].copy_from_slice(data);
+        if !m.data.put(offset, data) {
+            return Err(invalid(format!(
+                "write of {} bytes at {offset} beyond a {}-byte region",
+                data.len(),
+                m.data.len()
+            )));
+        }
         Ok(())
     }
 
@@ -182,16 +241,12 @@ impl World {
             .mrs
             .get(&mr)
             .ok_or_else(|| invalid("memory region is gone"))?;
-        let end = offset
-            .checked_add(len)
-            .filter(|e| *e <= m.data.len())
-            .ok_or_else(|| {
-                invalid(format!(
-                    "read of {len} bytes at {offset} beyond a {}-byte region",
-                    m.data.len()
-                ))
-            })?;
-        Ok(m.data[offset..end].to_vec())
+        m.data.get(offset, len).ok_or_else(|| {
+            invalid(format!(
+                "read of {len} bytes at {offset} beyond a {}-byte region",
+                m.data.len()
+            ))
+        })
     }
 
     /// Invalidates the region's keys; its bytes stay readable locally. Fails (and changes
