@@ -186,7 +186,9 @@ impl MirrorSender {
             }
             ClientEvent::Migrated { .. } => self.stats.migrations += 1,
             ClientEvent::PeerSwitched { .. } => self.stats.peer_switches += 1,
-            ClientEvent::Transmitted { .. } | ClientEvent::FlowControl { .. } => {}
+            ClientEvent::Transmitted { .. }
+            | ClientEvent::FlowControl { .. }
+            | ClientEvent::PartnerRegion { .. } => {}
         }
         Ok(())
     }

@@ -260,6 +260,16 @@ pub enum NackReason {
     /// The message is larger than the receiving node's `max_payload_bytes`: the partner
     /// refused it (the link and every other message are unaffected). Not delivered.
     TooLarge = 6,
+    /// A one-sided write reached past the end of the partner's region; nothing was written.
+    OutOfBounds = 7,
+    /// A one-sided write named a region the partner does not hold; nothing was written.
+    UnknownRegion = 8,
+    /// A one-sided write named a region the partner has released; nothing was written.
+    RegionReleased = 9,
+    /// A one-sided write was fenced: it was meant for a partner the session has switched away
+    /// from, so it was not re-issued to the new one (whose region is another memory). Raised
+    /// locally.
+    Fenced = 10,
 }
 
 impl NackReason {
@@ -272,6 +282,10 @@ impl NackReason {
             4 => NackReason::PeerRestarted,
             5 => NackReason::Timeout,
             6 => NackReason::TooLarge,
+            7 => NackReason::OutOfBounds,
+            8 => NackReason::UnknownRegion,
+            9 => NackReason::RegionReleased,
+            10 => NackReason::Fenced,
             _ => return None,
         })
     }

@@ -73,6 +73,13 @@ pub enum MsgType {
     /// Transport setup between the managers (RDMA endpoint offers and answers): an opaque,
     /// bounded payload the session hands to the runtime unread.
     Transport = 26,
+    /// A client region advertised or released (postcard `RegionMsg`, see
+    /// [`crate::region`]): session control, ordered with DATA.
+    Region = 27,
+    /// A one-sided write into one of the receiver's client regions: an entry of the client's
+    /// send stream (sequence numbers as DATA), payload [`crate::region::WriteFrame`]; over RDMA
+    /// only the 12-byte write header (the bytes went ahead by RDMA WRITE on the same queue pair).
+    Write = 28,
 }
 
 impl MsgType {
@@ -97,6 +104,8 @@ impl MsgType {
             24 => ClientDown,
             25 => Flow,
             26 => Transport,
+            27 => Region,
+            28 => Write,
             _ => return None,
         })
     }

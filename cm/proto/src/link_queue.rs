@@ -4,7 +4,7 @@
 //! closed credit window) must still get its HEARTBEAT out, or the partner judges the link
 //! silent and closes it while it is delivering. So HEARTBEAT, ACK, NACK and FLOW go to the
 //! control lane, which is always taken first; everything else (DATA, and the frames whose order
-//! relative to DATA matters: RESET, RESET-ACK, READY, CLIENT-UP/DOWN, TRANSPORT) stays in the
+//! relative to DATA matters: RESET, RESET-ACK, READY, CLIENT-UP/DOWN, TRANSPORT, REGION, WRITE) stays in the
 //! bulk lane, first in, first out. Both transports use it: the TCP writer
 //! (`peercm-fallback-tcp`) and the RDMA link's credit queue (`peercm-cm-rdma-link`).
 //!
@@ -149,6 +149,8 @@ mod tests {
             MsgType::ClientUp,
             MsgType::ClientDown,
             MsgType::Transport,
+            MsgType::Region,
+            MsgType::Write,
         ] {
             assert_eq!(Lane::of(t), Lane::Bulk, "{t:?}");
         }

@@ -23,7 +23,7 @@ use crate::frame::{Flags, Frame, MsgType};
 use bytes::Bytes;
 
 /// Every message type, in wire order.
-pub const ALL_MSG_TYPES: [MsgType; 17] = [
+pub const ALL_MSG_TYPES: [MsgType; 19] = [
     MsgType::Hello,
     MsgType::Challenge,
     MsgType::Auth,
@@ -41,16 +41,22 @@ pub const ALL_MSG_TYPES: [MsgType; 17] = [
     MsgType::ClientDown,
     MsgType::Flow,
     MsgType::Transport,
+    MsgType::Region,
+    MsgType::Write,
 ];
 
 /// Every NACK reason.
-pub const ALL_NACK_REASONS: [NackReason; 6] = [
+pub const ALL_NACK_REASONS: [NackReason; 10] = [
     NackReason::ConnectionLost,
     NackReason::UnknownClient,
     NackReason::Closed,
     NackReason::PeerRestarted,
     NackReason::Timeout,
     NackReason::TooLarge,
+    NackReason::OutOfBounds,
+    NackReason::UnknownRegion,
+    NackReason::RegionReleased,
+    NackReason::Fenced,
 ];
 
 /// Bytes that, on top of `max_payload`, always suffice for [`frame_from_bytes`] to draw every

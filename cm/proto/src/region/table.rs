@@ -67,8 +67,9 @@ pub enum WriteError {
     Empty,
 }
 
-/// Why an arriving WRITE frame was not applied. Sent back in a NACK for that write alone;
-/// codes 7, 8 and 9 of the NACK reason byte are reserved for these (docs/protocol.md).
+/// Why an arriving WRITE frame was not applied. Sent back as the write's placement code
+/// (instead of 0), which the writer reports as `Nacked` with the NACK reason of the same code
+/// (7, 8, 9; docs/protocol.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Error)]
 #[repr(u8)]
 pub enum WriteRefusal {

@@ -111,6 +111,7 @@ impl Session {
             }
             self.clients.remove(&id);
             self.by_name.remove(&name);
+            self.forget_client_regions(id);
             self.ack_due.remove(&id);
             self.flow_due.remove(&id);
             self.mark_due.remove(id);

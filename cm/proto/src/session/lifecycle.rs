@@ -266,6 +266,7 @@ impl Session {
         self.mark_due.clear();
         self.peer_clients.clear();
         self.peer_retired.clear();
+        self.partner_table.fence_all();
         for (id, c) in self.clients.iter_mut() {
             for seq in c.send.drain_unacked() {
                 self.events
@@ -288,9 +289,25 @@ impl Session {
     pub(super) fn reset_streams(&mut self) {
         self.stats.resets += 1;
         self.early.clear();
+        // Whatever the partner advertised belongs to the old session: written into again only
+        // once advertised anew.
+        self.partner_table.fence_all();
+        if self.switching {
+            self.fence_regions_for_switch();
+        }
         let partner_max = self.peer.as_ref().map_or(u32::MAX, |p| p.max_payload_bytes);
         for (id, c) in self.clients.iter_mut() {
             if self.switching {
+                // Writes name the old partner's memory: not re-issued to the new one.
+                for seq in c.send.drain_writes() {
+                    self.events.push_back((
+                        *id,
+                        ClientEvent::Nacked {
+                            seq,
+                            reason: NackReason::Fenced,
+                        },
+                    ));
+                }
                 // A new partner: nothing it has seen, so everything unacknowledged goes to it,
                 // renumbered for its fresh receive stream; the client's numbers stay. (Ports
                 // stay up; `switching` ends with the partner's READY.) What the new partner
@@ -348,6 +365,9 @@ impl Session {
         for id in ids {
             self.queue_client_up(id);
         }
+        // The regions after their clients, before READY: the partner can write into them as
+        // soon as it is up.
+        self.queue_region_adverts();
         self.control_out.push_back((
             self.control_link,
             Frame::control(MsgType::Ready, Bytes::new()),

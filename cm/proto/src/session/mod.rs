@@ -30,6 +30,7 @@ mod lifecycle;
 mod liveness;
 mod marks;
 mod recv;
+mod regions;
 mod transmit;
 mod types;
 
@@ -39,6 +40,7 @@ use crate::auth::Role;
 use crate::control::{self, ClientAnnounce, NodeInfo};
 use crate::frame::{Flags, Frame, MsgType};
 use crate::port::{Port, PortState};
+use crate::region::{LocalRegions, PartnerRegions, RailKey, RegionId};
 use crate::stream::{RecvStream, SendStream};
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -137,6 +139,17 @@ pub struct Session {
     switching: bool,
     /// Links given a grace period by a late timer ([`Session::handle_timer`]).
     stall_grace: BTreeMap<LinkId, liveness::StallGrace>,
+    /// This node's client regions (see `regions`).
+    local_regions: LocalRegions,
+    /// The rail keys each local region is registered under (advertised with it); a region
+    /// without an entry is not advertised (registration pending, or replaced after a switch).
+    region_keys: BTreeMap<(ClientId, RegionId), Vec<RailKey>>,
+    /// Regions the runtime must register anew (after a switch), for [`Session::poll_rekey`].
+    rekeys: VecDeque<(ClientId, RegionId)>,
+    /// The partner's regions, as advertised.
+    partner_table: PartnerRegions,
+    /// Writes that arrived with their bytes, for the runtime to place ([`Session::poll_apply`]).
+    applies: VecDeque<Apply>,
     stats: SessionStats,
 }
 
@@ -171,6 +184,11 @@ impl Session {
             holding_since: None,
             switching: false,
             stall_grace: BTreeMap::new(),
+            local_regions: LocalRegions::new(),
+            region_keys: BTreeMap::new(),
+            rekeys: VecDeque::new(),
+            partner_table: PartnerRegions::new(),
+            applies: VecDeque::new(),
             stats: SessionStats::default(),
         }
     }

@@ -4,7 +4,10 @@
 //! quiet links; and the writers' feedback ([`Session::handle_written`]).
 
 use super::Session;
-use super::{ClientEvent, ClientId, InterconnectId, LinkId, LocalDone, SessionState, Transmit};
+use super::{
+    ClientEvent, ClientId, InterconnectId, LinkId, LocalDone, OneSidedTarget, SessionState,
+    Transmit,
+};
 use crate::frame::{Flags, Frame, MsgType};
 use crate::stream::SendModel;
 use bytes::Bytes;
@@ -59,6 +62,7 @@ impl Session {
             link,
             frame,
             local_done,
+            one_sided: None,
         }
     }
 
@@ -183,9 +187,48 @@ impl Session {
             self.events
                 .push_back((id, ClientEvent::FlowControl { on: false }));
         }
-        let frame = Frame::new(MsgType::Data, flags, peer.id.get(), seq, ack, payload);
+        let write = c.send.is_write(seq);
+        let msg_type = if write { MsgType::Write } else { MsgType::Data };
+        let may = write && c.send.may_go_one_sided(seq, link);
+        let one_sided = if may {
+            self.one_sided_target(link, peer.id, &payload)
+        } else {
+            None
+        };
+        if write {
+            if let Some(c) = self.clients.get_mut(&id) {
+                c.send
+                    .note_write_route(seq, one_sided.is_some().then_some(link));
+            }
+        }
+        let frame = Frame::new(msg_type, flags, peer.id.get(), seq, ack, payload);
         let local = (model == SendModel::Local).then_some(LocalDone { client: id, seq });
-        Some(self.emit(link, frame, local, now))
+        let mut t = self.emit(link, frame, local, now);
+        t.one_sided = one_sided;
+        Some(t)
+    }
+
+    /// Where a write's bytes go one-sided on `link`: the partner region's key for the link's
+    /// rail, if it advertised one (never on TCP).
+    fn one_sided_target(
+        &self,
+        link: LinkId,
+        peer: crate::ids::PeerClientId,
+        payload: &Bytes,
+    ) -> Option<OneSidedTarget> {
+        let ic = self.links.get(&link)?.interconnect;
+        if ic == InterconnectId::TCP {
+            return None;
+        }
+        let w = crate::region::WriteFrame::decode(payload.clone()).ok()?;
+        let info = self.partner_table.get(peer, w.region)?;
+        let key = info.rail(ic)?;
+        Some(OneSidedTarget {
+            addr: key.addr,
+            rkey: key.rkey,
+            len: info.len,
+            offset: w.offset,
+        })
     }
 
     /// The runtime wrote `bytes` on `link`; `local_done` lists local-model sends now transmitted.

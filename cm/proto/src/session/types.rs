@@ -167,6 +167,16 @@ pub enum ClientEvent {
         /// The session epoch of the switch (higher than any before it).
         epoch: u64,
     },
+    /// The partner's namesake advertised a region (`available`; `len` bytes), or released it
+    /// (`len` 0). One-sided writes name it (`write_remote`).
+    PartnerRegion {
+        /// The region's name.
+        name: String,
+        /// Its length in bytes (0 when released).
+        len: u64,
+        /// Advertised (true) or released (false).
+        available: bool,
+    },
     /// Flow control turned on (throttle) or off.
     FlowControl {
         /// On or off.
@@ -242,6 +252,20 @@ pub enum SessionError {
     /// Bad reply.
     #[error(transparent)]
     Reply(#[from] ReplyError),
+    /// A region request beyond the node's bounds.
+    #[error(transparent)]
+    Region(#[from] crate::region::table::RegionLimit),
+    /// A one-sided write refused before anything was sent.
+    #[error(transparent)]
+    Write(#[from] crate::region::WriteError),
+    /// No region of that name (the client's own, or its partner namesake's).
+    #[error("no region named {name:?} {whose}")]
+    NoSuchRegion {
+        /// The name asked for.
+        name: String,
+        /// "held by this client" or "advertised by the partner client".
+        whose: &'static str,
+    },
 }
 
 /// The partner broke the protocol on a link; the runtime closes that link.
@@ -264,6 +288,12 @@ pub enum ProtocolViolation {
     /// A control payload was malformed.
     #[error(transparent)]
     Control(#[from] control::ControlError),
+    /// A REGION or WRITE payload was malformed or out of bounds.
+    #[error(transparent)]
+    Region(#[from] crate::region::RegionError),
+    /// The partner advertised more regions than the bounds allow.
+    #[error("partner region table: {0}")]
+    RegionLimit(#[from] crate::region::table::RegionLimit),
     /// A stream rule was broken.
     #[error("client {client}: {err}")]
     Stream {
@@ -295,6 +325,57 @@ pub struct Transmit {
     pub frame: Frame,
     /// For local-model data: report it back through `handle_written` once written.
     pub local_done: Option<LocalDone>,
+    /// For a WRITE on an RDMA link whose rail the partner's region is registered on: where the
+    /// bytes go one-sided. The link posts an RDMA WRITE of the frame's data (the payload after
+    /// its first [`crate::region::wire::WRITE_HEADER_BYTES`]) to this target, then the frame
+    /// cut to its write header (the marker), on the same queue pair
+    /// ([`Transmit::take_one_sided`]). `None` on TCP, or when the region has no key for the
+    /// rail: the WRITE frame carries the bytes and the partner's manager places them.
+    pub one_sided: Option<OneSidedTarget>,
+}
+
+impl Transmit {
+    /// For a one-sided WRITE: cuts the frame to its write header (the marker) and returns the
+    /// bytes to write and where; `None` (and the frame untouched) for any other frame.
+    pub fn take_one_sided(&mut self) -> Option<(Bytes, OneSidedTarget)> {
+        let hdr = crate::region::wire::WRITE_HEADER_BYTES;
+        if self.frame.payload.len() <= hdr {
+            return None;
+        }
+        let target = self.one_sided.take()?;
+        let data = self.frame.payload.split_off(hdr);
+        self.frame.header.len = hdr as u32;
+        Some((data, target))
+    }
+}
+
+/// Where a one-sided write goes on the partner: its region's registration on the link's rail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OneSidedTarget {
+    /// The region's address on the partner (as advertised for this rail).
+    pub addr: u64,
+    /// Its rkey on this rail.
+    pub rkey: u32,
+    /// The region's length.
+    pub len: u64,
+    /// Where in the region the bytes go.
+    pub offset: u64,
+}
+
+/// A one-sided write the partner sent in a WRITE frame (over TCP, or over RDMA without a key
+/// for the rail): the runtime must copy `data` into the client's region at `offset` before it
+/// next calls [`crate::session::Session::poll_transmit`] (that may carry the placement code
+/// that completes the write on the partner). Already checked against the region's bounds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Apply {
+    /// The (local) client holding the region.
+    pub client: ClientId,
+    /// The region.
+    pub region: crate::region::RegionId,
+    /// Where in it.
+    pub offset: u64,
+    /// The bytes.
+    pub data: Bytes,
 }
 
 /// A local-model send that a link writer has put on the wire: reported back to the session
@@ -339,4 +420,12 @@ pub struct SessionStats {
     /// Completions (return codes, consumed marks) that came for sends already timed out:
     /// dropped.
     pub late_completions: u64,
+    /// One-sided writes placed into this node's regions (applied from a WRITE frame, or
+    /// placed by RDMA WRITE and confirmed by its marker).
+    pub writes_placed: u64,
+    /// One-sided writes into this node's regions refused (outside the region, unknown or
+    /// released region): answered with a refusal code, nothing written.
+    pub writes_refused_here: u64,
+    /// This node's one-sided writes the partner refused (NACKed to their client).
+    pub writes_refused: u64,
 }

@@ -15,6 +15,10 @@ pub struct Delivery {
     pub sync: bool,
     /// The message.
     pub payload: Bytes,
+    /// A one-sided write (its payload is the WRITE payload) for the runtime to place, not a
+    /// message for the client: the session answers it with a placement code and counts it as
+    /// consumed itself ([`RecvStream::settle_writes`]).
+    pub write: bool,
 }
 
 /// What [`RecvStream::handle_data`] decided.
@@ -54,12 +58,23 @@ pub enum ReplyError {
     NotAwaiting(u64),
 }
 
+/// A message or write waiting in the reorder buffer.
+#[derive(Debug)]
+struct Entry {
+    sync: bool,
+    write: bool,
+    payload: Bytes,
+}
+
 /// The receiving half of one client's stream.
 #[derive(Debug)]
 pub struct RecvStream {
     delivered: u64,
     /// Messages waiting for an earlier one; `None` marks a refused one (a hole filled).
-    reorder: BTreeMap<u64, Option<(bool, Bytes)>>,
+    reorder: BTreeMap<u64, Option<Entry>>,
+    /// Delivered writes above the consumed mark: the client never takes them, so the mark
+    /// passes over them as soon as everything before them is taken.
+    writes: BTreeSet<u64>,
     window: u32,
     consumed: u64,
     /// The consumed mark as last put in a frame for the partner.
@@ -80,6 +95,7 @@ impl RecvStream {
         RecvStream {
             delivered: 0,
             reorder: BTreeMap::new(),
+            writes: BTreeSet::new(),
             window,
             consumed: 0,
             reported: 0,
@@ -111,7 +127,28 @@ impl RecvStream {
         sync: bool,
         payload: Bytes,
     ) -> Result<RecvOutcome, RecvError> {
-        self.accept(seq, Some((sync, payload)))
+        self.accept(
+            seq,
+            Some(Entry {
+                sync,
+                write: false,
+                payload,
+            }),
+        )
+    }
+
+    /// Handles one WRITE frame: an entry of the stream like a sync message (the session
+    /// answers it with its placement code), delivered in order as a [`Delivery`] with `write`
+    /// set.
+    pub fn handle_write(&mut self, seq: u64, payload: Bytes) -> Result<RecvOutcome, RecvError> {
+        self.accept(
+            seq,
+            Some(Entry {
+                sync: true,
+                write: true,
+                payload,
+            }),
+        )
     }
 
     /// Message `seq` was refused (too large to take): it takes its place in the stream, so the
@@ -121,8 +158,8 @@ impl RecvStream {
         self.accept(seq, None)
     }
 
-    fn accept(&mut self, seq: u64, msg: Option<(bool, Bytes)>) -> Result<RecvOutcome, RecvError> {
-        let sync = msg.as_ref().is_some_and(|(sync, _)| *sync);
+    fn accept(&mut self, seq: u64, msg: Option<Entry>) -> Result<RecvOutcome, RecvError> {
+        let sync = msg.as_ref().is_some_and(|e| e.sync);
         if seq == 0 {
             return Err(RecvError::ZeroSeq);
         }
@@ -143,16 +180,25 @@ impl RecvStream {
         self.reorder.insert(seq, msg);
         while let Some(next) = self.reorder.remove(&(self.delivered + 1)) {
             self.delivered += 1;
-            let Some((sync, payload)) = next else {
+            let Some(Entry {
+                sync,
+                write,
+                payload,
+            }) = next
+            else {
                 continue; // refused: its place is filled, nothing to deliver
             };
             if sync {
                 self.awaiting_reply.insert(self.delivered);
             }
+            if write {
+                self.writes.insert(self.delivered);
+            }
             out.deliveries.push(Delivery {
                 seq: self.delivered,
                 sync,
                 payload,
+                write,
             });
         }
         Ok(out)
@@ -176,7 +222,13 @@ impl RecvStream {
     /// reports it on the next ACK or FLOW for this client, or in a FLOW of its own, rate
     /// limited, so a busy stream does not answer every message with a frame.
     pub fn consume(&mut self, seq: u64) -> Option<u64> {
-        let seq = seq.min(self.delivered);
+        let mut seq = seq.min(self.delivered);
+        // Writes right after what the client took are consumed with it (nobody takes them).
+        self.writes.retain(|&w| w > seq);
+        while self.writes.first() == Some(&(seq + 1)) {
+            self.writes.pop_first();
+            seq += 1;
+        }
         if seq <= self.consumed {
             return None;
         }
@@ -188,6 +240,12 @@ impl RecvStream {
         } else {
             None
         }
+    }
+
+    /// Moves the consumed mark over delivered writes that directly follow it (the client never
+    /// takes a write). Returns new credit as [`RecvStream::consume`] does.
+    pub fn settle_writes(&mut self) -> Option<u64> {
+        self.consume(self.consumed)
     }
 
     /// Highest sequence the local client has taken (the consumed mark).

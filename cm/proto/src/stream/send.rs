@@ -48,6 +48,14 @@ pub enum SendCompletion {
         /// Sequence number (the client's).
         seq: u64,
     },
+    /// A one-sided write the partner's manager refused to place (its code names why:
+    /// outside the region, unknown or released region). Nothing was written.
+    WriteRefused {
+        /// Sequence number (the client's).
+        seq: u64,
+        /// Why.
+        reason: crate::control::NackReason,
+    },
 }
 
 #[derive(Debug)]
@@ -64,6 +72,13 @@ struct Unacked {
     /// Timed out: its client was told; kept only while the wire still needs it (until the
     /// partner has received it), and completes silently.
     timed_out: bool,
+    /// A one-sided write into a partner region (payload = the WRITE frame's payload): it goes
+    /// out as WRITE, not DATA, and completes with the placement code the partner's manager
+    /// returns like a sync reply (0 placed, else a refusal).
+    write: bool,
+    /// For a write: the link its latest transmission went one-sided on (`None`: not sent yet,
+    /// or sent with its bytes in the frame).
+    one_sided_on: Option<crate::ids::LinkId>,
 }
 
 /// The sending half of one client's stream.
@@ -137,6 +152,60 @@ impl SendStream {
         timeout: Option<Duration>,
         now: Option<Instant>,
     ) -> u64 {
+        self.push_entry(payload, model, false, timeout, now)
+    }
+
+    /// Queues a one-sided write (`payload` is the encoded WRITE payload: region, offset,
+    /// bytes) in the same sequence space as messages, so it is ordered with them, replayed
+    /// like them and deduplicated by the receiver. It completes with the partner manager's
+    /// placement code ([`SendStream::on_code`]): [`SendCompletion::Acked`] when placed,
+    /// [`SendCompletion::WriteRefused`] otherwise.
+    pub fn push_write(
+        &mut self,
+        payload: Bytes,
+        timeout: Option<Duration>,
+        now: Option<Instant>,
+    ) -> u64 {
+        self.push_entry(payload, SendModel::Sync, true, timeout, now)
+    }
+
+    /// Whether wire `seq` is a one-sided write (sent as WRITE rather than DATA).
+    pub fn is_write(&self, seq: u64) -> bool {
+        self.unacked.get(&seq).is_some_and(|u| u.write)
+    }
+
+    /// Whether write `seq` may go one-sided on `link`: it is a first transmission (a replay
+    /// goes with its bytes in the frame, so the receiver can drop it as a duplicate instead
+    /// of placing old bytes over newer ones), and every earlier write still unacknowledged went
+    /// one-sided on that same link (queue pairs do not order against each other, and a write
+    /// placed by the partner's manager lands only at its turn in the stream: either could
+    /// otherwise be overtaken by this one and overwrite it).
+    pub fn may_go_one_sided(&self, seq: u64, link: crate::ids::LinkId) -> bool {
+        match self.unacked.get(&seq) {
+            Some(u) if u.write && u.one_sided_on.is_none() => {}
+            _ => return false,
+        }
+        self.unacked
+            .range(..seq)
+            .filter(|(_, u)| u.write)
+            .all(|(_, u)| u.one_sided_on == Some(link))
+    }
+
+    /// Records how write `seq` went out: one-sided on `link`, or (`None`) with its bytes.
+    pub fn note_write_route(&mut self, seq: u64, one_sided_on: Option<crate::ids::LinkId>) {
+        if let Some(u) = self.unacked.get_mut(&seq) {
+            u.one_sided_on = one_sided_on;
+        }
+    }
+
+    fn push_entry(
+        &mut self,
+        payload: Bytes,
+        model: SendModel,
+        write: bool,
+        timeout: Option<Duration>,
+        now: Option<Instant>,
+    ) -> u64 {
         let timeout = timeout.filter(|_| model != SendModel::Local);
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -153,6 +222,8 @@ impl SendStream {
                 timeout,
                 deadline: None,
                 timed_out: false,
+                write,
+                one_sided_on: None,
             },
         );
         self.to_send.insert(seq);
@@ -309,6 +380,29 @@ impl SendStream {
                 self.take(seq);
                 Some(SendCompletion::Late)
             }
+            Some(u) if u.write => {
+                let client = u.client_seq;
+                self.take(seq);
+                let refusal = u8::try_from(code).ok().filter(|&c| c != 0).map(|c| {
+                    crate::control::NackReason::from_u8(c)
+                        .unwrap_or(crate::control::NackReason::UnknownRegion)
+                });
+                Some(match (code, refusal) {
+                    (0, _) => SendCompletion::Acked {
+                        seq: client,
+                        code: None,
+                    },
+                    (_, Some(reason)) => SendCompletion::WriteRefused {
+                        seq: client,
+                        reason,
+                    },
+                    // A code that is no reason byte: refused, for a reason we cannot name.
+                    (_, None) => SendCompletion::WriteRefused {
+                        seq: client,
+                        reason: crate::control::NackReason::UnknownRegion,
+                    },
+                })
+            }
             Some(u) if u.model == SendModel::Sync => {
                 let client = u.client_seq;
                 self.take(seq);
@@ -418,6 +512,35 @@ impl SendStream {
         seqs.into_iter()
             .filter_map(|s| self.take(s).map(|u| u.client_seq))
             .collect()
+    }
+
+    /// Removes every unacknowledged one-sided write and returns their client numbers, to be
+    /// NACKed `Fenced`: at a switch to a new partner, before [`SendStream::rebase`]. A write
+    /// names a region of the old partner (its id, its memory); the new partner's region of
+    /// the same name is another memory, which the writer fills again itself.
+    pub fn drain_writes(&mut self) -> Vec<u64> {
+        let seqs: Vec<u64> = self
+            .unacked
+            .iter()
+            .filter(|(_, u)| u.write && !u.timed_out)
+            .map(|(s, _)| *s)
+            .collect();
+        let mut out: Vec<u64> = seqs
+            .into_iter()
+            .filter_map(|s| self.take(s).map(|u| u.client_seq))
+            .collect();
+        // Timed-out writes are dropped silently (their client was told).
+        let timed_out: Vec<u64> = self
+            .unacked
+            .iter()
+            .filter(|(_, u)| u.write)
+            .map(|(s, _)| *s)
+            .collect();
+        for s in timed_out {
+            self.take(s);
+        }
+        out.sort_unstable();
+        out
     }
 
     /// Starts over with a new partner (a switch to a backup) keeping every unacknowledged

@@ -7,7 +7,9 @@
 use bytes::Bytes;
 use peercm_cm_proto::auth::Role;
 use peercm_cm_proto::control::{NodeInfo, TransportCap};
-use peercm_cm_proto::session::{ClientEvent, ClientId, LinkId, Session, SessionConfig};
+use peercm_cm_proto::session::{
+    Apply, ClientEvent, ClientId, LinkId, OneSidedTarget, Session, SessionConfig,
+};
 use peercm_cm_proto::Frame;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -36,6 +38,10 @@ impl Rng {
 struct LinkQ {
     a_to_b: VecDeque<Frame>,
     b_to_a: VecDeque<Frame>,
+    /// The RDMA WRITEs ahead of the markers queued in each direction, in order: each is
+    /// placed when its marker is taken off the link (a link that dies loses both).
+    a_to_b_writes: VecDeque<(OneSidedTarget, Bytes)>,
+    b_to_a_writes: VecDeque<(OneSidedTarget, Bytes)>,
 }
 
 pub fn node(name: &str, instance: u64) -> NodeInfo {
@@ -66,6 +72,14 @@ pub struct Pair {
     pub b_reader_max: u32,
     /// Frames transmitted, by sender (`true`: a) and type.
     pub sent: HashMap<(bool, peercm_cm_proto::MsgType), usize>,
+    /// Writes a and b were asked to place (`Session::poll_apply`), in order; collected before
+    /// the events of the same step.
+    pub a_applies: Vec<Apply>,
+    pub b_applies: Vec<Apply>,
+    /// One-sided writes placed by RDMA WRITE (sender `true`: a), in the order they were
+    /// placed: when the link delivered the marker behind them (queue pairs are FIFO; writes on
+    /// different links are not ordered against each other).
+    pub one_sided: Vec<(bool, OneSidedTarget, Bytes)>,
 }
 
 impl Pair {
@@ -89,6 +103,9 @@ impl Pair {
             trace: false,
             b_reader_max: u32::MAX,
             sent: HashMap::new(),
+            a_applies: Vec::new(),
+            b_applies: Vec::new(),
+            one_sided: Vec::new(),
         }
     }
 
@@ -156,6 +173,7 @@ impl Pair {
             if silent.contains(&id) {
                 if let Some(q) = self.links.get_mut(&id) {
                     q.a_to_b.clear();
+                    q.a_to_b_writes.clear();
                 }
             } else {
                 self.links.remove(&id);
@@ -176,9 +194,11 @@ impl Pair {
         if let Some(q) = self.links.get_mut(&id) {
             if on_a {
                 q.a_to_b.clear();
+                q.a_to_b_writes.clear();
                 self.a.handle_link_down(id, self.now);
             } else {
                 q.b_to_a.clear();
+                q.b_to_a_writes.clear();
                 self.b.handle_link_down(id, self.now);
             }
         }
@@ -204,12 +224,19 @@ impl Pair {
                 .sent
                 .entry((true, t.frame.header.msg_type))
                 .or_default() += 1;
-            let bytes = t.frame.encoded_len() as u64;
-            if let Some(q) = self.links.get_mut(&t.link) {
-                q.a_to_b.push_back(t.frame);
+            let mut t = t;
+            if let Some((data, target)) = t.take_one_sided() {
+                if let Some(q) = self.links.get_mut(&t.link) {
+                    q.a_to_b_writes.push_back((target, data));
+                }
             }
-            let done: Vec<_> = t.local_done.into_iter().collect();
-            self.a.handle_written(t.link, bytes, &done);
+            let (link, done): (LinkId, Vec<_>) = (t.link, t.local_done.into_iter().collect());
+            let frame = t.frame;
+            let bytes = frame.encoded_len() as u64;
+            if let Some(q) = self.links.get_mut(&link) {
+                q.a_to_b.push_back(frame);
+            }
+            self.a.handle_written(link, bytes, &done);
         }
         while let Some(t) = self.b.poll_transmit(self.now) {
             any = true;
@@ -217,12 +244,19 @@ impl Pair {
                 .sent
                 .entry((false, t.frame.header.msg_type))
                 .or_default() += 1;
-            let bytes = t.frame.encoded_len() as u64;
-            if let Some(q) = self.links.get_mut(&t.link) {
-                q.b_to_a.push_back(t.frame);
+            let mut t = t;
+            if let Some((data, target)) = t.take_one_sided() {
+                if let Some(q) = self.links.get_mut(&t.link) {
+                    q.b_to_a_writes.push_back((target, data));
+                }
             }
-            let done: Vec<_> = t.local_done.into_iter().collect();
-            self.b.handle_written(t.link, bytes, &done);
+            let (link, done): (LinkId, Vec<_>) = (t.link, t.local_done.into_iter().collect());
+            let frame = t.frame;
+            let bytes = frame.encoded_len() as u64;
+            if let Some(q) = self.links.get_mut(&link) {
+                q.b_to_a.push_back(frame);
+            }
+            self.b.handle_written(link, bytes, &done);
         }
         while let Some(l) = self.a.poll_close_link() {
             self.kill_link(l);
@@ -234,6 +268,12 @@ impl Pair {
     }
 
     fn drain_events(&mut self) {
+        while let Some(ap) = self.a.poll_apply() {
+            self.a_applies.push(ap);
+        }
+        while let Some(ap) = self.b.poll_apply() {
+            self.b_applies.push(ap);
+        }
         while let Some((id, ev)) = self.a.poll_event() {
             if let (true, ClientEvent::Data { seq, .. }) = (self.auto_consume, &ev) {
                 self.a.consumed(id, *seq);
@@ -276,6 +316,7 @@ impl Pair {
             q.b_to_a.pop_front()
         };
         let Some(frame) = frame else { return true };
+        self.place_one_sided(id, to_b, &frame);
         if self.trace {
             let h = &frame.header;
             println!(
@@ -301,6 +342,26 @@ impl Pair {
             panic!("protocol violation on link {id}: {e}");
         }
         true
+    }
+
+    /// A marker (a WRITE frame of just the write header) leaving `link`: the RDMA WRITE
+    /// ahead of it is placed now.
+    fn place_one_sided(&mut self, link: LinkId, to_b: bool, frame: &Frame) {
+        let marker = frame.header.msg_type == peercm_cm_proto::MsgType::Write
+            && frame.payload.len() == peercm_cm_proto::region::wire::WRITE_HEADER_BYTES;
+        if !marker {
+            return;
+        }
+        let Some(q) = self.links.get_mut(&link) else {
+            return;
+        };
+        let w = if to_b {
+            q.a_to_b_writes.pop_front()
+        } else {
+            q.b_to_a_writes.pop_front()
+        };
+        let (target, data) = w.expect("every marker follows its RDMA WRITE");
+        self.one_sided.push((to_b, target, data));
     }
 
     /// Hands every queued output of both sessions to the links (and closes the links they
@@ -330,6 +391,7 @@ impl Pair {
         } else {
             q.b_to_a.pop_front()
         }?;
+        self.place_one_sided(link, to_b, &frame);
         let t = frame.header.msg_type;
         let res = if to_b && frame.payload.len() > self.b_reader_max as usize {
             self.b.handle_oversize(link, frame.header, self.now)

@@ -197,6 +197,9 @@ impl Chaos<'_> {
                 self.switch_seen.clear();
             }
             ClientEvent::Up | ClientEvent::FlowControl { .. } => {}
+            ev @ ClientEvent::PartnerRegion { .. } => {
+                panic!("{ctx}: {ev:?} without regions")
+            }
             ClientEvent::Migrated { from, to } => {
                 let got = self
                     .expected_migrations
@@ -292,7 +295,9 @@ impl Chaos<'_> {
                 self.to_answer.remove(&(Side::B, c));
             }
             ClientEvent::Up | ClientEvent::FlowControl { .. } => {}
-            ev @ (ClientEvent::Migrated { .. } | ClientEvent::PeerSwitched { .. }) => {
+            ev @ (ClientEvent::Migrated { .. }
+            | ClientEvent::PeerSwitched { .. }
+            | ClientEvent::PartnerRegion { .. }) => {
                 panic!("{ctx}: B{inc}/client{c}: {ev:?} on the acceptor (no placement, no hold)")
             }
         }

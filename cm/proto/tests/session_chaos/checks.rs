@@ -182,8 +182,10 @@ impl Chaos {
                 self.to_consume.remove(&(side, c));
             }
             ClientEvent::Up | ClientEvent::FlowControl { .. } => {}
-            ev @ (ClientEvent::Migrated { .. } | ClientEvent::PeerSwitched { .. }) => {
-                panic!("seed {seed}: {ev:?} without placement or autoswitch configured")
+            ev @ (ClientEvent::Migrated { .. }
+            | ClientEvent::PeerSwitched { .. }
+            | ClientEvent::PartnerRegion { .. }) => {
+                panic!("seed {seed}: {ev:?} without placement, autoswitch or regions configured")
             }
         }
     }

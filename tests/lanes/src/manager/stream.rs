@@ -173,7 +173,8 @@ impl StreamState {
             ClientEvent::Data { .. }
             | ClientEvent::Up
             | ClientEvent::Transmitted { .. }
-            | ClientEvent::FlowControl { .. } => {}
+            | ClientEvent::FlowControl { .. }
+            | ClientEvent::PartnerRegion { .. } => {}
         }
     }
 }

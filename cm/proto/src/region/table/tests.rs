@@ -283,14 +283,15 @@ fn advert_carries_the_runtime_rail_keys_and_validates() {
 }
 
 #[test]
-fn refusal_codes_round_trip_and_stay_clear_of_nack_reasons() {
-    for r in [
-        WriteRefusal::OutOfBounds,
-        WriteRefusal::UnknownRegion,
-        WriteRefusal::RegionReleased,
+fn refusal_codes_round_trip_and_are_the_nack_reasons_of_the_same_name() {
+    use crate::control::NackReason;
+    for (r, n) in [
+        (WriteRefusal::OutOfBounds, NackReason::OutOfBounds),
+        (WriteRefusal::UnknownRegion, NackReason::UnknownRegion),
+        (WriteRefusal::RegionReleased, NackReason::RegionReleased),
     ] {
         assert_eq!(WriteRefusal::from_code(r.code()), Some(r));
-        assert_eq!(crate::control::NackReason::from_u8(r.code()), None);
+        assert_eq!(NackReason::from_u8(r.code()), Some(n));
     }
     assert_eq!(WriteRefusal::from_code(6), None);
 }

@@ -93,6 +93,10 @@ impl Session {
                     seq,
                     reason: NackReason::TooLarge,
                 },
+                SendCompletion::WriteRefused { seq, reason } => {
+                    self.stats.writes_refused += 1;
+                    ClientEvent::Nacked { seq, reason }
+                }
                 SendCompletion::Late => {
                     self.stats.late_completions += 1;
                     continue;

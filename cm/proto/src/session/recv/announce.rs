@@ -68,6 +68,8 @@ impl Session {
             .entry(name.to_string())
             .or_insert(PeerClientId::new(0));
         *retired = (*retired).max(id);
+        // Its regions went with it.
+        self.partner_table.client_gone(id);
         if self.peer_clients.get(name).is_some_and(|p| p.id == id) {
             self.peer_clients.remove(name);
             if let Some(&local) = self.by_name.get(name) {

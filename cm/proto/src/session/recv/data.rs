@@ -1,5 +1,6 @@
-//! DATA: delivery to a local client (in order, each message once), the piggybacked ack, DATA
-//! that overtook READY, and DATA for clients that are gone or unknown.
+//! DATA and WRITE: delivery to a local client (in order, each message once; a write is placed
+//! in its turn, see `region`), the piggybacked ack, DATA or WRITE that overtook READY, and
+//! frames for clients that are gone or unknown.
 
 use crate::control::{self, NackReason};
 use crate::frame::{Flags, Frame, MsgType};
@@ -8,7 +9,7 @@ use crate::session::{ClientEvent, ClientId, ProtocolViolation, SessionState};
 use crate::stream::RecvError;
 
 impl Session {
-    /// DATA for a local client.
+    /// DATA or WRITE for a local client.
     pub(super) fn recv_data(&mut self, frame: Frame) -> Result<(), ProtocolViolation> {
         let h = frame.header;
         // The frame's client field carries our own number for the client.
@@ -72,10 +73,16 @@ impl Session {
             let Some(c) = self.clients.get_mut(&id) else {
                 return Ok(());
             };
-            let outcome = c
-                .recv
-                .handle_data(h.seq, h.flags.contains(Flags::SYNC), frame.payload)
-                .map_err(|err| ProtocolViolation::Stream { client: id, err })?;
+            let outcome = if h.msg_type == MsgType::Write {
+                // Malformed is the partner's violation; whether it may be placed is decided in
+                // stream order, at delivery.
+                super::region::decode_write(&frame.payload)?;
+                c.recv.handle_write(h.seq, frame.payload)
+            } else {
+                c.recv
+                    .handle_data(h.seq, h.flags.contains(Flags::SYNC), frame.payload)
+            }
+            .map_err(|err| ProtocolViolation::Stream { client: id, err })?;
             let piggy = if h.ack > 0 {
                 c.send.on_cumulative_ack(h.ack)
             } else {
@@ -107,7 +114,13 @@ impl Session {
             }
         }
         self.ack_due.insert(id);
+        let mut wrote = false;
         for d in outcome.deliveries {
+            if d.write {
+                wrote = true;
+                self.place_write(id, d);
+                continue;
+            }
             self.stats.delivered += 1;
             self.events.push_back((
                 id,
@@ -117,6 +130,14 @@ impl Session {
                     reply_needed: d.sync,
                 },
             ));
+        }
+        if wrote {
+            // Nobody takes a write: the consumed mark passes over it (credit for the writer).
+            if let Some(c) = self.clients.get_mut(&id) {
+                if c.recv.settle_writes().is_some() {
+                    self.flow_due.insert(id);
+                }
+            }
         }
         Ok(())
     }

@@ -5,6 +5,8 @@
 //! - `data`: DATA (delivery to local clients);
 //! - `ack`: ACK, NACK and FLOW (send completions and credit);
 //! - `transport`: TRANSPORT (setup messages for the partner's manager);
+//! - `region`: REGION (the partner's regions) and the placement of WRITEs (which `data`
+//!   receives like DATA, in stream order);
 //! - `oversize`: a frame above `max_payload_bytes` that the link's reader skipped
 //!   ([`Session::handle_oversize`]);
 //! - here: the handshake messages, which are a violation on an established link.
@@ -13,6 +15,7 @@ mod ack;
 mod announce;
 mod data;
 mod oversize;
+mod region;
 mod reset;
 mod transport;
 
@@ -89,6 +92,26 @@ impl Session {
             MsgType::Nack => self.recv_nack(frame),
             MsgType::Flow => self.recv_flow(h),
             MsgType::Transport => self.recv_transport(link, frame.payload),
+            MsgType::Region => self.recv_region(frame),
+            MsgType::Write => {
+                let tcp = self
+                    .links
+                    .get(&link)
+                    .is_some_and(|l| l.interconnect == crate::ids::InterconnectId::TCP);
+                if tcp && frame.payload.len() <= crate::region::wire::WRITE_HEADER_BYTES {
+                    // A marker says "placed by RDMA WRITE": impossible on TCP.
+                    return Err(ProtocolViolation::Region(
+                        crate::region::RegionError::Malformed {
+                            what: "WRITE",
+                            detail: format!(
+                                "{} bytes on a TCP link: no data to place",
+                                frame.payload.len()
+                            ),
+                        },
+                    ));
+                }
+                self.recv_data(frame)
+            }
         }
     }
 
