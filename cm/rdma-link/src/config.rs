@@ -14,6 +14,8 @@ pub const MAX_RING_BYTES: usize = 1 << 30;
 pub const MIN_RECV_DEPTH: u32 = 2;
 /// The largest receive depth.
 pub const MAX_RECV_DEPTH: u32 = 8192;
+/// The largest write-staging region (and so the largest one-sided write).
+pub const MAX_WRITE_STAGING_BYTES: usize = 1 << 30;
 
 /// Configuration of one RDMA link. Both sides should use the same values; what must agree is
 /// checked when connecting (see [`crate::LocalEndpoint`]).
@@ -63,6 +65,14 @@ pub struct RdmaLinkConfig {
     /// silent partner is detected even when there is nothing to send (0 = never). Default
     /// 1000 ms.
     pub probe_interval_ms: u64,
+    /// Size of the write-staging region: the data of each one-sided write
+    /// ([`crate::RdmaLink::send_with_write`]) is copied there and written from there, and a
+    /// write waits while the region is full (see [`crate::staging`]). This is also the largest
+    /// one-sided write the link takes. 0 disables one-sided writes (no region is registered and
+    /// every write is refused with [`crate::SendError::WriteTooLarge`]); at most
+    /// [`MAX_WRITE_STAGING_BYTES`]. Default 4 MiB, the ring's default: as many bytes of writes
+    /// in flight as of frames.
+    pub write_staging_bytes: usize,
 }
 
 impl Default for RdmaLinkConfig {
@@ -78,6 +88,7 @@ impl Default for RdmaLinkConfig {
             qp: QpParams::default(),
             cq_wait_timeout_ms: 100,
             probe_interval_ms: 1000,
+            write_staging_bytes: 4 << 20,
         }
     }
 }
@@ -149,6 +160,12 @@ impl RdmaLinkConfig {
                 self.cq_wait_timeout_ms
             ));
         }
+        if self.write_staging_bytes > MAX_WRITE_STAGING_BYTES {
+            return bad(format!(
+                "write_staging_bytes {} is above the maximum of {MAX_WRITE_STAGING_BYTES}",
+                self.write_staging_bytes
+            ));
+        }
         if self.port == 0 {
             return bad("port 0 does not exist (ports count from 1)".into());
         }
@@ -170,6 +187,13 @@ mod tests {
         assert_eq!(c.qp.ack_timeout_us, 67_000);
         assert_eq!((c.qp.retry_count, c.qp.rnr_retry_count), (6, 7));
         assert_eq!(c.cq_wait_timeout(), Duration::from_millis(100));
+        assert_eq!(c.write_staging_bytes, 4 << 20);
+        RdmaLinkConfig {
+            write_staging_bytes: 0,
+            ..c.clone()
+        }
+        .validate()
+        .unwrap();
         assert!(!c.qp_params().access.contains(Access::REMOTE_READ));
     }
 
@@ -212,6 +236,10 @@ mod tests {
             },
             RdmaLinkConfig {
                 ring_bytes: MAX_RING_BYTES + 1,
+                ..d.clone()
+            },
+            RdmaLinkConfig {
+                write_staging_bytes: MAX_WRITE_STAGING_BYTES + 1,
                 ..d.clone()
             },
         ] {

@@ -114,6 +114,35 @@ pub enum SendError {
         /// The largest encoded frame the link takes.
         max_frame_bytes: u64,
     },
+    /// A one-sided write without data ([`crate::RdmaLink::try_send_with_write`]).
+    #[error("a one-sided write needs at least one byte of data")]
+    EmptyWrite,
+    /// A one-sided write's data is larger than this link's write-staging region
+    /// ([`crate::RdmaLinkConfig::write_staging_bytes`]; 0 when one-sided writes are off).
+    /// Writes are never split: the caller must keep them within the bound.
+    #[error(
+        "one-sided write of {write_bytes} bytes exceeds this link's write-staging region of \
+         {staging_bytes} bytes"
+    )]
+    WriteTooLarge {
+        /// The write's data length.
+        write_bytes: u64,
+        /// The write-staging region's size.
+        staging_bytes: u64,
+    },
+    /// A one-sided write would pass the end of the partner's region.
+    #[error(
+        "one-sided write of {write_bytes} bytes at offset {remote_offset} passes the end of \
+         the partner's {region_bytes}-byte region"
+    )]
+    WriteOutOfBounds {
+        /// Where in the region the write starts.
+        remote_offset: u64,
+        /// The write's data length.
+        write_bytes: u64,
+        /// The region's length (`RemoteMr::len`).
+        region_bytes: u64,
+    },
 }
 
 /// Which kind of request a completion belonged to.
@@ -127,6 +156,10 @@ pub enum RequestKind {
     Probe,
     /// A posted receive.
     Receive,
+    /// A one-sided RDMA WRITE into a partner's region (the data of
+    /// [`crate::RdmaLink::send_with_write`]); a bad or deregistered rkey fails it with
+    /// `RemAccessErr`.
+    OneSidedWrite,
     /// A work-request id this link never used.
     Unknown,
 }

@@ -8,11 +8,16 @@
 //! staging region at the offset it will have in the partner's ring and written from there
 //! with one WRITE_WITH_IMM, in order. Frames that must wait are posted by the link thread as
 //! credit comes back. All posting of data happens under that one lock, so the ring layout and
-//! the queue pair's order are the same.
+//! the queue pair's order are the same. A frame carrying a one-sided write
+//! ([`crate::one_sided`]) is posted as two requests, the RDMA WRITE of its data (copied into the
+//! write-staging region) and then the frame, once the window, the ring, the write-staging
+//! region and the send queue all have room for them.
 
 use crate::credit::{Imm, SendWindow};
 use crate::endpoint::LocalEndpoint;
 use crate::error::{LinkCloseReason, RdmaLinkError, RequestKind, SendError};
+use crate::one_sided::OneSided;
+use crate::staging::StagingAlloc;
 use crate::stats::{bump, Counters, LinkStats};
 use crate::wrid;
 use bytes::{Bytes, BytesMut};
@@ -21,14 +26,32 @@ use peercm_cm_proto::link_queue::{Lane, LinkQueue};
 use peercm_cm_proto::session::{LinkId, LocalDone};
 use peercm_cm_proto::Frame;
 use peercm_verbs_shim::{MemoryRegion, QueuePair, RemoteMr, SendWr, Sge};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
-/// An encoded frame waiting for credit.
+/// An encoded frame waiting for credit, with the one-sided write that goes before it.
 pub(crate) struct Pending {
     bytes: Bytes,
     local_done: Option<LocalDone>,
+    write: Option<OneSided>,
+}
+
+/// A one-sided RDMA WRITE posted and not completed yet.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WriteInflight {
+    seq: u64,
+    len: u64,
+    footprint: u64,
+}
+
+/// A one-sided write's completion that does not match the oldest one posted (the queue pair
+/// completes in order, so this is a bug or a confused HCA).
+pub(crate) fn write_out_of_order(got: u64, expected: Option<u64>) -> LinkCloseReason {
+    LinkCloseReason::Protocol(format!(
+        "one-sided write completion {got}, expected {expected:?}"
+    ))
 }
 
 /// The send side's books, under the send lock.
@@ -41,6 +64,14 @@ pub(crate) struct Core {
     pub other_outstanding: u32,
     /// Counter for credit and probe request ids.
     pub next_other: u64,
+    /// The write-staging region's books.
+    pub staging: StagingAlloc,
+    /// One-sided WRITEs posted and not completed, oldest first.
+    pub writes: VecDeque<WriteInflight>,
+    /// Counter for one-sided write request ids.
+    pub next_write: u64,
+    /// Whether the head of `pending` is waiting for write-staging space (for counting stalls).
+    pub write_stalled: bool,
     /// Whether the head of `pending` is waiting for credit (for counting stalls).
     pub stalled: bool,
     /// When anything was last posted (for probes).
@@ -50,23 +81,44 @@ pub(crate) struct Core {
 }
 
 impl Core {
-    pub(crate) fn new(window: SendWindow<Option<LocalDone>>) -> Self {
+    pub(crate) fn new(window: SendWindow<Option<LocalDone>>, write_staging_bytes: u64) -> Self {
         Core {
             window,
             pending: LinkQueue::new(),
             other_outstanding: 0,
             next_other: 0,
+            staging: StagingAlloc::new(write_staging_bytes),
+            writes: VecDeque::new(),
+            next_write: 0,
+            write_stalled: false,
             stalled: false,
             last_post: Instant::now(),
             closed: false,
         }
     }
 
-    /// Send-queue entries in use.
+    /// Send-queue entries in use: data frames, one-sided writes, credit and probes not
+    /// completed yet.
     pub(crate) fn sq_used(&self) -> u32 {
         u32::try_from(self.window.uncompleted())
             .unwrap_or(u32::MAX)
+            .saturating_add(u32::try_from(self.writes.len()).unwrap_or(u32::MAX))
             .saturating_add(self.other_outstanding)
+    }
+
+    /// The one-sided WRITE `seq` completed: frees its staging space; returns its data length.
+    pub(crate) fn write_completed(&mut self, seq: u64) -> Result<u64, LinkCloseReason> {
+        let expected = self.writes.front().map(|w| w.seq);
+        if expected != Some(seq) {
+            return Err(write_out_of_order(seq, expected));
+        }
+        let Some(w) = self.writes.pop_front() else {
+            return Err(write_out_of_order(seq, None));
+        };
+        self.staging
+            .release(w.footprint)
+            .map_err(|e| LinkCloseReason::Protocol(format!("write staging: {e}")))?;
+        Ok(w.len)
     }
 }
 
@@ -80,6 +132,8 @@ pub(crate) struct Shared {
     pub ring: Arc<dyn MemoryRegion>,
     /// Our staging copy of the partner's ring.
     pub staging: Arc<dyn MemoryRegion>,
+    /// Where one-sided writes' data is copied before it is written (none when they are off).
+    pub write_staging: Option<Arc<dyn MemoryRegion>>,
     pub remote: LocalEndpoint,
     pub max_frame_bytes: usize,
     pub max_send_wr: u32,
@@ -112,6 +166,7 @@ impl Shared {
         qp: Box<dyn QueuePair>,
         ring: Arc<dyn MemoryRegion>,
         staging: Arc<dyn MemoryRegion>,
+        write_staging: Option<Arc<dyn MemoryRegion>>,
         remote: LocalEndpoint,
         max_frame_bytes: usize,
         max_send_wr: u32,
@@ -123,6 +178,7 @@ impl Shared {
             qp: RwLock::new(qp),
             ring,
             staging,
+            write_staging,
             remote,
             max_frame_bytes,
             max_send_wr,
@@ -178,22 +234,57 @@ impl Shared {
             .map_err(|e| verbs_reason("posting a send", e))
     }
 
-    /// Posts queued frames while the window, the ring and the send queue allow.
+    /// Posts queued frames while the window, the ring, the write-staging region and the send
+    /// queue allow.
     pub(crate) fn pump(&self, core: &mut Core) -> Result<(), LinkCloseReason> {
         while !core.closed && core.sq_used() < self.max_send_wr {
             let Some((lane, p)) = core.pending.pop() else {
                 core.stalled = false;
+                core.write_stalled = false;
                 break;
             };
-            let len = p.bytes.len() as u64;
-            let (seq, at) = match core.window.try_push(len, p.local_done) {
+            let Pending {
+                bytes,
+                local_done,
+                write,
+            } = p;
+            // A write takes two send-queue entries: its RDMA WRITE and the frame.
+            let need = if write.is_some() { 2 } else { 1 };
+            let sq_full = core.sq_used().saturating_add(need) > self.max_send_wr;
+            let staged = match &write {
+                Some(w) => core
+                    .staging
+                    .peek(w.data.len() as u64)
+                    .map_err(|e| LinkCloseReason::Protocol(format!("write staging: {e}")))?
+                    .is_some(),
+                None => true,
+            };
+            if sq_full || !staged {
+                if !staged && !core.write_stalled {
+                    core.write_stalled = true;
+                    bump(&self.stats.write_stalls, 1);
+                }
+                core.pending.push_front(
+                    lane,
+                    Pending {
+                        bytes,
+                        local_done,
+                        write,
+                    },
+                );
+                break;
+            }
+            core.write_stalled = false;
+            let len = bytes.len() as u64;
+            let (seq, at) = match core.window.try_push(len, local_done) {
                 Ok(placed) => placed,
                 Err((_, local_done)) => {
                     core.pending.push_front(
                         lane,
                         Pending {
-                            bytes: p.bytes,
+                            bytes,
                             local_done,
+                            write,
                         },
                     );
                     if !core.stalled {
@@ -204,13 +295,16 @@ impl Shared {
                 }
             };
             core.stalled = false;
+            if let Some(w) = write {
+                self.post_one_sided(core, w)?;
+            }
             let len32 = u32::try_from(len).unwrap_or(u32::MAX);
             let imm = Imm::Data { len: len32 }
                 .encode()
                 .map_err(|e| LinkCloseReason::Protocol(format!("data immediate: {e}")))?;
             let offset = usize::try_from(at.offset).unwrap_or(usize::MAX);
             self.staging
-                .write(offset, &p.bytes)
+                .write(offset, &bytes)
                 .map_err(|e| verbs_reason("copying a frame into the staging region", e))?;
             self.post(SendWr::Write {
                 wr_id: wrid::encode(RequestKind::Data, seq),
@@ -229,6 +323,45 @@ impl Shared {
             }
         }
         Ok(())
+    }
+
+    /// Copies a one-sided write's data into the write-staging region and posts its RDMA WRITE
+    /// (the caller checked that the space and a send-queue entry are free).
+    fn post_one_sided(&self, core: &mut Core, w: OneSided) -> Result<(), LinkCloseReason> {
+        let len = w.data.len() as u64;
+        let staging_err =
+            |what: String| LinkCloseReason::Protocol(format!("write staging: {what}"));
+        let Some(mr) = self.write_staging.clone() else {
+            return Err(staging_err("no write-staging region".into()));
+        };
+        let Some(slot) = core
+            .staging
+            .reserve(len)
+            .map_err(|e| staging_err(e.to_string()))?
+        else {
+            return Err(staging_err(format!("no room for {len} bytes after all")));
+        };
+        let offset = usize::try_from(slot.offset).unwrap_or(usize::MAX);
+        mr.write(offset, &w.data)
+            .map_err(|e| verbs_reason("copying a write into the write-staging region", e))?;
+        let seq = core.next_write;
+        core.next_write += 1;
+        core.writes.push_back(WriteInflight {
+            seq,
+            len,
+            footprint: slot.footprint,
+        });
+        self.post(SendWr::Write {
+            wr_id: wrid::encode(RequestKind::OneSidedWrite, seq),
+            local: Sge {
+                mr,
+                offset: slot.offset,
+                len: u32::try_from(len).unwrap_or(u32::MAX),
+            },
+            remote: w.remote,
+            remote_offset: w.remote_offset,
+            imm: None,
+        })
     }
 
     /// Posts a zero-length WRITE_WITH_IMM returning credit for `msgs` data messages; false if
@@ -346,6 +479,17 @@ impl RdmaLink {
     /// [`Self::max_frame_bytes`] (checked before anything is posted; frames are never split),
     /// [`SendError::Closed`] once the link is closing.
     pub fn try_send(&self, frame: Frame, local_done: Option<LocalDone>) -> Result<(), SendError> {
+        self.enqueue(frame, None, local_done)
+    }
+
+    /// Checks and queues a frame (with the one-sided write that goes before it), then posts
+    /// what may go now.
+    pub(crate) fn enqueue(
+        &self,
+        frame: Frame,
+        write: Option<OneSided>,
+        local_done: Option<LocalDone>,
+    ) -> Result<(), SendError> {
         let sh = &self.shared;
         if sh.closing.load(Ordering::SeqCst) {
             return Err(SendError::Closed);
@@ -357,6 +501,9 @@ impl RdmaLink {
                 frame_bytes: frame_bytes as u64,
                 max_frame_bytes: sh.max_frame_bytes as u64,
             });
+        }
+        if let Some(w) = &write {
+            w.check(self.write_staging_bytes() as u64)?;
         }
         let mut buf = BytesMut::with_capacity(frame_bytes);
         frame.encode(&mut buf);
@@ -370,6 +517,7 @@ impl RdmaLink {
                 Pending {
                     bytes: buf.freeze(),
                     local_done,
+                    write,
                 },
             );
             sh.pump(&mut core).err()

@@ -1,5 +1,5 @@
 //! [`PreparedLink`]: the verbs resources of a link before the partner is known (PD, CQ, RC
-//! queue pair in INIT, receive ring, staging region), and `connect`, which validates the
+//! queue pair in INIT, receive ring, staging regions), and `connect`, which validates the
 //! partner's endpoint, posts receives, moves the queue pair INIT -> RTR -> RTS ("slam
 //! connect") and starts the link thread.
 
@@ -20,7 +20,13 @@ use peercm_verbs_shim::{
 use std::sync::Arc;
 
 /// Send-queue entries beyond the receive depth (credit messages and a probe).
-const SEND_SLACK: u32 = 8;
+///
+/// The send queue holds `recv_depth + SEND_SLACK` requests. Data frames are bounded by the
+/// window `W <= recv_depth / 2` (un-credited), so a full window of one-sided writes (two
+/// requests each: the RDMA WRITE and its frame) takes at most `recv_depth`, and the slack is
+/// left for credit messages and the probe. The bound is not relied on for safety: every post
+/// first checks that the requests it needs fit ([`crate::link`]), and waits otherwise.
+pub(crate) const SEND_SLACK: u32 = 8;
 /// Completion-queue entries beyond the send and receive queues.
 const CQ_SLACK: u32 = 32;
 
@@ -34,6 +40,7 @@ pub struct PreparedLink {
     qp: Box<dyn QueuePair>,
     ring: Arc<dyn MemoryRegion>,
     staging: Arc<dyn MemoryRegion>,
+    write_staging: Option<Arc<dyn MemoryRegion>>,
     scratch: Arc<dyn MemoryRegion>,
     params: QpParams,
     psn: u32,
@@ -60,12 +67,33 @@ fn initial_psn() -> u32 {
 }
 
 impl PreparedLink {
-    /// Creates the link's resources on `device`: a protection domain, one completion queue
-    /// (send and receive) with its channel, an RC queue pair moved to INIT, the receive ring
-    /// (`cfg.ring_bytes`, `LOCAL_WRITE | REMOTE_WRITE`), a send-staging region of the same
-    /// size and a tiny scratch region the receives name. Returns the endpoint to send to the
-    /// partner.
+    /// Creates the link's resources on `device`: a protection domain of its own, then as
+    /// [`Self::new_in`].
     pub fn new(
+        device: Arc<dyn Device>,
+        cfg: RdmaLinkConfig,
+    ) -> Result<(PreparedLink, LocalEndpoint), RdmaLinkError> {
+        cfg.validate()?;
+        let name = device.info().name;
+        let pd = device.clone().alloc_pd().map_err(|e| {
+            RdmaLinkError::verbs(format!("allocating a protection domain on {name}"), e)
+        })?;
+        Self::new_in(pd, device, cfg)
+    }
+
+    /// Creates the link's resources on `device`, in the protection domain `pd` (which must
+    /// belong to `device`): one completion queue (send and receive) with its channel, an RC
+    /// queue pair moved to INIT, the receive ring (`cfg.ring_bytes`, `LOCAL_WRITE |
+    /// REMOTE_WRITE`), a send-staging region of the same size, the write-staging region
+    /// (`cfg.write_staging_bytes`, `LOCAL_WRITE`; none when 0) and a tiny scratch region the
+    /// receives name. Returns the endpoint to send to the partner.
+    ///
+    /// A protection domain shared by every link of one device lets the manager register
+    /// client regions once: the partner's RDMA WRITEs through any of these links (and through
+    /// links created later in the same domain) reach them with the same rkey. The link never
+    /// deregisters anything it did not register.
+    pub fn new_in(
+        pd: Arc<dyn ProtectionDomain>,
         device: Arc<dyn Device>,
         cfg: RdmaLinkConfig,
     ) -> Result<(PreparedLink, LocalEndpoint), RdmaLinkError> {
@@ -74,10 +102,6 @@ impl PreparedLink {
         let on = |what: &str| format!("{what} on {name}");
         let params = cfg.qp_params();
         let max_send_wr = cfg.recv_depth + SEND_SLACK;
-        let pd = device
-            .clone()
-            .alloc_pd()
-            .map_err(|e| RdmaLinkError::verbs(on("allocating a protection domain"), e))?;
         let cq = device
             .clone()
             .create_cq(max_send_wr + cfg.recv_depth + CQ_SLACK)
@@ -105,6 +129,10 @@ impl PreparedLink {
             "receive ring",
         )?;
         let staging = reg(cfg.ring_bytes, Access::LOCAL_WRITE, "send-staging region")?;
+        let write_staging = match cfg.write_staging_bytes {
+            0 => None,
+            len => Some(reg(len, Access::LOCAL_WRITE, "write-staging region")?),
+        };
         let scratch = reg(
             SCRATCH_BYTES as usize,
             Access::LOCAL_WRITE,
@@ -131,6 +159,7 @@ impl PreparedLink {
                 qp,
                 ring,
                 staging,
+                write_staging,
                 scratch,
                 params,
                 psn,
@@ -141,7 +170,7 @@ impl PreparedLink {
         ))
     }
 
-    /// This side's endpoint (as returned by [`Self::new`]).
+    /// This side's endpoint (as returned by [`Self::new_in`]).
     pub fn endpoint(&self) -> &LocalEndpoint {
         &self.local
     }
@@ -178,6 +207,7 @@ impl PreparedLink {
             mut qp,
             ring,
             staging,
+            write_staging,
             scratch,
             params,
             psn,
@@ -223,10 +253,14 @@ impl PreparedLink {
         let shared = Arc::new(Shared::new(
             cfg.link_id,
             device.clone(),
-            Core::new(SendWindow::new(remote.ring_bytes, window)),
+            Core::new(
+                SendWindow::new(remote.ring_bytes, window),
+                cfg.write_staging_bytes as u64,
+            ),
             qp,
             ring,
             staging,
+            write_staging,
             *remote,
             HEADER_LEN + remote.send_max_payload_bytes(&cfg) as usize,
             max_send_wr,

@@ -27,6 +27,13 @@ pub struct LinkStats {
     pub ring_wraps_received: u64,
     /// Liveness probes posted.
     pub probes_sent: u64,
+    /// One-sided RDMA WRITEs completed ([`crate::RdmaLink::send_with_write`]).
+    pub writes_sent: u64,
+    /// Data bytes of those writes.
+    pub write_bytes_sent: u64,
+    /// Times a frame with a one-sided write had to wait for write-staging space, counted per
+    /// stall.
+    pub write_stalls: u64,
     /// Frames queued waiting for credit right now.
     pub frames_queued: u64,
 }
@@ -43,6 +50,9 @@ pub(crate) struct Counters {
     pub ring_wraps_sent: AtomicU64,
     pub ring_wraps_received: AtomicU64,
     pub probes_sent: AtomicU64,
+    pub writes_sent: AtomicU64,
+    pub write_bytes_sent: AtomicU64,
+    pub write_stalls: AtomicU64,
 }
 
 pub(crate) fn bump(c: &AtomicU64, by: u64) {
@@ -63,6 +73,9 @@ impl Counters {
             ring_wraps_sent: g(&self.ring_wraps_sent),
             ring_wraps_received: g(&self.ring_wraps_received),
             probes_sent: g(&self.probes_sent),
+            writes_sent: g(&self.writes_sent),
+            write_bytes_sent: g(&self.write_bytes_sent),
+            write_stalls: g(&self.write_stalls),
             frames_queued,
         }
     }

@@ -134,6 +134,7 @@ impl Worker {
     fn handle(&mut self, wcs: &[WorkCompletion]) -> Result<(), LinkCloseReason> {
         let mut frames: Vec<Decoded> = Vec::new();
         let mut data_done: Vec<u64> = Vec::new();
+        let mut writes_done: Vec<u64> = Vec::new();
         let mut other_done = 0u32;
         let mut credits = 0u64;
         let mut failure: Option<LinkCloseReason> = None;
@@ -153,6 +154,7 @@ impl Worker {
                     }
                 },
                 RequestKind::Data => data_done.push(n),
+                RequestKind::OneSidedWrite => writes_done.push(n),
                 RequestKind::Credit | RequestKind::Probe => other_done += 1,
                 RequestKind::Unknown => {
                     failure = Some(protocol(format!(
@@ -168,12 +170,25 @@ impl Worker {
         let mut written_bytes = 0u64;
         let mut written_frames = 0u64;
         let mut local_done = Vec::new();
+        let (mut writes, mut write_bytes) = (0u64, 0u64);
         {
             let sh = self.sh.clone();
             let mut core = sh.lock_core();
             core.other_outstanding = core.other_outstanding.saturating_sub(other_done);
-            if other_done > 0 || !data_done.is_empty() {
+            if other_done > 0 || !data_done.is_empty() || !writes_done.is_empty() {
                 self.credit_deferred = false;
+            }
+            for seq in writes_done {
+                match core.write_completed(seq) {
+                    Ok(len) => {
+                        writes += 1;
+                        write_bytes += len;
+                    }
+                    Err(reason) => {
+                        failure.get_or_insert(reason);
+                        break;
+                    }
+                }
             }
             for seq in data_done {
                 match core.window.complete(seq) {
@@ -205,6 +220,8 @@ impl Worker {
         }
         bump(&self.sh.stats.frames_sent, written_frames);
         bump(&self.sh.stats.bytes_sent, written_bytes);
+        bump(&self.sh.stats.writes_sent, writes);
+        bump(&self.sh.stats.write_bytes_sent, write_bytes);
 
         // Deliver, lock-free, unless a close was requested meanwhile.
         for decoded in frames {

@@ -1,5 +1,5 @@
 //! Work-request ids: the top four bits say what a request is, the rest is a sequence number
-//! (data messages) or a counter, so a completion maps back without a lookup table.
+//! (data messages, one-sided writes) or a counter, so a completion maps back without a lookup table.
 
 use crate::error::RequestKind;
 
@@ -10,6 +10,7 @@ const DATA: u64 = 1;
 const CREDIT: u64 = 2;
 const PROBE: u64 = 3;
 const RECV: u64 = 4;
+const WRITE: u64 = 5;
 
 /// The id of a request of `kind` with number `n` (the low 60 bits).
 pub(crate) fn encode(kind: RequestKind, n: u64) -> u64 {
@@ -18,6 +19,7 @@ pub(crate) fn encode(kind: RequestKind, n: u64) -> u64 {
         RequestKind::Credit => CREDIT,
         RequestKind::Probe => PROBE,
         RequestKind::Receive => RECV,
+        RequestKind::OneSidedWrite => WRITE,
         RequestKind::Unknown => 0,
     };
     (tag << SHIFT) | (n & LOW)
@@ -30,6 +32,7 @@ pub(crate) fn decode(wr_id: u64) -> (RequestKind, u64) {
         CREDIT => RequestKind::Credit,
         PROBE => RequestKind::Probe,
         RECV => RequestKind::Receive,
+        WRITE => RequestKind::OneSidedWrite,
         _ => RequestKind::Unknown,
     };
     (kind, wr_id & LOW)
@@ -46,6 +49,7 @@ mod tests {
             RequestKind::Credit,
             RequestKind::Probe,
             RequestKind::Receive,
+            RequestKind::OneSidedWrite,
         ] {
             for n in [0, 1, LOW] {
                 assert_eq!(decode(encode(kind, n)), (kind, n));
