@@ -1,4 +1,5 @@
-//! `verbs-lane`: runs the shared verbs scenario suite (`peercm_verbs_shim::scenarios::all`) on
+//! `verbs-lane`: runs the shared verbs scenario suite (`peercm_verbs_shim::scenarios::all`,
+//! then the lane's own `link_one_sided`: one-sided writes over an RDMA link, `one_sided`) on
 //! real RDMA devices (rdma_rxe in the soft-RoCE lane, see docs/softroce-lane.md) as ONE side of
 //! each scenario. The other side is a second `verbs-lane` process, normally in another VM:
 //!
@@ -32,6 +33,7 @@ mod conn;
 mod exchange;
 mod faults;
 mod hca;
+mod one_sided;
 mod results;
 mod run;
 mod setup;
@@ -55,7 +57,7 @@ pub fn main() -> ExitCode {
         Err(code) => return code,
     };
     if cli.list {
-        for (name, _) in scenarios::all() {
+        for (name, _) in scenarios::all().into_iter().chain(one_sided::scenarios()) {
             println!("{name}");
         }
         return ExitCode::SUCCESS;

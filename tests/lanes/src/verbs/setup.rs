@@ -22,12 +22,14 @@ pub struct Ready {
     pub hcas: Vec<Hca>,
 }
 
-/// The suite, or the `--only` subset of it (in suite order).
+/// The suite (the verbs-shim scenarios, then the lane's own: [`super::one_sided`]), or the
+/// `--only` subset of it (in suite order).
 pub fn select(only: &[String]) -> Result<Suite, String> {
-    let all = scenarios::all();
+    let mut all = scenarios::all();
     if all.is_empty() {
         return Err("the scenario suite is empty (scenarios::all() returned nothing)".into());
     }
+    all.extend(super::one_sided::scenarios());
     let names: Vec<&'static str> = all.iter().map(|(n, _)| *n).collect();
     let keep = crate::cli::select(&names, only)?;
     Ok(all
