@@ -37,6 +37,8 @@ enum Ev {
         frame: Frame,
         placed: Option<bool>,
     },
+    /// `local_done` marks of our own frames whose WRITE completed.
+    Written(Vec<LocalDone>),
     Closed(LinkCloseReason),
 }
 
@@ -84,7 +86,9 @@ impl LinkSink for RegionSink {
     fn oversize(&mut self, header: Header) -> bool {
         panic!("no oversize frame here: {header:?}")
     }
-    fn written(&mut self, _bytes: u64, _local_done: Vec<LocalDone>) {}
+    fn written(&mut self, _bytes: u64, local_done: Vec<LocalDone>) {
+        let _ = self.tx.send(Ev::Written(local_done));
+    }
     fn closed(&mut self, reason: LinkCloseReason) {
         let _ = self.tx.send(Ev::Closed(reason));
     }
@@ -171,6 +175,7 @@ fn receive(events: &Receiver<Ev>, n: u64, within: Duration) -> Vec<Frame> {
                 );
                 got.push(frame);
             }
+            Ok(Ev::Written(_)) => {}
             Ok(Ev::Closed(r)) => panic!("receiver closed after {} frames: {r}", got.len()),
             Err(e) => panic!("{} of {n} frames within {within:?}: {e}", got.len()),
         }
@@ -219,7 +224,7 @@ fn the_data_is_in_the_partners_region_when_the_marker_arrives() {
             .try_send_with_write(
                 marker(i, offset, len as u32),
                 write(i, mr.remote(), offset, len),
-                None,
+                Some(common::mark(MARKER, i)),
             )
             .unwrap();
         expect.push((offset, len));
@@ -232,6 +237,18 @@ fn the_data_is_in_the_partners_region_when_the_marker_arrives() {
     for (i, (o, l)) in expect.iter().enumerate() {
         assert!(mr.read(*o as usize, *l).unwrap()[..] == payload(MARKER, i as u64, *l)[..]);
     }
+    // local_done as for `send`: every mark, in order, once the frame's WRITE (and so the data's,
+    // before it on the queue pair) completed. The stats are counted before `written` is called.
+    let mut marks = Vec::new();
+    while marks.len() < 64 {
+        match p.writer_events.recv_timeout(Duration::from_secs(20)) {
+            Ok(Ev::Written(m)) => marks.extend(m),
+            Ok(Ev::Frame { frame, .. }) => panic!("the writer got a frame: {:?}", frame.header),
+            other => panic!("after {} marks: {other:?}", marks.len()),
+        }
+    }
+    let want: Vec<LocalDone> = (0..64).map(|i| common::mark(MARKER, i)).collect();
+    assert_eq!(marks, want);
     let s = p.writer.stats();
     assert_eq!(s.writes_sent, 64);
     assert_eq!(
@@ -469,6 +486,7 @@ fn a_write_to_a_deregistered_region_closes_the_writer_with_a_remote_access_error
     match p.receiver_events.recv_timeout(Duration::from_secs(20)) {
         Ok(Ev::Closed(_)) => {}
         Ok(Ev::Frame { frame, .. }) => panic!("unexpected frame {:?}", frame.header),
+        Ok(Ev::Written(m)) => panic!("the receiver sent nothing, yet: {m:?}"),
         Err(e) => panic!("the receiver did not close: {e}"),
     }
     drop(p.writer_events);
