@@ -146,6 +146,106 @@ impl ClientHandle {
         .await
     }
 
+    /// Registers a **region** of `len` bytes named `name` (unique for this client): the file
+    /// `<[regions] dir>/<client>/<name>.region`, created zeroed or reopened with its contents
+    /// (its size must then be `len`), mapped, registered on the node's RDMA devices and
+    /// advertised to the partner, whose namesake client can then write into it one-sided
+    /// ([`ClientHandle::write_remote`]). Refused with a typed error without `[regions] dir`,
+    /// beyond `[regions] max_bytes` or the region limits, for a bad name, or a file of another
+    /// size.
+    pub async fn register_region(
+        &self,
+        name: &str,
+        len: u64,
+    ) -> Result<crate::regions::LocalRegionInfo, CmError> {
+        let _g = self.span.enter();
+        let name = name.to_string();
+        self.ask(|reply| Command::RegisterRegion {
+            id: self.id,
+            name,
+            len,
+            reply,
+        })
+        .await
+    }
+
+    /// Releases this client's region `name`: the partner's writes into it are refused from
+    /// now on; the file stays with its contents.
+    pub async fn release_region(&self, name: &str) -> Result<(), CmError> {
+        let name = name.to_string();
+        self.ask(|reply| Command::ReleaseRegion {
+            id: self.id,
+            name,
+            reply,
+        })
+        .await
+    }
+
+    /// Reads `len` bytes at `offset` of this client's own region `name` (what the partner
+    /// wrote there).
+    pub async fn read_region(
+        &self,
+        name: &str,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<u8>, CmError> {
+        let name = name.to_string();
+        self.ask(|reply| Command::ReadRegion {
+            id: self.id,
+            name,
+            offset,
+            len,
+            reply,
+        })
+        .await
+    }
+
+    /// The regions the partner's namesake holds now, by name and length (each also arrives
+    /// as a `PartnerRegion` event).
+    pub async fn partner_regions(&self) -> Result<Vec<(String, u64)>, CmError> {
+        self.ask(|reply| Command::PartnerRegions { id: self.id, reply })
+            .await
+    }
+
+    /// Writes `data` at `offset` of the partner namesake's region `region`, one-sided: an RDMA
+    /// WRITE on this client's rail when the partner registered the region there, otherwise a
+    /// WRITE frame the partner's manager places. Returns the write's id (the same id space as
+    /// sends); it completes with `Acked { code: None }` once the bytes are in the partner's
+    /// region, or `Nacked` (refused there, connection lost, timeout, `Fenced` by a switch to
+    /// another partner). Ordered with this client's sends: a send made after it is delivered
+    /// after it is placed. Refused at once (typed error, nothing sent) outside the region, for
+    /// an unknown, released or fenced region, an empty write, or one that does not fit one
+    /// frame (`max_payload_bytes` minus 12 bytes).
+    pub async fn write_remote(
+        &self,
+        region: &str,
+        offset: u64,
+        data: Bytes,
+    ) -> Result<u64, CmError> {
+        self.write_remote_with(region, offset, data, None).await
+    }
+
+    /// [`ClientHandle::write_remote`] with an acknowledgement timeout of its own (`None`: the
+    /// client's default).
+    pub async fn write_remote_with(
+        &self,
+        region: &str,
+        offset: u64,
+        data: Bytes,
+        ack_timeout: Option<Duration>,
+    ) -> Result<u64, CmError> {
+        let region = region.to_string();
+        self.ask(|reply| Command::WriteRemote {
+            id: self.id,
+            region,
+            offset,
+            data,
+            ack_timeout,
+            reply,
+        })
+        .await
+    }
+
     /// Answers a synchronous message with a return code (delivered to the sender's `Acked`).
     pub async fn reply(&self, seq: u64, code: i32) -> Result<(), CmError> {
         self.ask(|reply| Command::Reply {

@@ -10,6 +10,10 @@ pub enum CmError {
     /// The session refused the command (unknown client, not connected, bad name, ...).
     #[error(transparent)]
     Session(#[from] SessionError),
+    /// A client region could not be opened, found or read (its file, its size, the node's
+    /// `[regions]` settings).
+    #[error(transparent)]
+    Region(#[from] crate::regions::RegionError),
     /// The configuration is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -38,10 +38,21 @@ pub struct NodeStatus {
     pub clients: Vec<ClientStatus>,
     /// Counters.
     pub stats: SessionStats,
+    /// Client regions open on this node, and the bytes they hold together.
+    pub regions: RegionsStatus,
     /// Inbound handshakes: in progress, accepted, refused over the caps, failed.
     pub handshakes: HandshakeStats,
     /// The most recent notable events, oldest first.
     pub timeline: Vec<TimelineEntry>,
+}
+
+/// This node's client regions.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct RegionsStatus {
+    /// Regions open.
+    pub open: usize,
+    /// Bytes they hold together (counted against `[regions] max_bytes`).
+    pub bytes: u64,
 }
 
 /// One link.

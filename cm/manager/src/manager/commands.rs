@@ -69,6 +69,36 @@ pub(crate) enum Command {
     Status {
         reply: Reply<NodeStatus>,
     },
+    RegisterRegion {
+        id: ClientId,
+        name: String,
+        len: u64,
+        reply: Reply<crate::regions::LocalRegionInfo>,
+    },
+    ReleaseRegion {
+        id: ClientId,
+        name: String,
+        reply: Reply<()>,
+    },
+    ReadRegion {
+        id: ClientId,
+        name: String,
+        offset: u64,
+        len: usize,
+        reply: Reply<Vec<u8>>,
+    },
+    PartnerRegions {
+        id: ClientId,
+        reply: Reply<Vec<(String, u64)>>,
+    },
+    WriteRemote {
+        id: ClientId,
+        region: String,
+        offset: u64,
+        data: Bytes,
+        ack_timeout: Option<Duration>,
+        reply: Reply<u64>,
+    },
     /// Fault injection: close one link.
     #[cfg(feature = "fault-injection")]
     KillLink {
@@ -139,6 +169,7 @@ impl Manager {
                 // Flush first so the client sees its final NACKs before its channel closes.
                 self.flush(Instant::now());
                 if matches!(res, Ok(PortState::Destroyed)) {
+                    self.release_client_regions(id);
                     self.to_place.retain(|(c, _, _)| *c != id);
                     self.clients.remove(&id);
                     self.placement.remove_client(id);
@@ -186,6 +217,45 @@ impl Manager {
                         self.session.consumed(id, seq);
                     }
                 }
+            }
+            Command::RegisterRegion {
+                id,
+                name,
+                len,
+                reply,
+            } => {
+                let _ = reply.send(self.register_region(id, &name, len));
+            }
+            Command::ReleaseRegion { id, name, reply } => {
+                let _ = reply.send(self.release_region(id, &name));
+            }
+            Command::ReadRegion {
+                id,
+                name,
+                offset,
+                len,
+                reply,
+            } => {
+                let _ = reply.send(self.read_region(id, &name, offset, len));
+            }
+            Command::PartnerRegions { id, reply } => {
+                let regions = self
+                    .session
+                    .partner_regions(id)
+                    .into_iter()
+                    .map(|r| (r.name, r.len))
+                    .collect();
+                let _ = reply.send(Ok(regions));
+            }
+            Command::WriteRemote {
+                id,
+                region,
+                offset,
+                data,
+                ack_timeout,
+                reply,
+            } => {
+                let _ = reply.send(self.write_remote(id, &region, offset, data, ack_timeout));
             }
             Command::Status { reply } => {
                 // Status shows where every client is: place the ones still waiting for their

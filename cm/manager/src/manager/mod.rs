@@ -121,6 +121,8 @@ pub(crate) struct Manager {
     listener_task: Option<tokio::task::JoinHandle<()>>,
     /// What the listener did with inbound connections.
     handshake_counters: Arc<HandshakeCounters>,
+    /// Client regions (mapped files the partner writes into).
+    pub(crate) regions: crate::regions::runtime::RegionRuntime,
 }
 
 impl Drop for Manager {
@@ -164,6 +166,7 @@ impl Manager {
             max_payload_bytes: cfg.session.max_payload_bytes,
             timeout: Duration::from_millis(cfg.session.handshake_timeout_ms),
         };
+        let cfg_regions = cfg.regions.clone();
         let m = Manager {
             backoff: Duration::from_millis(cfg.session.reconnect_backoff_min_ms),
             cfg,
@@ -206,6 +209,7 @@ impl Manager {
             timeline: VecDeque::new(),
             listener_task: None,
             handshake_counters: Arc::default(),
+            regions: crate::regions::runtime::RegionRuntime::new(&cfg_regions),
         };
         let mut m = m;
         if let Some(reason) = m.rails.unavailable.clone() {
@@ -471,6 +475,9 @@ impl Manager {
                 });
             }
         }
+        // Writes that came with their bytes are placed before anything goes out: what goes
+        // out may be the placement codes that complete them.
+        self.place_region_writes();
         while let Some(t) = self.session.poll_transmit(now) {
             if let Some(h) = self.links.get(&t.link) {
                 // A failed send means the writer is gone; its Closed input is on the way.

@@ -59,6 +59,10 @@ impl Manager {
             links,
             clients,
             stats: self.session.stats(),
+            regions: crate::status::RegionsStatus {
+                open: self.regions.len(),
+                bytes: self.regions.bytes_in_use(),
+            },
             handshakes: self.handshake_counters.snapshot(),
             timeline: self.timeline.iter().cloned().collect(),
         }

@@ -55,6 +55,7 @@ impl Rails {
         let mut rails = Rails {
             unavailable: None,
             devices: BTreeMap::new(),
+            shared_pds: BTreeMap::new(),
             local: Vec::new(),
             pending: BTreeMap::new(),
             next_attempt: 1,

@@ -111,6 +111,7 @@ impl Manager {
     pub(crate) fn on_rail_done(&mut self, done: RailDone) {
         let now = Instant::now();
         match done {
+            RailDone::Region(r) => self.on_region_registered(r),
             RailDone::Prepared { rail, link_id, res } => {
                 // Guarded at once: a prepared link abandoned meanwhile is freed by the reaper.
                 let reaper = self.rails.reaper.clone();

@@ -35,6 +35,7 @@ mod events;
 mod glue;
 mod health;
 mod negotiation;
+mod region_pds;
 mod setup;
 pub(crate) mod teardown;
 
@@ -89,6 +90,9 @@ pub(crate) struct LocalRail {
 pub(crate) struct Rails {
     pub unavailable: Option<RdmaUnavailable>,
     devices: BTreeMap<String, Arc<dyn Device>>,
+    /// One protection domain per device, shared by the device's links and the client
+    /// regions registered for them (see `region_pds`). Empty until links take a shared one.
+    shared_pds: BTreeMap<String, Arc<dyn peercm_verbs_shim::ProtectionDomain>>,
     pub local: Vec<LocalRail>,
     pending: BTreeMap<InterconnectId, Pending>,
     next_attempt: u64,

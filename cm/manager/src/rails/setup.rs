@@ -66,6 +66,8 @@ pub(crate) enum RailDone {
         link: LinkId,
         res: Result<(), String>,
     },
+    /// A client region was registered with the node's protection domains (or failed to).
+    Region(crate::regions::runtime::RegionRegistered),
 }
 
 impl Rails {

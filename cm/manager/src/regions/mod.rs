@@ -10,16 +10,20 @@
 //! - `error`: [`RegionError`].
 //!
 //! Registration and invalidation (an MR per device over the mapping, deregistered through the
-//! reaper, never on the manager task) are in `registration`. What is next (the exchange with the
+//! reaper, never on the manager task) are in `registration`; the manager's side (client
+//! commands, placing writes that came as WRITE frames, registering anew after a switch) in
+//! `runtime`. What is next (the exchange with the
 //! partner, `write_remote`, fencing on a switch) is in docs/architecture.md, "Regions (in
 //! progress)".
 
 mod error;
 mod name;
 pub(crate) mod registration;
+pub(crate) mod runtime;
 
 pub use error::RegionError;
 pub use name::{RegionName, MAX_REGION_NAME};
+pub use runtime::LocalRegionInfo;
 
 use crate::config::RegionTunables;
 use peercm_verbs_shim::{MapError, MappedFile};
@@ -135,7 +139,9 @@ fn from_map_error(e: MapError, name: &RegionName) -> RegionError {
 pub struct RegionStore {
     dir: Option<PathBuf>,
     max_bytes: u64,
-    open: BTreeMap<RegionName, Region>,
+    /// By (client directory, region name); the client directory is empty for regions opened
+    /// with [`RegionStore::open`].
+    open: BTreeMap<(String, RegionName), Region>,
 }
 
 impl RegionStore {
@@ -155,7 +161,15 @@ impl RegionStore {
 
     /// The open region named `name`.
     pub fn get(&self, name: &str) -> Option<&Region> {
-        RegionName::new(name).ok().and_then(|n| self.open.get(&n))
+        let n = RegionName::new(name).ok()?;
+        self.open.get(&(String::new(), n))
+    }
+
+    /// Client `client`'s open region `name` (see [`RegionStore::open_for`]).
+    pub fn get_for(&self, client: &str, name: &str) -> Option<&Region> {
+        let c = RegionName::new(client).ok()?;
+        let n = RegionName::new(name).ok()?;
+        self.open.get(&(c.as_str().to_string(), n))
     }
 
     /// Opens region `name` of `len` bytes: its file is created zeroed (and the directory with
@@ -163,14 +177,42 @@ impl RegionStore {
     /// `len` bytes. Refused for a bad name, no `[regions] dir`, zero bytes, a region open
     /// already, or a size that would take the node beyond `[regions] max_bytes`.
     pub fn open(&mut self, name: &str, len: u64) -> Result<Region, RegionError> {
+        self.open_in(None, name, len)
+    }
+
+    /// Opens client `client`'s region `name` of `len` bytes, the file
+    /// `<dir>/<client>/<name>.region` (so two clients may each hold a region of the same
+    /// name); otherwise as [`RegionStore::open`]. The client name must be safe as a directory
+    /// name by the same rules as a region name.
+    pub fn open_for(&mut self, client: &str, name: &str, len: u64) -> Result<Region, RegionError> {
+        let c = RegionName::new(client)?;
+        self.open_in(Some(c), name, len)
+    }
+
+    fn open_in(
+        &mut self,
+        client: Option<RegionName>,
+        name: &str,
+        len: u64,
+    ) -> Result<Region, RegionError> {
         let name = RegionName::new(name)?;
-        let dir = self.dir.as_ref().ok_or(RegionError::NotConfigured)?;
+        let base = self.dir.as_ref().ok_or(RegionError::NotConfigured)?;
+        let dir = match &client {
+            Some(c) => base.join(c.as_str()),
+            None => base.clone(),
+        };
+        let key = (
+            client
+                .as_ref()
+                .map_or_else(String::new, |c| c.as_str().to_string()),
+            name.clone(),
+        );
         if len == 0 {
             return Err(RegionError::Empty {
                 name: name.to_string(),
             });
         }
-        if self.open.contains_key(&name) {
+        if self.open.contains_key(&key) {
             return Err(RegionError::AlreadyOpen {
                 name: name.to_string(),
             });
@@ -184,7 +226,7 @@ impl RegionStore {
                 max: self.max_bytes,
             });
         }
-        std::fs::create_dir_all(dir).map_err(|source| RegionError::Io {
+        std::fs::create_dir_all(&dir).map_err(|source| RegionError::Io {
             op: "creating the regions directory",
             path: dir.clone(),
             source,
@@ -197,7 +239,7 @@ impl RegionStore {
             name: name.clone(),
             mem: Arc::new(mem),
         };
-        self.open.insert(name, region.clone());
+        self.open.insert(key, region.clone());
         Ok(region)
     }
 
@@ -205,9 +247,18 @@ impl RegionStore {
     /// unmapped (and unlocked) once the last handle and registration over it go. The file
     /// stays on disk with its contents.
     pub fn release(&mut self, name: &str) -> Result<Region, RegionError> {
+        self.release_in(String::new(), name)
+    }
+
+    /// Releases client `client`'s region `name` (see [`RegionStore::release`]).
+    pub fn release_for(&mut self, client: &str, name: &str) -> Result<Region, RegionError> {
+        self.release_in(client.to_string(), name)
+    }
+
+    fn release_in(&mut self, client: String, name: &str) -> Result<Region, RegionError> {
         RegionName::new(name)
             .ok()
-            .and_then(|n| self.open.remove(&n))
+            .and_then(|n| self.open.remove(&(client, n)))
             .ok_or_else(|| RegionError::Unknown {
                 name: name.chars().take(2 * MAX_REGION_NAME).collect(),
             })
@@ -238,6 +289,30 @@ mod tests {
         assert_eq!(disk.len(), 8192);
         assert_eq!(&disk[4000..4006], b"record");
         assert_eq!(r.read(4000, 6).unwrap(), b"record");
+    }
+
+    #[test]
+    fn clients_have_a_directory_each() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = store(&d, 1 << 20);
+        let a = s.open_for("mirror", "log", 4096).unwrap();
+        let b = s.open_for("heartbeat", "log", 4096).unwrap();
+        assert_eq!(a.path(), d.path().join("regions/mirror/log.region"));
+        assert_eq!(b.path(), d.path().join("regions/heartbeat/log.region"));
+        assert!(matches!(
+            s.open_for("mirror", "log", 4096),
+            Err(RegionError::AlreadyOpen { .. })
+        ));
+        assert!(matches!(
+            s.open_for("..", "log", 4096),
+            Err(RegionError::BadName { .. })
+        ));
+        assert!(s.get_for("mirror", "log").is_some());
+        assert!(s.get("log").is_none());
+        assert_eq!(s.bytes_in_use(), 8192);
+        s.release_for("mirror", "log").unwrap();
+        assert!(s.get_for("mirror", "log").is_none());
+        assert_eq!(s.bytes_in_use(), 4096);
     }
 
     #[test]

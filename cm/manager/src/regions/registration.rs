@@ -11,9 +11,7 @@
 //! on a thread of its own. From the moment the reaper's deregistration returns, the partner's
 //! writes with the old rkey fail with a remote access error.
 //!
-//! Not wired into the manager yet: the region exchange with the partner (issue 9's next step)
-//! will hold one registration per open region; until then only this module's tests use it.
-#![cfg_attr(not(test), allow(dead_code))]
+//! The manager holds one registration per open region (`super::runtime`).
 
 use super::{Region, RegionError};
 use crate::rails::teardown::{Reaper, Teardown};
@@ -32,6 +30,7 @@ struct DeviceMr {
 /// A region registered on some devices. Dropping it invalidates every registration through
 /// the reaper (see the module docs).
 pub(crate) struct RegionRegistration {
+    #[cfg_attr(not(test), allow(dead_code))]
     region: Region,
     mrs: Vec<DeviceMr>,
     reaper: Reaper,
@@ -68,6 +67,7 @@ impl RegionRegistration {
     }
 
     /// The region.
+    #[cfg(test)]
     pub fn region(&self) -> &Region {
         &self.region
     }
@@ -82,6 +82,7 @@ impl RegionRegistration {
 
     /// Invalidates every registration (on the reaper; never blocks): afterwards the partner's
     /// writes with these rkeys fail with a remote access error. The region stays open.
+    #[cfg(test)]
     pub fn invalidate(self) {
         drop(self);
     }
