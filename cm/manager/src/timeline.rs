@@ -42,6 +42,10 @@ pub enum CloseCause {
     RailReoffered,
     /// A new RDMA link got no activation round trip in time (`rail_offer_timeout_ms`).
     NotActivated,
+    /// The link refused a one-sided write the session handed it (its write-staging region
+    /// is smaller than the write): closed, so the session replays the write, with its bytes,
+    /// on another link.
+    OneSidedRefused,
     /// A test asked for it (fault injection).
     Killed,
 }
@@ -52,6 +56,7 @@ impl fmt::Display for CloseCause {
             CloseCause::ProtocolViolation { detail } => write!(f, "protocol violation: {detail}"),
             CloseCause::RailReoffered => f.write_str("partner re-offered its rail"),
             CloseCause::NotActivated => f.write_str("no activation round trip in time"),
+            CloseCause::OneSidedRefused => f.write_str("refused a one-sided write"),
             CloseCause::Killed => f.write_str("killed on request (fault injection)"),
         }
     }

@@ -47,6 +47,28 @@ impl AnyLink {
         }
     }
 
+    /// Queues a WRITE marker preceded by the RDMA WRITE of its bytes (`write`), on an RDMA
+    /// link; false if the link is gone or refused it (a TCP link never gets one: the session
+    /// only asks for one-sided writes on RDMA rails).
+    pub fn send_with_write(
+        &self,
+        frame: Frame,
+        write: peercm_cm_rdma_link::OneSided,
+        local_done: Option<LocalDone>,
+    ) -> bool {
+        match self {
+            AnyLink::Tcp(_) => false,
+            AnyLink::Rdma { link, .. } => link
+                .get()
+                .is_some_and(|l| l.send_with_write(frame, write, local_done)),
+        }
+    }
+
+    /// Whether it is an RDMA link.
+    pub fn is_rdma(&self) -> bool {
+        matches!(self, AnyLink::Rdma { .. })
+    }
+
     /// Tears the link down at once (an RDMA link's queue pair goes to ERR on the reaper).
     pub fn abort(&self) {
         match self {

@@ -478,9 +478,28 @@ impl Manager {
         // Writes that came with their bytes are placed before anything goes out: what goes
         // out may be the placement codes that complete them.
         self.place_region_writes();
-        while let Some(t) = self.session.poll_transmit(now) {
+        while let Some(mut t) = self.session.poll_transmit(now) {
             if let Some(h) = self.links.get(&t.link) {
-                // A failed send means the writer is gone; its Closed input is on the way.
+                // A failed send means the writer is gone; its Closed input is on the way. A
+                // one-sided write the link refuses (or cannot take as it closes) closes the
+                // link, so the session replays the write, with its bytes, on another one.
+                if h.is_rdma() {
+                    if let Some((data, target)) = t.take_one_sided() {
+                        let write = peercm_cm_rdma_link::OneSided {
+                            data,
+                            remote: peercm_verbs_shim::RemoteMr {
+                                addr: target.addr,
+                                rkey: target.rkey,
+                                len: target.len,
+                            },
+                            remote_offset: target.offset,
+                        };
+                        if !h.send_with_write(t.frame, write, t.local_done) {
+                            self.close_link(t.link, CloseCause::OneSidedRefused);
+                        }
+                        continue;
+                    }
+                }
                 let _ = h.send(t.frame, t.local_done);
             }
         }

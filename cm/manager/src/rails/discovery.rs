@@ -125,6 +125,19 @@ impl Rails {
                     active: p.state == PortState::Active,
                 });
             }
+            // One protection domain for every link of the device and the client regions
+            // registered for them (see `region_pds`). Without it the device's links each
+            // get their own and regions are written through WRITE frames only.
+            match dev.clone().alloc_pd() {
+                Ok(pd) => {
+                    rails.shared_pds.insert(info.name.clone(), pd);
+                }
+                Err(e) => tracing::warn!(
+                    device = %info.name,
+                    error = %e,
+                    "no shared protection domain: client regions are not registered on this device"
+                ),
+            }
             rails.devices.insert(info.name.clone(), dev);
         }
         if rails.local.is_empty() {

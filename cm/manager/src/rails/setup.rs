@@ -6,7 +6,7 @@ use super::{LocalRail, RailSetupError, Rails};
 use peercm_cm_proto::control::TransportMsg;
 use peercm_cm_proto::session::{InterconnectId, LinkId};
 use peercm_cm_rdma_link::{PreparedLink, RdmaLinkConfig};
-use peercm_verbs_shim::{Device, QpParams};
+use peercm_verbs_shim::{Device, ProtectionDomain, QpParams};
 use std::sync::Arc;
 
 /// QP local ACK timeout: exponent 15, 4.096 us x 2^15 = 134 ms. With [`QP_RETRY_COUNT`]
@@ -25,6 +25,8 @@ const QP_RETRY_COUNT: u8 = 6;
 pub(crate) struct SetupJob {
     rail: InterconnectId,
     device: Arc<dyn Device>,
+    /// The device's shared protection domain (client regions are registered in it), if any.
+    pd: Option<Arc<dyn ProtectionDomain>>,
     cfg: RdmaLinkConfig,
 }
 
@@ -39,8 +41,11 @@ impl SetupJob {
         if !table.is_empty() {
             self.cfg.gid_index = pick_gid(&table).0;
         }
-        let (prepared, ep) = PreparedLink::new(self.device, self.cfg)
-            .map_err(|error| RailSetupError::Prepare { rail, error })?;
+        let prepared = match self.pd {
+            Some(pd) => PreparedLink::new_in(pd, self.device, self.cfg),
+            None => PreparedLink::new(self.device, self.cfg),
+        };
+        let (prepared, ep) = prepared.map_err(|error| RailSetupError::Prepare { rail, error })?;
         let bytes = postcard::to_stdvec(&ep).map_err(RailSetupError::EncodeEndpoint)?;
         Ok((Box::new(prepared), bytes))
     }
@@ -120,6 +125,7 @@ impl Rails {
         Ok(SetupJob {
             rail,
             device,
+            pd: self.shared_pds.get(&r.device).cloned(),
             cfg: self.link_config(r, link_id),
         })
     }

@@ -423,6 +423,10 @@ pub struct SessionStats {
     /// One-sided writes placed into this node's regions (applied from a WRITE frame, or
     /// placed by RDMA WRITE and confirmed by its marker).
     pub writes_placed: u64,
+    /// Of those, the ones whose bytes came in the WRITE frame (TCP, a replay, or a rail
+    /// without a key) and were copied by this node's manager; the rest were placed one-sided
+    /// by RDMA WRITE.
+    pub writes_copied: u64,
     /// One-sided writes into this node's regions refused (outside the region, unknown or
     /// released region): answered with a refusal code, nothing written.
     pub writes_refused_here: u64,

@@ -85,6 +85,7 @@ impl Session {
                 match self.local_regions.check_apply(id, w.region, w.offset, len) {
                     Ok(()) => {
                         if let Some(data) = w.data {
+                            self.stats.writes_copied += 1;
                             self.applies.push_back(Apply {
                                 client: id,
                                 region: w.region,
