@@ -135,7 +135,7 @@ where
             .await
             .unwrap();
         pending.insert(id, Pending::Write);
-        if (i as usize + 1) % NOTICE_EVERY == 0 {
+        if (i as usize + 1).is_multiple_of(NOTICE_EVERY) {
             let notice = Bytes::from(format!("commit {i} {off} {len}"));
             let id = h.send_with(notice, SendModel::Async).await.unwrap();
             pending.insert(id, Pending::Notice { off, len });
