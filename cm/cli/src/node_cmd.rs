@@ -61,6 +61,16 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<bool> {
     };
     for c in clients {
         let mut handle = node.register(&c.name, c.spec()).await?;
+        for r in &c.regions {
+            let info = handle.register_region(&r.name, r.len_bytes).await?;
+            println!(
+                "client {} region {} ({} bytes) at {}",
+                c.name,
+                r.name,
+                r.len_bytes,
+                info.path.display()
+            );
+        }
         if dials {
             handle.connect().await?;
         }

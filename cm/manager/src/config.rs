@@ -32,6 +32,9 @@
 //! [[clients]]                        # clients `peercm node` exposes for testing
 //! name = "echo"
 //! bandwidth_mbytes_per_s = 10
+//! [[clients.regions]]                # regions it holds (needs [regions] dir)
+//! name = "log"
+//! len_bytes = 4194304
 //! latency = "normal"
 //! model = "sync"
 //! ```
@@ -278,6 +281,20 @@ pub struct ClientConfig {
     /// in time is NACKed with `Timeout`.
     #[serde(default)]
     pub ack_timeout_ms: Option<u64>,
+    /// Regions `peercm node` registers for this client (`[[clients.regions]]`), which the
+    /// partner's namesake can write into one-sided. Needs `[regions] dir`.
+    #[serde(default)]
+    pub regions: Vec<ClientRegionConfig>,
+}
+
+/// A region a configured client holds (`[[clients.regions]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientRegionConfig {
+    /// Its name (unique per client; the file `<[regions] dir>/<client>/<name>.region`).
+    pub name: String,
+    /// Its size in bytes.
+    pub len_bytes: u64,
 }
 
 fn default_latency() -> LatencyClass {
@@ -449,6 +466,49 @@ impl NodeConfig {
         {
             return bad("regions.dir must not be empty (leave it out for no regions)".into());
         }
+        let mut region_bytes: u64 = 0;
+        for c in &self.clients {
+            for r in &c.regions {
+                if self.regions.dir.is_none() {
+                    return bad(format!(
+                        "client {:?} declares region {:?}, but [regions] dir is not set",
+                        c.name, r.name
+                    ));
+                }
+                if let Err(e) = crate::regions::RegionName::new(&r.name) {
+                    return bad(format!("client {:?}: {e}", c.name));
+                }
+                if r.len_bytes == 0 || r.len_bytes > peercm_cm_proto::region::MAX_REGION_BYTES {
+                    return bad(format!(
+                        "client {:?} region {:?}: len_bytes must be 1..={}",
+                        c.name,
+                        r.name,
+                        peercm_cm_proto::region::MAX_REGION_BYTES
+                    ));
+                }
+                if c.regions.iter().filter(|o| o.name == r.name).count() > 1 {
+                    return bad(format!(
+                        "client {:?} declares region {:?} twice",
+                        c.name, r.name
+                    ));
+                }
+                region_bytes = region_bytes.saturating_add(r.len_bytes);
+            }
+            if c.regions.len() > peercm_cm_proto::region::MAX_REGIONS_PER_CLIENT {
+                return bad(format!(
+                    "client {:?} declares {} regions; a client may hold at most {}",
+                    c.name,
+                    c.regions.len(),
+                    peercm_cm_proto::region::MAX_REGIONS_PER_CLIENT
+                ));
+            }
+        }
+        if region_bytes > self.regions.max_bytes {
+            return bad(format!(
+                "the [[clients.regions]] declared hold {region_bytes} bytes together, above regions.max_bytes = {}",
+                self.regions.max_bytes
+            ));
+        }
         if self.clients.len() > MAX_CLIENTS_PER_NODE {
             return bad(format!(
                 "{} [[clients]] declared, but a node may have at most {MAX_CLIENTS_PER_NODE} clients registered",
@@ -568,6 +628,35 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("size"), "{e}");
+    }
+
+    #[test]
+    fn client_regions_need_a_dir_and_stay_within_the_limits() {
+        let base = "node_id = \"a\"\ncluster_id = \"c\"\nlisten = \"127.0.0.1:1\"\n";
+        let region =
+            "[[clients]]\nname = \"m\"\n[[clients.regions]]\nname = \"log\"\nlen_bytes = 4096\n";
+        let e = NodeConfig::parse(&format!("{base}{region}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[regions] dir"), "{e}");
+        let dir = "[regions]\ndir = \"/tmp/x\"\nmax_bytes = 8192\n";
+        let ok = NodeConfig::parse(&format!("{base}{dir}{region}")).unwrap();
+        assert_eq!(ok.clients[0].regions[0].len_bytes, 4096);
+        let twice = format!("{region}[[clients.regions]]\nname = \"log\"\nlen_bytes = 1\n");
+        let e = NodeConfig::parse(&format!("{base}{dir}{twice}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("twice"), "{e}");
+        let big = region.replace("4096", "9000");
+        let e = NodeConfig::parse(&format!("{base}{dir}{big}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_bytes"), "{e}");
+        let bad = region.replace("\"log\"", "\"../x\"");
+        let e = NodeConfig::parse(&format!("{base}{dir}{bad}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("../x"), "{e}");
     }
 
     #[test]
