@@ -67,6 +67,16 @@ pub enum MapError {
         /// The length asked for.
         len: u64,
     },
+    /// A mapping may only grow: the new length is not above the current one.
+    #[error("{} holds {len} bytes: cannot grow it to {asked}", path.display())]
+    NotLarger {
+        /// The file.
+        path: PathBuf,
+        /// Its current length.
+        len: u64,
+        /// The length asked for.
+        asked: u64,
+    },
     /// A copy outside the mapping.
     #[error("range {offset}+{len} is outside the {size}-byte mapping")]
     OutOfBounds {
@@ -172,6 +182,49 @@ impl MappedFile {
             },
             created,
         ))
+    }
+
+    /// Grows the file to `new_len` bytes (the new bytes are zero) and maps it anew: the
+    /// returned mapping covers the whole file, and this one stays valid over the first
+    /// `len()` bytes of the same pages (a memory region registered over it keeps working until
+    /// it is deregistered; writes through either are in the file). The file's lock is shared by
+    /// both (the new mapping holds a duplicate of the same open file), so it stays locked while
+    /// either lives. Refused with [`MapError::NotLarger`] unless `new_len` is above `len()`.
+    pub fn grow(&self, new_len: u64) -> Result<MappedFile, MapError> {
+        let io_err = |op: &'static str| {
+            let path = self.path.clone();
+            move |source: io::Error| MapError::Io { op, path, source }
+        };
+        if new_len <= self.len as u64 {
+            return Err(MapError::NotLarger {
+                path: self.path.clone(),
+                len: self.len as u64,
+                asked: new_len,
+            });
+        }
+        let map_len = usize::try_from(new_len)
+            .ok()
+            .filter(|l| isize::try_from(*l).is_ok())
+            .ok_or_else(|| MapError::BadLength {
+                path: self.path.clone(),
+                len: new_len,
+            })?;
+        let file = self._file.try_clone().map_err(io_err("duplicating"))?;
+        file.set_len(new_len).map_err(io_err("growing"))?;
+        // SAFETY: `file` is a duplicate of the locked descriptor this mapping holds (the lock
+        // belongs to the open file, shared by both), and the file was just sized to `map_len`
+        // (> 0) bytes under that lock; the lock stays held as long as either mapping lives
+        // (see the module docs). The bytes are only reached by copies through `ptr`.
+        let mut map =
+            unsafe { MmapOptions::new().len(map_len).map_mut(&file) }.map_err(io_err("mapping"))?;
+        let ptr = map.as_mut_ptr();
+        Ok(MappedFile {
+            ptr,
+            len: map_len,
+            map,
+            path: self.path.clone(),
+            _file: file,
+        })
     }
 
     /// The file.
@@ -326,6 +379,51 @@ mod tests {
         let (_m, _) = MappedFile::create_or_open(&p, 4096).unwrap();
         let e = MappedFile::create_or_open(&p, 4096).unwrap_err();
         assert!(matches!(e, MapError::Locked { .. }), "{e}");
+    }
+
+    #[test]
+    fn growing_keeps_the_bytes_and_the_lock_and_the_old_mapping_sees_the_same_pages() {
+        let d = dir();
+        let p = d.path().join("r");
+        let (old, _) = MappedFile::create_or_open(&p, 4096).unwrap();
+        old.write(10, b"kept").unwrap();
+        let new = old.grow(12_288).unwrap();
+        assert_eq!(new.len(), 12_288);
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 12_288);
+        assert_eq!(new.read(10, 4).unwrap(), b"kept");
+        assert_eq!(
+            new.read(4096, 8192).unwrap(),
+            vec![0; 8192],
+            "new bytes are zero"
+        );
+        // One file, one set of pages: a write through the old mapping is seen by the new one.
+        old.write(20, b"late").unwrap();
+        assert_eq!(new.read(20, 4).unwrap(), b"late");
+        new.write(12_000, b"tail").unwrap();
+        drop(old);
+        assert!(matches!(
+            MappedFile::create_or_open(&p, 12_288),
+            Err(MapError::Locked { .. })
+        ));
+        drop(new);
+        let (again, created) = MappedFile::create_or_open(&p, 12_288).unwrap();
+        assert!(!created);
+        assert_eq!(again.read(12_000, 4).unwrap(), b"tail");
+    }
+
+    #[test]
+    fn growing_to_the_same_or_a_smaller_size_is_refused() {
+        let d = dir();
+        let p = d.path().join("r");
+        let (m, _) = MappedFile::create_or_open(&p, 8192).unwrap();
+        for asked in [8192, 4096] {
+            let e = m.grow(asked).unwrap_err();
+            assert!(
+                matches!(e, MapError::NotLarger { len: 8192, asked: a, .. } if a == asked),
+                "{e}"
+            );
+        }
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 8192, "untouched");
     }
 
     #[test]

@@ -169,6 +169,31 @@ impl ClientHandle {
         .await
     }
 
+    /// Grows this client's region `name` to `len` bytes [CCM]: its file grows (the new bytes
+    /// are zero, the old ones kept), the grown mapping is registered on the node's RDMA
+    /// devices and advertised to the partner with the new length. Until the partner has the
+    /// new advertisement (a `PartnerRegion` event there) it writes within the old length, which
+    /// stays registered, so no write in flight fails. Refused with a typed error and nothing
+    /// changed for an unknown region, a size not above the current one, or one beyond
+    /// `[regions] max_bytes` or the region limits. A region declared in `[[clients.regions]]`
+    /// keeps its new size on disk: raise `len_bytes` to match, or the next start refuses it
+    /// (size mismatch).
+    pub async fn grow_region(
+        &self,
+        name: &str,
+        len: u64,
+    ) -> Result<crate::regions::LocalRegionInfo, CmError> {
+        let _g = self.span.enter();
+        let name = name.to_string();
+        self.ask(|reply| Command::GrowRegion {
+            id: self.id,
+            name,
+            len,
+            reply,
+        })
+        .await
+    }
+
     /// Releases this client's region `name`: the partner's writes into it are refused from
     /// now on; the file stays with its contents.
     pub async fn release_region(&self, name: &str) -> Result<(), CmError> {

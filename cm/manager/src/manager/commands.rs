@@ -75,6 +75,12 @@ pub(crate) enum Command {
         len: u64,
         reply: Reply<crate::regions::LocalRegionInfo>,
     },
+    GrowRegion {
+        id: ClientId,
+        name: String,
+        len: u64,
+        reply: Reply<crate::regions::LocalRegionInfo>,
+    },
     ReleaseRegion {
         id: ClientId,
         name: String,
@@ -225,6 +231,14 @@ impl Manager {
                 reply,
             } => {
                 let _ = reply.send(self.register_region(id, &name, len));
+            }
+            Command::GrowRegion {
+                id,
+                name,
+                len,
+                reply,
+            } => {
+                let _ = reply.send(self.grow_region(id, &name, len));
             }
             Command::ReleaseRegion { id, name, reply } => {
                 let _ = reply.send(self.release_region(id, &name));

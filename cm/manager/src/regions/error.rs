@@ -40,6 +40,16 @@ pub enum RegionError {
         /// The node's limit.
         max: u64,
     },
+    /// A region may only grow: the size asked for is not above its current size.
+    #[error("region {name:?} holds {len} bytes: it can only grow, not to {asked}")]
+    NotLarger {
+        /// The region.
+        name: String,
+        /// Its current size.
+        len: u64,
+        /// The size asked for.
+        asked: u64,
+    },
     /// A region of that name is open already on this node.
     #[error("region {name:?} is open already")]
     AlreadyOpen {

@@ -121,6 +121,11 @@ fn from_map_error(e: MapError, name: &RegionName) -> RegionError {
             len: len as u64,
             size: size as u64,
         },
+        MapError::NotLarger { len, asked, .. } => RegionError::NotLarger {
+            name: name.to_string(),
+            len,
+            asked,
+        },
         // Zero bytes are refused before mapping; a length the host cannot map is too large.
         MapError::BadLength { len, .. } => RegionError::Empty {
             name: format!("{name} ({len} bytes)"),
@@ -241,6 +246,54 @@ impl RegionStore {
         };
         self.open.insert(key, region.clone());
         Ok(region)
+    }
+
+    /// Grows client `client`'s open region `name` to `new_len` bytes (its file grows, the new
+    /// bytes are zero): the grown region, whose mapping replaces the old one in the store.
+    /// Handles to the old one (and registrations over it) stay valid over the old length, on
+    /// the same pages. Refused, with nothing changed, for an unknown region, a size not above
+    /// the current one, or one that would take the node beyond `[regions] max_bytes`.
+    pub fn grow_for(
+        &mut self,
+        client: &str,
+        name: &str,
+        new_len: u64,
+    ) -> Result<Region, RegionError> {
+        let unknown = || RegionError::Unknown {
+            name: name.chars().take(2 * MAX_REGION_NAME).collect(),
+        };
+        let c = RegionName::new(client).map_err(|_| unknown())?;
+        let n = RegionName::new(name).map_err(|_| unknown())?;
+        let key = (c.as_str().to_string(), n);
+        let old = self.open.get(&key).ok_or_else(unknown)?;
+        let len = old.len();
+        if new_len <= len {
+            return Err(RegionError::NotLarger {
+                name: name.to_string(),
+                len,
+                asked: new_len,
+            });
+        }
+        let others = self.bytes_in_use() - len;
+        if others
+            .checked_add(new_len)
+            .is_none_or(|t| t > self.max_bytes)
+        {
+            return Err(RegionError::TooLarge {
+                name: name.to_string(),
+                asked: new_len,
+                in_use: self.bytes_in_use(),
+                max: self.max_bytes,
+            });
+        }
+        let mem = old.mem.grow(new_len).map_err(|e| old.map_error(e))?;
+        let grown = Region {
+            name: old.name.clone(),
+            mem: Arc::new(mem),
+        };
+        tracing::info!(region = %grown.name, from = len, to = new_len, "region grown");
+        self.open.insert(key, grown.clone());
+        Ok(grown)
     }
 
     /// Releases region `name`: its bytes no longer count against `max_bytes`, and the file is
@@ -379,6 +432,50 @@ mod tests {
             s.open("huge", u64::MAX),
             Err(RegionError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn growing_keeps_the_contents_counts_against_the_limit_and_refuses_shrinking() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = store(&d, 16_384);
+        let old = s.open_for("mirror", "log", 4096).unwrap();
+        old.write(0, b"first").unwrap();
+        s.open_for("mirror", "other", 4096).unwrap();
+        let e = s.grow_for("mirror", "log", 16_384).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                RegionError::TooLarge {
+                    asked: 16_384,
+                    in_use: 8192,
+                    max: 16_384,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(matches!(
+            s.grow_for("mirror", "log", 4096),
+            Err(RegionError::NotLarger {
+                len: 4096,
+                asked: 4096,
+                ..
+            })
+        ));
+        assert!(matches!(
+            s.grow_for("mirror", "nope", 8192),
+            Err(RegionError::Unknown { .. })
+        ));
+        assert_eq!(s.bytes_in_use(), 8192, "refusals change nothing");
+        let grown = s.grow_for("mirror", "log", 12_288).unwrap();
+        assert_eq!(grown.len(), 12_288);
+        assert_eq!(s.bytes_in_use(), 16_384);
+        assert_eq!(grown.read(0, 5).unwrap(), b"first");
+        assert_eq!(s.get_for("mirror", "log").unwrap().len(), 12_288);
+        // The old handle still reaches the first 4096 bytes of the same file.
+        old.write(100, b"old").unwrap();
+        assert_eq!(grown.read(100, 3).unwrap(), b"old");
+        assert_eq!(std::fs::metadata(grown.path()).unwrap().len(), 12_288);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Regions on the manager task: the node's open regions by client and session id, the client
-//! commands that open, release, read and write them, the placement of writes that arrived as
+//! commands that open, grow, release, read and write them, the placement of writes that arrived as
 //! WRITE frames (`Session::poll_apply`), and the registrations that give the partner one-sided
 //! access (rail keys for `Session::set_region_keys`), replaced after a switch to another
 //! partner (`Session::poll_rekey`) so the old partner's rkeys stop working.
@@ -17,7 +17,7 @@ use crate::manager::Manager;
 use bytes::Bytes;
 use peercm_cm_proto::region::{RailKey, RegionId};
 use peercm_cm_proto::session::ClientId;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -40,8 +40,26 @@ struct OpenRegion {
     region: Region,
     /// The registrations on the node's protection domains, once made.
     registration: Option<RegionRegistration>,
+    /// Registrations over a shorter mapping, kept after the region grew so the partner's
+    /// writes with the keys it had still land (within the old length) until it has the new
+    /// ones; dropped (to the reaper) at a switch, a release, or beyond [`MAX_RETIRED`].
+    retired: VecDeque<RegionRegistration>,
     /// Bumped by every (re-)registration: a result for an older one is dropped.
     generation: u64,
+}
+
+/// Most superseded registrations a region keeps after growing; older ones are deregistered
+/// (a partner still writing with their keys gets a remote access error, its link is closed
+/// and the write is replayed as a frame: late, never lost).
+const MAX_RETIRED: usize = 4;
+
+/// What happens to a region's registration when it is registered anew.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OldKeys {
+    /// A switch to another partner: the old keys (and any kept ones) stop working now.
+    Fence,
+    /// The region grew: the old keys keep working until the region is released or fenced.
+    Keep,
 }
 
 /// A registration made on a blocking thread, back on the manager task.
@@ -118,23 +136,88 @@ impl Manager {
                 name: name.to_string(),
                 region,
                 registration: None,
+                retired: VecDeque::new(),
                 generation: 0,
             },
         );
-        self.register_region_memory(id, rid);
+        self.register_region_memory(id, rid, OldKeys::Fence);
+        Ok(info)
+    }
+
+    /// Grows client `id`'s region `name` to `len` bytes (file, session entry), then registers
+    /// the grown mapping and advertises it; the old registration is kept (see [`OldKeys`]).
+    pub(crate) fn grow_region(
+        &mut self,
+        id: ClientId,
+        name: &str,
+        len: u64,
+    ) -> Result<LocalRegionInfo, CmError> {
+        let (rid, old_len) = self.session.local_region(id, name).ok_or_else(|| {
+            CmError::from(RegionError::Unknown {
+                name: name.chars().take(80).collect(),
+            })
+        })?;
+        if len <= old_len {
+            return Err(RegionError::NotLarger {
+                name: name.to_string(),
+                len: old_len,
+                asked: len,
+            }
+            .into());
+        }
+        if len > peercm_cm_proto::region::MAX_REGION_BYTES {
+            return Err(peercm_cm_proto::session::SessionError::from(
+                peercm_cm_proto::region::table::RegionLimit::Length(len),
+            )
+            .into());
+        }
+        let client = self
+            .regions
+            .open
+            .get(&(id, rid))
+            .map(|o| o.client.clone())
+            .ok_or_else(|| RegionError::Unknown {
+                name: name.chars().take(80).collect(),
+            })?;
+        let grown = self.regions.store.grow_for(&client, name, len)?;
+        // Checked above against the same bounds: cannot fail now.
+        self.session.grow_region(id, rid, len)?;
+        let info = LocalRegionInfo {
+            name: name.to_string(),
+            len,
+            path: grown.path().to_path_buf(),
+        };
+        if let Some(open) = self.regions.open.get_mut(&(id, rid)) {
+            open.region = grown;
+        }
+        tracing::info!(client = %client, region = name, from = old_len, to = len, "region grown");
+        self.register_region_memory(id, rid, OldKeys::Keep);
         Ok(info)
     }
 
     /// Registers region `rid` of client `id` with the node's protection domains (on a
     /// blocking thread), or, without RDMA, advertises it at once with no rail keys.
-    fn register_region_memory(&mut self, id: ClientId, rid: RegionId) {
+    fn register_region_memory(&mut self, id: ClientId, rid: RegionId, old: OldKeys) {
         let pds = self.rails.region_pds();
         let Some(open) = self.regions.open.get_mut(&(id, rid)) else {
             return;
         };
         open.generation += 1;
-        // The old registration (if any) goes to the reaper now: the old keys stop working.
-        open.registration = None;
+        match old {
+            // The old registrations go to the reaper now: the old keys stop working.
+            OldKeys::Fence => {
+                open.registration = None;
+                open.retired.clear();
+            }
+            OldKeys::Keep => {
+                if let Some(reg) = open.registration.take() {
+                    open.retired.push_back(reg);
+                }
+                while open.retired.len() > MAX_RETIRED {
+                    open.retired.pop_front();
+                }
+            }
+        }
         if pds.is_empty() {
             if let Err(e) = self.session.set_region_keys(id, rid, Vec::new()) {
                 tracing::warn!(region = rid.get(), error = %e, "region not advertised");
@@ -288,7 +371,7 @@ impl Manager {
                 region = rid.get(),
                 "new partner: region registered anew, the old partner's keys invalidated"
             );
-            self.register_region_memory(id, rid);
+            self.register_region_memory(id, rid, OldKeys::Fence);
         }
     }
 }

@@ -121,6 +121,14 @@ pub enum RegionLimit {
     /// The client already has a region of this name.
     #[error("the client already has a region named {0:?}")]
     DuplicateName(String),
+    /// A region may only grow: the length asked for is not above its current one.
+    #[error("region holds {len} bytes: it can only grow, not to {asked}")]
+    NotLarger {
+        /// Its current length.
+        len: u64,
+        /// The length asked for.
+        asked: u64,
+    },
     /// Every region id was handed out.
     #[error("region ids exhausted")]
     IdsExhausted,
@@ -329,6 +337,31 @@ impl LocalRegions {
             },
         );
         Ok(id)
+    }
+
+    /// A client grows one of its regions to `new_len` bytes: `Ok(true)` once its length is
+    /// the new one, `Ok(false)` if it holds no such region; refused (nothing changed) when
+    /// `new_len` is not above the current length or beyond [`MAX_REGION_BYTES`].
+    pub fn grow(
+        &mut self,
+        client: ClientId,
+        region: RegionId,
+        new_len: u64,
+    ) -> Result<bool, RegionLimit> {
+        let Some(r) = self.live.get_mut(&(client, region)) else {
+            return Ok(false);
+        };
+        if new_len > MAX_REGION_BYTES {
+            return Err(RegionLimit::Length(new_len));
+        }
+        if new_len <= r.len {
+            return Err(RegionLimit::NotLarger {
+                len: r.len,
+                asked: new_len,
+            });
+        }
+        r.len = new_len;
+        Ok(true)
     }
 
     /// A client releases a region: the RELEASE message to send, or `None` if it held no such

@@ -67,6 +67,30 @@ impl Session {
         Ok(())
     }
 
+    /// A client grows one of its regions to `new_len` bytes [CCM]. Its length here is the new
+    /// one at once (a WRITE frame within it is placed), but it is advertised to the partner
+    /// (with the new length) only when the runtime has registered the grown mapping and calls
+    /// [`Session::set_region_keys`]; until then the partner keeps writing within the old
+    /// length with the old keys, which the runtime keeps registered. Refused with a typed
+    /// error (nothing changed) for a region the client does not hold, a length not above the
+    /// current one, or one beyond [`crate::region::MAX_REGION_BYTES`].
+    pub fn grow_region(
+        &mut self,
+        id: ClientId,
+        region: RegionId,
+        new_len: u64,
+    ) -> Result<(), SessionError> {
+        if !self.local_regions.grow(id, region, new_len)? {
+            return Err(SessionError::NoSuchRegion {
+                name: region.to_string(),
+                whose: "held by this client",
+            });
+        }
+        // Not advertised again (after a reset) with keys of the old, shorter registration.
+        self.region_keys.remove(&(id, region));
+        Ok(())
+    }
+
     /// A client releases one of its regions: the partner is told (its writes into it are
     /// refused from then on), and the id is never used again. The runtime drops the
     /// registration (through its reaper) and the mapping.

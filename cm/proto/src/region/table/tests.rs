@@ -295,3 +295,44 @@ fn refusal_codes_round_trip_and_are_the_nack_reasons_of_the_same_name() {
     }
     assert_eq!(WriteRefusal::from_code(6), None);
 }
+
+#[test]
+fn a_local_region_only_grows_within_the_bounds() {
+    let mut t = LocalRegions::new();
+    let me = ClientId::new(1);
+    let r = t.register(me, "log", 4096).unwrap();
+    assert_eq!(
+        t.grow(me, r, 4096),
+        Err(RegionLimit::NotLarger {
+            len: 4096,
+            asked: 4096
+        })
+    );
+    assert_eq!(
+        t.grow(me, r, 100),
+        Err(RegionLimit::NotLarger {
+            len: 4096,
+            asked: 100
+        })
+    );
+    assert_eq!(
+        t.grow(me, r, MAX_REGION_BYTES + 1),
+        Err(RegionLimit::Length(MAX_REGION_BYTES + 1))
+    );
+    assert_eq!(
+        t.check_apply(me, r, 4096, 1),
+        Err(WriteRefusal::OutOfBounds)
+    );
+    assert_eq!(t.grow(me, r, 8192), Ok(true));
+    assert_eq!(t.check_apply(me, r, 4096, 4096), Ok(()));
+    assert_eq!(
+        t.check_apply(me, r, 8191, 2),
+        Err(WriteRefusal::OutOfBounds)
+    );
+    assert_eq!(
+        t.grow(ClientId::new(2), r, 16_384),
+        Ok(false),
+        "another client's region"
+    );
+    assert_eq!(t.of_client(me).next().map(|(_, l)| l.len), Some(8192));
+}
