@@ -525,3 +525,38 @@ fn regions_are_readvertised_after_a_reset_and_forgotten_when_the_client_closes()
     assert!(p.a.partner_regions(ca).is_empty());
     let _ = cb;
 }
+
+/// A client not placed yet sends on any link, but its writes prefer an RDMA link: spread over
+/// TCP too, every write sent with its bytes would hold the client's next writes back from
+/// going one-sided until it completed.
+#[test]
+fn an_unplaced_clients_writes_prefer_rdma_links() {
+    for seed in 1..=4 {
+        let (r1, tcp) = (InterconnectId::rail(1), InterconnectId::TCP);
+        let (mut p, ca, _cb, _rb) = setup(seed, &[tcp, r1, tcp], vec![rail_key(1)]);
+        for i in 0..200u64 {
+            p.a.write_named(
+                ca,
+                "log",
+                i * 16,
+                Bytes::from(vec![i as u8; 16]),
+                None,
+                p.now,
+            )
+            .unwrap();
+        }
+        p.drive();
+        assert_eq!(
+            (p.one_sided.len(), p.b_applies.len()),
+            (200, 0),
+            "seed {seed}: every write one-sided, none copied from a frame"
+        );
+        assert_eq!(
+            count(&p.a_events, ca, |e| matches!(
+                e,
+                ClientEvent::Acked { code: None, .. }
+            )),
+            200
+        );
+    }
+}

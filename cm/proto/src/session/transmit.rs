@@ -30,6 +30,15 @@ impl Session {
         self.pick_link()
     }
 
+    /// The least-loaded RDMA link, if any.
+    fn pick_rdma_link(&self) -> Option<LinkId> {
+        self.links
+            .iter()
+            .filter(|(_, l)| l.interconnect != InterconnectId::TCP)
+            .min_by_key(|(_, l)| l.queued_bytes)
+            .map(|(id, _)| *id)
+    }
+
     fn pick_link(&mut self) -> Option<LinkId> {
         let n = self.links.len();
         if n == 0 {
@@ -169,8 +178,16 @@ impl Session {
         let id = *ids.first()?;
         self.rr_client = id;
         let low = self.cfg.flow_low_water;
-        let placed = self.clients.get(&id)?.placed;
-        let link = self.pick_link_on(placed)?;
+        let c = self.clients.get(&id)?;
+        let placed = c.placed;
+        // A client not placed yet (placement batches registrations for a moment) sends on any
+        // link; its writes prefer RDMA, where they can go one-sided (a write sent with its
+        // bytes makes the client's next writes wait for it before going one-sided again).
+        let link = if placed.is_none() && c.send.next_is_write() {
+            self.pick_rdma_link().or_else(|| self.pick_link())?
+        } else {
+            self.pick_link_on(placed)?
+        };
         let c = self.clients.get_mut(&id)?;
         let peer = *self.peer_clients.get(&c.name)?;
         let (seq, flags, payload, model) = c.send.next_transmit()?;

@@ -252,6 +252,11 @@ impl SendStream {
         self.acked_upto
     }
 
+    /// Whether the entry [`SendStream::next_transmit`] would consider next is a one-sided write.
+    pub fn next_is_write(&self) -> bool {
+        self.to_send.first().is_some_and(|&s| self.is_write(s))
+    }
+
     /// Whether [`SendStream::next_transmit`] would return something.
     pub fn can_transmit(&self) -> bool {
         self.to_send.first().is_some_and(|&s| self.allowed(s))
