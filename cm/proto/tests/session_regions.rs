@@ -13,6 +13,7 @@ use peercm_cm_proto::control::NackReason;
 use peercm_cm_proto::region::{RailKey, RegionId, WriteError};
 use peercm_cm_proto::session::{
     ClientEvent, ClientId, ClientSpec, InterconnectId, LatencyClass, SessionConfig, SessionError,
+    SessionState,
 };
 use peercm_cm_proto::stream::SendModel;
 use peercm_cm_proto::MsgType;
@@ -557,6 +558,46 @@ fn an_unplaced_clients_writes_prefer_rdma_links() {
                 ClientEvent::Acked { code: None, .. }
             )),
             200
+        );
+    }
+}
+
+/// A region keyed while the holder's session waits for the partner's READY (its CLIENT-UPs
+/// and the adverts of the regions keyed until then are out already) is still advertised, and
+/// the writer's client learns of it.
+#[test]
+fn a_region_keyed_while_awaiting_ready_is_advertised() {
+    for seed in 1..=8 {
+        let mut p = Pair::new(seed);
+        let ca = p.a.register("mirror", spec()).unwrap();
+        let cb = p.b.register("mirror", spec()).unwrap();
+        p.a.connect(ca).unwrap();
+        p.b.connect(cb).unwrap();
+        let rb = p.b.register_region(cb, "log", REGION_LEN).unwrap();
+        p.add_link_on(InterconnectId::TCP);
+        let mut keyed = false;
+        for _ in 0..10_000 {
+            if p.b.state() == SessionState::AwaitingReady {
+                p.b.set_region_keys(cb, rb, Vec::new()).unwrap();
+                keyed = true;
+                break;
+            }
+            if !p.step() {
+                break;
+            }
+        }
+        assert!(keyed, "seed {seed}: b went through AwaitingReady");
+        p.drive();
+        assert_eq!(p.b.state(), SessionState::Up);
+        assert_eq!(
+            count(&p.a_events, ca, |e| *e
+                == ClientEvent::PartnerRegion {
+                    name: "log".into(),
+                    len: REGION_LEN,
+                    available: true
+                }),
+            1,
+            "seed {seed}: a learned the region once"
         );
     }
 }

@@ -60,10 +60,7 @@ impl Session {
         }
         self.region_keys.insert((id, region), rails);
         self.rekeys.retain(|k| *k != (id, region));
-        if self.state == SessionState::Up {
-            self.control_out
-                .push_back((None, Frame::control(MsgType::Region, msg.encode())));
-        }
+        self.queue_region_msg(msg);
         Ok(())
     }
 
@@ -103,10 +100,7 @@ impl Session {
         };
         self.region_keys.remove(&(id, region));
         self.rekeys.retain(|k| *k != (id, region));
-        if self.state == SessionState::Up {
-            self.control_out
-                .push_back((None, Frame::control(MsgType::Region, msg.encode())));
-        }
+        self.queue_region_msg(msg);
         Ok(())
     }
 
@@ -238,6 +232,19 @@ impl Session {
     /// then the region is not advertised to the new partner.
     pub fn poll_rekey(&mut self) -> Option<(ClientId, RegionId)> {
         self.rekeys.pop_front()
+    }
+
+    /// Queues a REGION message for the partner once this side has announced its clients (Up,
+    /// or awaiting the partner's READY after its own CLIENT-UPs and adverts went out: a
+    /// message from then on would otherwise never be sent), on the control link, after the
+    /// CLIENT-UPs it refers to. Earlier, the adverts of the coming READY carry it.
+    fn queue_region_msg(&mut self, msg: RegionMsg) {
+        if matches!(self.state, SessionState::Up | SessionState::AwaitingReady) {
+            self.control_out.push_back((
+                self.control_link,
+                Frame::control(MsgType::Region, msg.encode()),
+            ));
+        }
     }
 
     /// Queues the advertisement of every keyed region (after CLIENT-UP, before READY).

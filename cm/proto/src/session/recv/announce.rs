@@ -2,7 +2,7 @@
 //! retirement of closed ones (late copies from slower links are ignored).
 
 use crate::control::{self, ClientAnnounce, ClientGone, ControlError, MAX_CLIENTS_PER_NODE};
-use crate::session::{PeerClient, Session};
+use crate::session::{ClientEvent, PeerClient, Session};
 use crate::session::{PeerClientId, ProtocolViolation};
 use bytes::Bytes;
 
@@ -47,6 +47,20 @@ impl Session {
         );
         if let Some(&id) = self.by_name.get(&a.name) {
             self.refresh_path(id);
+            // Regions of this client that arrived before its announcement (on another link):
+            // the namesake learns of them now.
+            let early: Vec<ClientEvent> = self
+                .partner_table
+                .of_client(a_id)
+                .map(|r| ClientEvent::PartnerRegion {
+                    name: r.name.clone(),
+                    len: r.len,
+                    available: true,
+                })
+                .collect();
+            for ev in early {
+                self.events.push_back((id, ev));
+            }
         }
         Ok(())
     }
