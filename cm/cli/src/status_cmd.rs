@@ -166,11 +166,14 @@ pub fn render(doc: &Value) -> String {
         .into_iter()
         .flatten()
     {
-        let on = match c.get("interconnect").and_then(Value::as_u64) {
+        let mut on = match c.get("interconnect").and_then(Value::as_u64) {
             None => "-".to_string(),
             Some(0) => "tcp".to_string(),
             Some(r) => format!("rail {r}"),
         };
+        if let Some(r) = c.get("own_queue_pair").and_then(Value::as_u64) {
+            on.push_str(&format!(" (own queue pair on rail {r})"));
+        }
         let _ = writeln!(
             out,
             "{:<20} {:<14} {:>8}  {on}",
@@ -249,7 +252,9 @@ mod tests {
                  "usable": false, "state": "failing", "declared_mbytes_per_s": 0.0,
                  "measured_mbytes_per_s": 0.0, "utilization": 0.0, "clients": []}
             ],
-            "clients": [{"name": "mirror", "state": "Connected", "unacked": 4, "interconnect": 0}],
+            "clients": [{"name": "mirror", "state": "Connected", "unacked": 4, "interconnect": 0},
+                        {"name": "bulk", "state": "Connected", "unacked": 0, "interconnect": 2,
+                         "own_queue_pair": 2}],
             "links": [{"id": 1}],
             "handshakes": {"pending": 2, "accepted": 1, "refused_busy": 5,
                            "refused_source_busy": 7, "auth_failed": 3, "failed": 4,
@@ -283,6 +288,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("mirror               Connected"), "{text}");
+        assert!(text.contains("rail 2 (own queue pair on rail 2)"), "{text}");
     }
 
     #[test]

@@ -169,6 +169,27 @@ impl ClientHandle {
         .await
     }
 
+    /// Asks for a queue pair of this client's own [CCM]: its sends and writes then travel on
+    /// a queue pair no other client uses (no head-of-line blocking behind their frames), set
+    /// up on the RDMA rail the client is placed on, with the partner's namesake client, and
+    /// set up again on the new rail when the client migrates. Until it is up (and whenever it
+    /// is lost) the client's traffic uses the rail's shared queue pair: nothing waits for it.
+    /// On TCP there is none; it comes once the client is on a rail. The status shows it
+    /// (`own_queue_pair`). Refused with [`CmError::QueuePairLimit`] beyond `[verbs]
+    /// max_client_qps`; the partner may refuse it too (no namesake client, or its own limit):
+    /// then it is offered again every `rail_retry_interval_ms`. Asking twice is one request.
+    pub async fn request_queue_pair(&self) -> Result<(), CmError> {
+        self.ask(|reply| Command::RequestQueuePair { id: self.id, reply })
+            .await
+    }
+
+    /// Lets this client's own queue pair go (closed now; its traffic goes back to the shared
+    /// queue pair of its rail). Not an error if it holds none.
+    pub async fn release_queue_pair(&self) -> Result<(), CmError> {
+        self.ask(|reply| Command::ReleaseQueuePair { id: self.id, reply })
+            .await
+    }
+
     /// Grows this client's region `name` to `len` bytes [CCM]: its file grows (the new bytes
     /// are zero, the old ones kept), the grown mapping is registered on the node's RDMA
     /// devices and advertised to the partner with the new length. Until the partner has the

@@ -106,6 +106,9 @@ impl Default for RegionTunables {
     }
 }
 
+/// The largest `[verbs] max_client_qps`.
+pub const MAX_CLIENT_QPS: usize = 1024;
+
 /// RDMA interconnect settings (`[verbs]`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -129,6 +132,11 @@ pub struct VerbsTunables {
     /// receive ring deregistered) waiting for a zombie partner's WRITE to close it, before it
     /// is freed anyway.
     pub fence_park_ms: u64,
+    /// The most queue pairs of their own clients may hold on this node at once, those its
+    /// clients asked for and those the partner's clients asked for together (0..=1024; 0: no
+    /// client gets one). A request beyond it is refused with a typed error; an offer from the
+    /// partner beyond it is refused.
+    pub max_client_qps: usize,
     /// Per-device capacity overrides in Mb/s (`rxe0 = 10000`): soft-RoCE reports a nominal
     /// speed that says nothing about what the emulated link carries. Accepts the old name
     /// `capacity_mbps`.
@@ -146,6 +154,7 @@ impl Default for VerbsTunables {
             rail_retry_interval_ms: 1000,
             rail_retry_max_ms: 30_000,
             fence_park_ms: 60_000,
+            max_client_qps: 16,
             capacity_mbits_per_s: Default::default(),
         }
     }
@@ -450,6 +459,12 @@ impl NodeConfig {
             return bad(format!(
                 "verbs.fence_park_ms is {}: must be 1..=3600000 (one hour)",
                 v.fence_park_ms
+            ));
+        }
+        if v.max_client_qps > MAX_CLIENT_QPS {
+            return bad(format!(
+                "verbs.max_client_qps is {}: must be 0..={MAX_CLIENT_QPS}",
+                v.max_client_qps
             ));
         }
         if let Some((dev, _)) = v.capacity_mbits_per_s.iter().find(|(_, c)| **c == 0) {

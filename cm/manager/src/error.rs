@@ -38,6 +38,16 @@ pub enum CmError {
     /// name again for a new handle.
     #[error("this client handle was closed")]
     ClientClosed,
+    /// A client asked for a queue pair of its own beyond `[verbs] max_client_qps`.
+    #[error(
+        "no queue pair of its own for client {client:?}: this node holds the most it may          ({max}, [verbs] max_client_qps); release one first"
+    )]
+    QueuePairLimit {
+        /// The client.
+        client: String,
+        /// The node's limit.
+        max: usize,
+    },
     /// The node has been shut down.
     #[error("the node has stopped")]
     Stopped,

@@ -66,6 +66,10 @@ pub struct LinkStatus {
     pub interconnect: InterconnectId,
     /// Remote address.
     pub remote: String,
+    /// The client it is reserved for (a client's own queue pair), once in the session.
+    pub reserved_for: Option<String>,
+    /// DATA and WRITE frames this node put on it (once in the session).
+    pub data_frames_out: Option<u64>,
 }
 
 /// One client.
@@ -79,6 +83,8 @@ pub struct ClientStatus {
     pub unacked: usize,
     /// The interconnect its data is placed on.
     pub interconnect: Option<InterconnectId>,
+    /// The rail of its own queue pair, when it has one in the session.
+    pub own_queue_pair: Option<InterconnectId>,
 }
 
 /// One interconnect (TCP, or an RDMA rail).

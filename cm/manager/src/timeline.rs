@@ -46,6 +46,9 @@ pub enum CloseCause {
     /// is smaller than the write): closed, so the session replays the write, with its bytes,
     /// on another link.
     OneSidedRefused,
+    /// A client's own queue pair that is no longer wanted: its client let it go, closed, or
+    /// moved to another interconnect (a new one is set up there).
+    ClientQpReleased,
     /// A test asked for it (fault injection).
     Killed,
 }
@@ -57,6 +60,7 @@ impl fmt::Display for CloseCause {
             CloseCause::RailReoffered => f.write_str("partner re-offered its rail"),
             CloseCause::NotActivated => f.write_str("no activation round trip in time"),
             CloseCause::OneSidedRefused => f.write_str("refused a one-sided write"),
+            CloseCause::ClientQpReleased => f.write_str("client queue pair no longer wanted"),
             CloseCause::Killed => f.write_str("killed on request (fault injection)"),
         }
     }

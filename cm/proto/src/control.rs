@@ -135,6 +135,21 @@ pub enum TransportMsg {
         /// Why, for the dialer's log and status.
         reason: String,
     },
+    /// Either side -> the other: set up a queue pair of its own for client `client` on rail
+    /// `rail` (a client asked for one [CCM]), with this endpoint. Answered by `Accept` or
+    /// `Refuse` with the same rail and attempt, like `Offer`; attempts are unique per node, so
+    /// an answer names one offer of either kind. Both sides reserve the link for their client
+    /// of that name.
+    ClientOffer {
+        /// Rail number.
+        rail: u32,
+        /// Distinguishes retries, as for `Offer`.
+        attempt: u64,
+        /// The client's name (the same on both nodes; the name rules of CLIENT-UP).
+        client: String,
+        /// The offering side's endpoint.
+        endpoint: Vec<u8>,
+    },
 }
 
 /// A client as announced to the partner.

@@ -75,6 +75,14 @@ pub(crate) enum Command {
         len: u64,
         reply: Reply<crate::regions::LocalRegionInfo>,
     },
+    RequestQueuePair {
+        id: ClientId,
+        reply: Reply<()>,
+    },
+    ReleaseQueuePair {
+        id: ClientId,
+        reply: Reply<()>,
+    },
     GrowRegion {
         id: ClientId,
         name: String,
@@ -176,6 +184,7 @@ impl Manager {
                 self.flush(Instant::now());
                 if matches!(res, Ok(PortState::Destroyed)) {
                     self.release_client_regions(id);
+                    self.client_qps_of_closed_client(id);
                     self.to_place.retain(|(c, _, _)| *c != id);
                     self.clients.remove(&id);
                     self.placement.remove_client(id);
@@ -231,6 +240,12 @@ impl Manager {
                 reply,
             } => {
                 let _ = reply.send(self.register_region(id, &name, len));
+            }
+            Command::RequestQueuePair { id, reply } => {
+                let _ = reply.send(self.request_queue_pair(id));
+            }
+            Command::ReleaseQueuePair { id, reply } => {
+                let _ = reply.send(self.release_queue_pair(id));
             }
             Command::GrowRegion {
                 id,

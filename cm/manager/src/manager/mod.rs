@@ -15,6 +15,7 @@
 //! The rail glue (offering rails, TRANSPORT messages, device events, feeding the placement
 //! policy) is an `impl Manager` block in [`crate::rails`].
 
+mod client_qps;
 mod commands;
 mod dialer;
 mod listener;
@@ -321,6 +322,7 @@ impl Manager {
                     }
                     if now >= self.next_rail_round {
                         self.offer_rails(now);
+                        self.offer_client_qps(now);
                     }
                 }
             }

@@ -33,6 +33,12 @@ impl Manager {
                 transport: l.transport(),
                 interconnect: l.interconnect(),
                 remote: l.remote(),
+                reserved_for: self
+                    .session
+                    .link_reserved_for(*id)
+                    .and_then(|c| self.session.client_name(c))
+                    .map(str::to_string),
+                data_frames_out: self.session.link_data_frames_out(*id),
             })
             .collect();
         links.sort_by_key(|l| l.id);
@@ -45,6 +51,11 @@ impl Manager {
                     state: self.session.port_state(id)?,
                     unacked: self.session.unacked(id),
                     interconnect: self.session.placement(id),
+                    own_queue_pair: self
+                        .session
+                        .links()
+                        .find(|l| self.session.link_reserved_for(*l) == Some(id))
+                        .and_then(|l| self.session.link_interconnect(l)),
                 })
             })
             .collect();

@@ -104,6 +104,7 @@ impl Manager {
         self.rails.health.activated(rail);
         if let Some(peer) = self.session.peer().cloned() {
             self.session.handle_link_up_on(link, rail, peer, now);
+            self.reserve_if_client_qp(link);
             self.note(NodeEvent::RdmaLinkUp { link, rail });
             self.refresh_interconnects(now);
         }

@@ -64,6 +64,7 @@ impl Rails {
             reaper,
             probing: BTreeMap::new(),
             health: Default::default(),
+            client_qps: Default::default(),
         };
         let provider: Arc<dyn Provider> = match source {
             _ if !tunables.enabled => {

@@ -25,11 +25,12 @@ const TCP_CAPACITY_MBITS_PER_S: u32 = 10_000;
 impl Manager {
     /// Tells the placement policy which interconnects have live links.
     pub(crate) fn refresh_interconnects(&mut self, now: Instant) {
+        // A client's own queue pair does not make its rail usable for the others.
         let live: HashSet<InterconnectId> = self
             .links
-            .values()
-            .filter(|l| l.in_session())
-            .map(AnyLink::interconnect)
+            .iter()
+            .filter(|(id, l)| l.in_session() && !self.rails.client_qps.links.contains_key(id))
+            .map(|(_, l)| l.interconnect())
             .collect();
         let tcp = live.contains(&InterconnectId::TCP);
         self.placement.upsert_interconnect(
@@ -85,8 +86,9 @@ impl Manager {
             .map_or(0, |p| Rails::peer_rail_count(&p.capabilities));
         let linked: Vec<InterconnectId> = self
             .links
-            .values()
-            .filter_map(|l| match l {
+            .iter()
+            .filter(|(id, _)| !self.rails.client_qps.links.contains_key(id))
+            .filter_map(|(_, l)| match l {
                 AnyLink::Rdma { rail, .. } => Some(*rail),
                 AnyLink::Tcp(_) => None,
             })
@@ -125,11 +127,27 @@ impl Manager {
                     }
                 }
             }
+            RailDone::ClientPrepared { link_id, res } => {
+                let reaper = self.rails.reaper.clone();
+                let res = res.map(|(p, endpoint)| {
+                    let device = p.device().to_string();
+                    (ReapedPrepared::new(p, device, reaper), endpoint)
+                });
+                self.client_qp_prepared(link_id, res, now);
+            }
             RailDone::Connected {
                 rail,
                 link_id,
                 res,
                 reply,
+                dedicated: Some(client),
+            } => self.client_qp_connected(rail, link_id, res, reply, client, now),
+            RailDone::Connected {
+                rail,
+                link_id,
+                res,
+                reply,
+                dedicated: None,
             } => {
                 let dialer = reply.is_none();
                 if let Some(m) = &reply {
@@ -190,6 +208,7 @@ impl Manager {
             let stale: Vec<LinkId> = self
                 .links
                 .iter()
+                .filter(|(id, _)| !self.rails.client_qps.links.contains_key(id))
                 .filter(|(_, l)| matches!(l, AnyLink::Rdma { rail: r, .. } if *r == rail))
                 .map(|(id, _)| *id)
                 .collect();
@@ -205,7 +224,7 @@ impl Manager {
             }
         }
         let id = match &msg {
-            TransportMsg::Offer { .. } => {
+            TransportMsg::Offer { .. } | TransportMsg::ClientOffer { .. } => {
                 LinkId::new(self.next_link.fetch_add(1, Ordering::Relaxed))
             }
             _ => LinkId::new(0),
@@ -217,7 +236,24 @@ impl Manager {
             })
         };
         let tx = self.rail_tx.clone();
-        match self.rails.handle(msg, id) {
+        let action = match &msg {
+            TransportMsg::ClientOffer {
+                rail,
+                attempt,
+                client,
+                endpoint,
+            } => {
+                let local = self.session.client_by_name(client);
+                let max = self.cfg.verbs.max_client_qps;
+                self.rails
+                    .handle_client_offer(*rail, *attempt, client, local, endpoint, id, max)
+            }
+            _ => match self.rails.client_qp_answer(&msg, Instant::now()) {
+                Some(a) => a,
+                None => self.rails.handle(msg, id),
+            },
+        };
+        match action {
             RailAction::None => {}
             RailAction::Reply(m) => {
                 let _ = self.session.send_transport(control::encode(&m));
@@ -228,6 +264,7 @@ impl Manager {
                 link_id,
                 job,
                 remote,
+                dedicated,
             } => {
                 let sink = sink(link_id);
                 tokio::task::spawn_blocking(move || {
@@ -271,6 +308,7 @@ impl Manager {
                         link_id,
                         res,
                         reply: Some(reply),
+                        dedicated,
                     });
                 });
             }
@@ -279,6 +317,7 @@ impl Manager {
                 link_id,
                 prepared,
                 remote,
+                dedicated,
             } => {
                 let sink = sink(link_id);
                 tokio::task::spawn_blocking(move || {
@@ -290,6 +329,7 @@ impl Manager {
                         link_id,
                         res,
                         reply: None,
+                        dedicated,
                     });
                 });
             }

@@ -29,6 +29,7 @@
 //! - `glue`: the manager's side of all this, an `impl Manager` block.
 
 mod activation;
+pub(crate) mod client_qps;
 mod discovery;
 mod error;
 mod events;
@@ -104,4 +105,6 @@ pub(crate) struct Rails {
     pub probing: BTreeMap<LinkId, std::time::Instant>,
     /// Failed attempts and backoff per rail.
     pub health: health::Health,
+    /// Queue pairs of their own for clients.
+    pub client_qps: client_qps::ClientQps,
 }

@@ -42,6 +42,8 @@ pub(crate) enum RailAction {
         link_id: LinkId,
         job: SetupJob,
         remote: LocalEndpoint,
+        /// A client's own queue pair (for this local client), not a rail link.
+        dedicated: Option<peercm_cm_proto::session::ClientId>,
     },
     /// Dialer: connect the prepared link to the answer (blocking work).
     Connect {
@@ -49,6 +51,8 @@ pub(crate) enum RailAction {
         link_id: LinkId,
         prepared: Box<PreparedLink>,
         remote: LocalEndpoint,
+        /// A client's own queue pair (for this local client), not a rail link.
+        dedicated: Option<peercm_cm_proto::session::ClientId>,
     },
     /// Nothing to do (logged).
     None,
@@ -186,6 +190,7 @@ impl Rails {
                         link_id,
                         job,
                         remote,
+                        dedicated: None,
                     },
                     Err(e) => refuse(e),
                 }
@@ -231,6 +236,7 @@ impl Rails {
                     link_id: p.link_id,
                     prepared,
                     remote,
+                    dedicated: None,
                 }
             }
             TransportMsg::Refuse {
@@ -247,6 +253,14 @@ impl Rails {
                 }
                 RailAction::None
             }
+            // Answered by `handle_client_offer` (client_qps), which needs the session.
+            TransportMsg::ClientOffer { rail, attempt, .. } => {
+                RailAction::Reply(TransportMsg::Refuse {
+                    rail,
+                    attempt,
+                    reason: "client queue pair offer not handled".into(),
+                })
+            }
         }
     }
 
@@ -261,7 +275,7 @@ impl Rails {
     }
 }
 
-fn decode_endpoint(bytes: &[u8]) -> Result<LocalEndpoint, RailSetupError> {
+pub(super) fn decode_endpoint(bytes: &[u8]) -> Result<LocalEndpoint, RailSetupError> {
     if bytes.len() > MAX_ENDPOINT_BYTES {
         return Err(RailSetupError::EndpointTooLong {
             len: bytes.len(),

@@ -65,6 +65,13 @@ pub(crate) enum RailDone {
         link_id: LinkId,
         res: Result<peercm_cm_rdma_link::RdmaLink, RailSetupError>,
         reply: Option<TransportMsg>,
+        /// A client's own queue pair (for this local client), not a rail link.
+        dedicated: Option<peercm_cm_proto::session::ClientId>,
+    },
+    /// A client's own queue pair is ready on this side; the offer can go out.
+    ClientPrepared {
+        link_id: LinkId,
+        res: Result<(Box<PreparedLink>, Vec<u8>), RailSetupError>,
     },
     /// The reaper fenced a retired link (or failed to, and closed it).
     Fenced {

@@ -112,6 +112,11 @@ impl Session {
             self.clients.remove(&id);
             self.by_name.remove(&name);
             self.forget_client_regions(id);
+            for l in self.links.values_mut() {
+                if l.reserved == Some(id) {
+                    l.reserved = None;
+                }
+            }
             self.ack_due.remove(&id);
             self.flow_due.remove(&id);
             self.mark_due.remove(id);

@@ -83,6 +83,8 @@ impl Session {
                 queued_bytes: 0,
                 interconnect,
                 peer_epoch: None,
+                reserved: None,
+                data_frames_out: 0,
             },
         );
         // Tell the partner our epoch on the new link before anything else goes on it, then (when

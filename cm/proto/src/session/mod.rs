@@ -68,6 +68,11 @@ struct LinkState {
     /// heartbeat). Session frames on the link are only taken while it equals ours: anything the
     /// partner sent on the link before it learned of the current reset is stale.
     peer_epoch: Option<u64>,
+    /// A link reserved for one client's traffic (its own queue pair, [CCM]): only that
+    /// client's data and writes go on it while another link can take the rest.
+    reserved: Option<ClientId>,
+    /// DATA and WRITE frames put on it (first transmissions and replays).
+    data_frames_out: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -220,6 +225,32 @@ impl Session {
         self.links.get(&link).map(|l| l.interconnect)
     }
 
+    /// Reserves `link` for client `id`'s traffic (a queue pair of its own [CCM]): from now on
+    /// the client's data and writes go on it (or on another link reserved for it on the
+    /// interconnect it is placed on), and other clients' data goes on it only when no other
+    /// link is left. Control frames and heartbeats may use any link.
+    pub fn reserve_link(&mut self, link: LinkId, id: ClientId) -> Result<(), SessionError> {
+        if !self.clients.contains_key(&id) {
+            return Err(SessionError::UnknownClient(id));
+        }
+        let l = self
+            .links
+            .get_mut(&link)
+            .ok_or(SessionError::UnknownLink(link))?;
+        l.reserved = Some(id);
+        Ok(())
+    }
+
+    /// The client a live link is reserved for.
+    pub fn link_reserved_for(&self, link: LinkId) -> Option<ClientId> {
+        self.links.get(&link).and_then(|l| l.reserved)
+    }
+
+    /// DATA and WRITE frames put on a live link so far.
+    pub fn link_data_frames_out(&self, link: LinkId) -> Option<u64> {
+        self.links.get(&link).map(|l| l.data_frames_out)
+    }
+
     /// Where a client's data goes (`None`: not placed, any link).
     pub fn placement(&self, id: ClientId) -> Option<InterconnectId> {
         self.clients.get(&id).and_then(|c| c.placed)
@@ -243,6 +274,11 @@ impl Session {
     /// A client's port state.
     pub fn port_state(&self, id: ClientId) -> Option<PortState> {
         self.clients.get(&id).map(|c| c.port.state())
+    }
+
+    /// The live client registered under `name`.
+    pub fn client_by_name(&self, name: &str) -> Option<ClientId> {
+        self.by_name.get(name).copied()
     }
 
     /// A client's name.

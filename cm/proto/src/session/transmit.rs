@@ -3,40 +3,63 @@
 //! over clients, on the client's placed interconnect, least-loaded link), then heartbeats on
 //! quiet links; and the writers' feedback ([`Session::handle_written`]).
 
-use super::Session;
 use super::{
     ClientEvent, ClientId, InterconnectId, LinkId, LocalDone, OneSidedTarget, SessionState,
     Transmit,
 };
+use super::{LinkState, Session};
 use crate::frame::{Flags, Frame, MsgType};
 use crate::stream::SendModel;
 use bytes::Bytes;
 use std::time::Instant;
 
 impl Session {
-    /// The least-loaded link of `interconnect`, or of any interconnect when it has none.
-    fn pick_link_on(&mut self, interconnect: Option<InterconnectId>) -> Option<LinkId> {
-        if let Some(ic) = interconnect {
-            let best = self
-                .links
+    /// The link for client `id`'s next data frame: the least-loaded link reserved for it on
+    /// `interconnect` (its own queue pair), else the least-loaded shared link of
+    /// `interconnect`, else (not placed, or nothing left there) a shared link of any
+    /// interconnect, and a link reserved for another client only when nothing else is left.
+    /// `rdma_first`: with no placement, prefer an RDMA link (for a write, which goes one-sided
+    /// there).
+    fn pick_link_for(
+        &mut self,
+        id: ClientId,
+        interconnect: Option<InterconnectId>,
+        rdma_first: bool,
+    ) -> Option<LinkId> {
+        let least = |pred: &dyn Fn(&LinkState) -> bool| {
+            self.links
                 .iter()
-                .filter(|(_, l)| l.interconnect == ic)
+                .filter(|(_, l)| pred(l))
                 .min_by_key(|(_, l)| l.queued_bytes)
-                .map(|(id, _)| *id);
-            if best.is_some() {
-                return best;
-            }
+                .map(|(id, _)| *id)
+        };
+        let shared = |l: &LinkState| l.reserved.is_none() || l.reserved == Some(id);
+        let found = match interconnect {
+            Some(ic) => least(&|l| l.interconnect == ic && l.reserved == Some(id))
+                .or_else(|| least(&|l| l.interconnect == ic && l.reserved.is_none())),
+            None if rdma_first => least(&|l| l.interconnect != InterconnectId::TCP && shared(l)),
+            None => None,
+        };
+        if found.is_some() {
+            return found;
         }
-        self.pick_link()
-    }
-
-    /// The least-loaded RDMA link, if any.
-    fn pick_rdma_link(&self) -> Option<LinkId> {
-        self.links
-            .iter()
-            .filter(|(_, l)| l.interconnect != InterconnectId::TCP)
-            .min_by_key(|(_, l)| l.queued_bytes)
-            .map(|(id, _)| *id)
+        let n = self.links.len();
+        if n == 0 {
+            return None;
+        }
+        self.rr_link = self.rr_link.wrapping_add(1);
+        let start = self.rr_link % n;
+        let any = |pred: &dyn Fn(&LinkState) -> bool| {
+            self.links
+                .iter()
+                .cycle()
+                .skip(start)
+                .take(n)
+                .filter(|(_, l)| pred(l))
+                .min_by_key(|(_, l)| l.queued_bytes)
+                .map(|(id, _)| *id)
+        };
+        any(&shared).or_else(|| any(&|_| true))
     }
 
     fn pick_link(&mut self) -> Option<LinkId> {
@@ -183,11 +206,8 @@ impl Session {
         // A client not placed yet (placement batches registrations for a moment) sends on any
         // link; its writes prefer RDMA, where they can go one-sided (a write sent with its
         // bytes makes the client's next writes wait for it before going one-sided again).
-        let link = if placed.is_none() && c.send.next_is_write() {
-            self.pick_rdma_link().or_else(|| self.pick_link())?
-        } else {
-            self.pick_link_on(placed)?
-        };
+        let rdma_first = placed.is_none() && c.send.next_is_write();
+        let link = self.pick_link_for(id, placed, rdma_first)?;
         let c = self.clients.get_mut(&id)?;
         let peer = *self.peer_clients.get(&c.name)?;
         let (seq, flags, payload, model) = c.send.next_transmit()?;
@@ -219,6 +239,9 @@ impl Session {
             }
         }
         let frame = Frame::new(msg_type, flags, peer.id.get(), seq, ack, payload);
+        if let Some(l) = self.links.get_mut(&link) {
+            l.data_frames_out += 1;
+        }
         let local = (model == SendModel::Local).then_some(LocalDone { client: id, seq });
         let mut t = self.emit(link, frame, local, now);
         t.one_sided = one_sided;

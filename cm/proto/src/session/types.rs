@@ -214,6 +214,9 @@ pub enum SessionError {
     /// No such client (never registered or destroyed).
     #[error("unknown client id {0}")]
     UnknownClient(ClientId),
+    /// No such live link.
+    #[error("unknown link {0}")]
+    UnknownLink(LinkId),
     /// The name is taken by a live client.
     #[error("client name {0:?} is already registered")]
     DuplicateName(String),
