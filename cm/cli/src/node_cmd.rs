@@ -71,6 +71,10 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<bool> {
                 info.path.display()
             );
         }
+        if c.own_queue_pair {
+            handle.request_queue_pair().await?;
+            println!("client {} asks for a queue pair of its own", c.name);
+        }
         if dials {
             handle.connect().await?;
         }

@@ -290,6 +290,10 @@ pub struct ClientConfig {
     /// in time is NACKed with `Timeout`.
     #[serde(default)]
     pub ack_timeout_ms: Option<u64>,
+    /// Whether `peercm node` asks for a queue pair of this client's own
+    /// (`ClientHandle::request_queue_pair`; at most `[verbs] max_client_qps` clients).
+    #[serde(default)]
+    pub own_queue_pair: bool,
     /// Regions `peercm node` registers for this client (`[[clients.regions]]`), which the
     /// partner's namesake can write into one-sided. Needs `[regions] dir`.
     #[serde(default)]
@@ -467,6 +471,13 @@ impl NodeConfig {
                 v.max_client_qps
             ));
         }
+        let own_qps = self.clients.iter().filter(|c| c.own_queue_pair).count();
+        if own_qps > v.max_client_qps {
+            return bad(format!(
+                "{own_qps} [[clients]] ask for own_queue_pair, above verbs.max_client_qps = {}",
+                v.max_client_qps
+            ));
+        }
         if let Some((dev, _)) = v.capacity_mbits_per_s.iter().find(|(_, c)| **c == 0) {
             return bad(format!("verbs.capacity_mbits_per_s.{dev} must be > 0"));
         }
@@ -614,6 +625,31 @@ mod tests {
             e.contains("16385 [[clients]]") && e.contains("16384"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn own_queue_pairs_are_parsed_and_bounded_by_max_client_qps() {
+        let base = "node_id = \"a\"\ncluster_id = \"c\"\nlisten = \"127.0.0.1:1\"\n";
+        let two = format!(
+            "{base}[[clients]]\nname = \"m\"\nown_queue_pair = true\n\
+             [[clients]]\nname = \"h\"\nown_queue_pair = true\n"
+        );
+        let ok = NodeConfig::parse(&two).unwrap();
+        assert!(ok.clients.iter().all(|c| c.own_queue_pair));
+        assert_eq!(ok.verbs.max_client_qps, 16);
+        let e = NodeConfig::parse(&format!("{two}[verbs]\nmax_client_qps = 1\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("own_queue_pair") && e.contains("max_client_qps = 1"),
+            "{e}"
+        );
+        let e = NodeConfig::parse(&format!("{base}[verbs]\nmax_client_qps = 5000\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("0..=1024"), "{e}");
+        let plain = NodeConfig::parse(&format!("{base}[[clients]]\nname = \"m\"\n")).unwrap();
+        assert!(!plain.clients[0].own_queue_pair);
     }
 
     #[test]
