@@ -169,7 +169,7 @@ impl ClientHandle {
         .await
     }
 
-    /// Asks for a queue pair of this client's own [CCM]: its sends and writes then travel on
+    /// Asks for a queue pair of this client's own \[CCM\]: its sends and writes then travel on
     /// a queue pair no other client uses (no head-of-line blocking behind their frames), set
     /// up on the RDMA rail the client is placed on, with the partner's namesake client, and
     /// set up again on the new rail when the client migrates. Until it is up (and whenever it
@@ -190,7 +190,7 @@ impl ClientHandle {
             .await
     }
 
-    /// Grows this client's region `name` to `len` bytes [CCM]: its file grows (the new bytes
+    /// Grows this client's region `name` to `len` bytes \[CCM\]: its file grows (the new bytes
     /// are zero, the old ones kept), the grown mapping is registered on the node's RDMA
     /// devices and advertised to the partner with the new length. Until the partner has the
     /// new advertisement (a `PartnerRegion` event there) it writes within the old length, which

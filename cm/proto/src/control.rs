@@ -136,7 +136,7 @@ pub enum TransportMsg {
         reason: String,
     },
     /// Either side -> the other: set up a queue pair of its own for client `client` on rail
-    /// `rail` (a client asked for one [CCM]), with this endpoint. Answered by `Accept` or
+    /// `rail` (a client asked for one \[CCM\]), with this endpoint. Answered by `Accept` or
     /// `Refuse` with the same rail and attempt, like `Offer`; attempts are unique per node, so
     /// an answer names one offer of either kind. Both sides reserve the link for their client
     /// of that name.

@@ -1,4 +1,4 @@
-//! The manager's side of client queue pairs [CCM] (the bookkeeping and the offer exchange are
+//! The manager's side of client queue pairs \[CCM\] (the bookkeeping and the offer exchange are
 //! in `crate::rails::client_qps`): a client's request and release, offering a queue pair on
 //! the rail the client is placed on, taking the link once connected, reserving it in the
 //! session once activated, and closing one whose client moved, let go or closed.

@@ -1,4 +1,4 @@
-//! Queue pairs of their own for clients [CCM]: the bookkeeping of the links set up for one
+//! Queue pairs of their own for clients \[CCM\]: the bookkeeping of the links set up for one
 //! client's traffic, beside the rail links (one per rail) that every other client shares.
 //!
 //! A client asks for one (`ClientHandle::request_queue_pair`); the node whose client asked

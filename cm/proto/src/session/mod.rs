@@ -68,7 +68,7 @@ struct LinkState {
     /// heartbeat). Session frames on the link are only taken while it equals ours: anything the
     /// partner sent on the link before it learned of the current reset is stale.
     peer_epoch: Option<u64>,
-    /// A link reserved for one client's traffic (its own queue pair, [CCM]): only that
+    /// A link reserved for one client's traffic (its own queue pair, \[CCM\]): only that
     /// client's data and writes go on it while another link can take the rest.
     reserved: Option<ClientId>,
     /// DATA and WRITE frames put on it (first transmissions and replays).
@@ -225,7 +225,7 @@ impl Session {
         self.links.get(&link).map(|l| l.interconnect)
     }
 
-    /// Reserves `link` for client `id`'s traffic (a queue pair of its own [CCM]): from now on
+    /// Reserves `link` for client `id`'s traffic (a queue pair of its own \[CCM\]): from now on
     /// the client's data and writes go on it (or on another link reserved for it on the
     /// interconnect it is placed on), and other clients' data goes on it only when no other
     /// link is left. Control frames and heartbeats may use any link.

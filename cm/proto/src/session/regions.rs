@@ -1,4 +1,4 @@
-//! Client regions in the session [CCM]: this node's regions (registered by the runtime,
+//! Client regions in the session \[CCM\]: this node's regions (registered by the runtime,
 //! advertised to the partner with the rail keys the runtime registered them under), the
 //! partner's regions (learned from its REGION frames, fenced on every reset and switch), and
 //! one-sided writes: [`Session::write`] checks a write against the partner's table and queues
@@ -64,7 +64,7 @@ impl Session {
         Ok(())
     }
 
-    /// A client grows one of its regions to `new_len` bytes [CCM]. Its length here is the new
+    /// A client grows one of its regions to `new_len` bytes \[CCM\]. Its length here is the new
     /// one at once (a WRITE frame within it is placed), but it is advertised to the partner
     /// (with the new length) only when the runtime has registered the grown mapping and calls
     /// [`Session::set_region_keys`]; until then the partner keeps writing within the old
