@@ -168,6 +168,16 @@ async fn a_client_queue_pair_carries_its_traffic_follows_a_migration_and_is_rele
     })
     .await;
     let other = client(&moved, "heavy").own_queue_pair;
+    // b holds one for heavy, on the new rail: the old one went when the new one was offered.
+    wait_status(&b, "b's queue pair for heavy on the new rail only", |s| {
+        client(s, "heavy").own_queue_pair == other
+            && s.links
+                .iter()
+                .filter(|l| l.reserved_for.as_deref() == Some("heavy"))
+                .count()
+                == 1
+    })
+    .await;
     stream(&mut heavy_a, &mut heavy_b, 200..300).await;
     stream(&mut light_a, &mut light_b, 200..300).await;
 

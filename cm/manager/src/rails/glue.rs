@@ -223,6 +223,24 @@ impl Manager {
                 }
             }
         }
+        if let TransportMsg::ClientOffer { client, .. } = &msg {
+            // The partner offers one only when its client has none on the rail it is placed
+            // on, and closes its older ones in the same round: ours are dead.
+            if let Some(local) = self.session.client_by_name(client) {
+                let stale: Vec<LinkId> = self
+                    .rails
+                    .client_qps
+                    .links
+                    .iter()
+                    .filter(|(_, d)| d.client == local && !d.ours)
+                    .map(|(l, _)| *l)
+                    .collect();
+                for l in stale {
+                    self.rails.client_qps.links.remove(&l);
+                    self.close_link(l, CloseCause::RailReoffered);
+                }
+            }
+        }
         let id = match &msg {
             TransportMsg::Offer { .. } | TransportMsg::ClientOffer { .. } => {
                 LinkId::new(self.next_link.fetch_add(1, Ordering::Relaxed))
