@@ -2,7 +2,8 @@
 # Installs what the soft-RoCE lane needs on a Debian 12 machine: QEMU (TCG), Debian's stock
 # kernel (it ships rdma_rxe; the host kernel need not), static busybox for the initramfs, and
 # rdma-core/perftest which the guests run from the host's root filesystem over 9p.
-# socat talks to the QEMU monitors (host-side fault injection); cpio/gzip build the initramfs.
+# socat talks to the QEMU monitors (host-side fault injection); cpio/gzip build the initramfs;
+# iperf3 is the TCP reference of scripts/softroce/bench-lane.sh.
 #
 #   scripts/softroce/setup.sh
 #
@@ -15,7 +16,7 @@ die() { printf 'softroce-setup: error: %s\n' "$*" >&2; exit 1; }
 
 PACKAGES=(qemu-system-x86 linux-image-amd64 busybox-static rdma-core ibverbs-providers
   ibverbs-utils perftest rdmacm-utils libibverbs-dev librdmacm-dev iproute2 kmod xz-utils
-  cpio gzip socat)
+  cpio gzip socat iperf3)
 
 command -v dpkg-query >/dev/null 2>&1 || die "dpkg-query not found: this script supports Debian only"
 
