@@ -11,7 +11,9 @@
 #      management link), BW_ITERS write_remote of 64 KiB with the session's window outstanding;
 #   3. ib_write_lat -s 64 -n LAT_ITERS over rxe<c>;
 #   4. peercm: a fresh pair again, LAT_ITERS write_remote of 64 B one at a time (call -> Acked);
-#   5. ib_send_lat -s 64 -e (completion events instead of busy polling; where the time goes).
+#   5. the same writes on a bare rdma-link RdmaLink, no peercm node (bench-lane --transport
+#      raw-link): rxe's and the link thread's share of the time, without manager and session;
+#   6. ib_send_lat -s 64 -e (completion events instead of busy polling; where the time goes).
 # Then TCP over cable 0's IP: iperf3 (-l 64K, TCP_SECS s) and a TCP-only peercm pair writing
 # TCP_WRITES x 64 KiB (window as above, then 64 B latency).
 #
@@ -31,7 +33,7 @@ rounds=${PEERCM_BENCH_ROUNDS:-3}
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) rounds=${2:?--rounds needs a number}; shift 2 ;;
-    -h | --help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
@@ -101,9 +103,9 @@ perftest() {
 peercm() {
   local kind=$1 tag=$2 tr=$3 c=$4 phases=$5 iters=${6:-$BW_ITERS} port pid rc=0 hca=() listen peer
   step=$((step + 1)) port=$((7800 + step))
-  if [ "$tr" = rdma ]; then
-    local dev=DEV_$c
-    hca=(--hca "${!dev}")
+  if [ "$tr" != tcp ]; then
+    local dev=DEV_$c gidx=GID_IDX_$c
+    hca=(--hca "${!dev}" --gid-index "${!gidx}")
     listen=$MGMT_IP peer=$PEER_MGMT_IP
   else
     listen=$IP_0 peer=$PEER_IP_0
@@ -152,6 +154,7 @@ for r in $(seq 1 "$ROUNDS"); do
     peercm peercm_bw "$tag" rdma "$c" bw
     perftest ib_write_lat "$tag" "$c" -s 64 -n "$LAT_ITERS"
     peercm peercm_lat "$tag" rdma "$c" lat
+    peercm rawlink "$tag" raw-link "$c" both
     perftest ib_send_lat "$tag" "$c" -s 64 -n "$LAT_ITERS" -e
   done
   tag=tcp.r$r

@@ -23,6 +23,9 @@ pub enum Transport {
     Rdma,
     /// TCP only (verbs disabled): WRITE frames the receiver's manager copies into the region.
     Tcp,
+    /// No peercm node: a bare RDMA link on `--hca` (the same writes and markers, answered by
+    /// a thread), to tell rxe's cost from the manager's.
+    RawLink,
 }
 
 /// One side of peercm's one-sided write benchmark (a benchmark, not a test: figures only).
@@ -41,6 +44,9 @@ pub struct Args {
     /// RDMA: the only device the node may use (e.g. rxe0); the other HCAs stay invisible to it.
     #[arg(long)]
     pub hca: Option<String>,
+    /// Raw link: the GID index of `--hca`'s RoCE v2 IPv4 entry.
+    #[arg(long, default_value_t = 1)]
+    pub gid_index: u8,
     /// Sender: the receiver's address (IP:PORT).
     #[arg(long)]
     pub peer: Option<SocketAddr>,
@@ -135,13 +141,16 @@ impl Args {
                 None => Err("--role summary needs --results DIR".into()),
             };
         }
-        if self.transport == Transport::Rdma && self.hca.is_none() {
-            return Err("--transport rdma needs --hca DEVICE".into());
+        if self.transport != Transport::Tcp && self.hca.is_none() {
+            return Err("--transport rdma and raw-link need --hca DEVICE".into());
         }
         match self.role {
             Role::Sender if self.peer.is_none() => return Err("--role sender needs --peer".into()),
-            Role::Receiver if self.listen.is_none() || self.stop_file.is_none() => {
-                return Err("--role receiver needs --listen and --stop-file".into())
+            Role::Receiver if self.listen.is_none() => {
+                return Err("--role receiver needs --listen".into())
+            }
+            Role::Receiver if self.stop_file.is_none() && self.transport != Transport::RawLink => {
+                return Err("--role receiver needs --stop-file (but with raw-link)".into())
             }
             _ => {}
         }
@@ -208,7 +217,14 @@ mod tests {
     fn usage_errors_are_refused() {
         let no_hca = parse(&["--role", "sender", "--peer", "1.2.3.4:5"]).unwrap();
         assert!(no_hca.check().is_err());
-        let no_stop = parse(&["--role", "receiver", "--transport", "tcp", "--listen", "1.2.3.4:5"]);
+        let no_stop = parse(&[
+            "--role",
+            "receiver",
+            "--transport",
+            "tcp",
+            "--listen",
+            "1.2.3.4:5",
+        ]);
         assert!(no_stop.unwrap().check().is_err());
         let big = parse(&[
             "--role",
@@ -223,7 +239,14 @@ mod tests {
         assert!(big.unwrap().check().is_err());
         assert!(parse(&["--role", "boss"]).is_err());
         assert!(parse(&["--role", "summary"]).unwrap().check().is_err());
-        let sum = parse(&["--role", "summary", "--results", "/r", "--markdown", "/r/s.md"]);
+        let sum = parse(&[
+            "--role",
+            "summary",
+            "--results",
+            "/r",
+            "--markdown",
+            "/r/s.md",
+        ]);
         sum.unwrap().check().unwrap();
     }
 }

@@ -16,6 +16,8 @@
 //!   throughput with a pipeline window and 64 B write completion latency one at a time.
 //! - With `--transport rdma --hca DEV` each node sees only that device (`node`): the pair has
 //!   exactly one rail, on the cable being measured. With `--transport tcp` verbs are off.
+//!   `--transport raw-link` (`rawlink`) runs the same writes on a bare RDMA link without any
+//!   peercm node, to tell rxe's cost from the manager's.
 //!
 //! - `--role summary` (`summary`, `parse`, `table`) runs on the host after the lane: it reads
 //!   the saved outputs of perftest, iperf3 and both peercm sides and prints every figure, the
@@ -27,6 +29,7 @@
 mod args;
 mod node;
 mod parse;
+mod rawlink;
 mod receiver;
 mod sender;
 mod stats;
@@ -34,7 +37,7 @@ mod summary;
 mod table;
 
 use crate::cli::{self, EXIT_FAILED, EXIT_USAGE};
-use args::{Args, Role};
+use args::{Args, Role, Transport};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -57,6 +60,13 @@ pub fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .try_init();
+    if args.transport == Transport::RawLink {
+        let res = match args.role {
+            Role::Sender => rawlink::sender(&args),
+            _ => rawlink::receiver(&args),
+        };
+        return finish(&args, res);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.worker_threads)
         .enable_all()
@@ -77,6 +87,11 @@ pub fn main() -> ExitCode {
     });
     // Node tasks and RDMA link threads may still be winding down: do not wait for them.
     rt.shutdown_timeout(Duration::from_millis(500));
+    finish(&args, res)
+}
+
+/// Prints the figures (and writes the JSON) of a run, or its failure.
+fn finish(args: &Args, res: Result<serde_json::Value, String>) -> ExitCode {
     match res {
         Ok(v) => {
             print_lines(&args.label, "", &v);

@@ -41,7 +41,7 @@ pub fn node_config(id: &str, args: &Args) -> Result<NodeConfig, String> {
         ));
     }
     match args.transport {
-        Transport::Rdma => {
+        Transport::Rdma | Transport::RawLink => {
             if let Some(h) = &args.hca {
                 cfg.verbs.capacity_mbits_per_s.insert(h.clone(), 25_000);
             }
@@ -139,7 +139,7 @@ pub fn ready(s: &NodeStatus, transport: Transport) -> bool {
         .find(|c| c.name == CLIENT)
         .and_then(|c| c.interconnect);
     match transport {
-        Transport::Rdma => {
+        Transport::Rdma | Transport::RawLink => {
             placed == Some(RAIL)
                 && s.links
                     .iter()

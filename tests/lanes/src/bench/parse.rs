@@ -99,7 +99,10 @@ mod tests {
         assert_eq!(lat.typical_us, 139.20);
         assert_eq!(lat.p99_us, 398.02);
         assert_eq!(lat.min_us, 105.43);
-        assert_eq!(perftest_lat("Couldn't connect to 10.77.0.2:18601", 64), None);
+        assert_eq!(
+            perftest_lat("Couldn't connect to 10.77.0.2:18601", 64),
+            None
+        );
     }
 
     #[test]

@@ -57,7 +57,10 @@ pub async fn run(args: &Args) -> Result<serde_json::Value, String> {
         .register_region(REGION, args.region_bytes)
         .await
         .map_err(|e| format!("register_region: {e}"))?;
-    eprintln!("bench-lane receiver: region {REGION} of {} bytes open", info.len);
+    eprintln!(
+        "bench-lane receiver: region {REGION} of {} bytes open",
+        info.len
+    );
     let cpu0 = stats::cpu_now();
     let t0 = Instant::now();
     let stop = args.stop_file.clone().unwrap_or_default();

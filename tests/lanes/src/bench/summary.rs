@@ -7,6 +7,8 @@
 //!   `ib_write_lat` t_typical), i.e. RTT against RTT, as medians (target <= 1.3); the same for
 //!   p99 (figure only), and against `ib_send_lat -e` (event-driven completions, as peercm's
 //!   link threads wait) to show what busy polling alone is worth;
+//! - where the time goes: the same writes on a bare RDMA link (`rawlink`) against perftest,
+//!   and peercm against that raw link;
 //! - TCP: peercm 64 KiB MiB/s over TCP only / iperf3's received MiB/s.
 
 use super::parse::{self, Iperf, PerftestBw, PerftestLat};
@@ -81,13 +83,20 @@ fn cable_round(dir: &Path, tag: &str) -> Value {
         read(dir, &format!("{tag}.ib_write_lat.txt")).and_then(|t| parse::perftest_lat(&t, 64));
     let slat: Option<PerftestLat> =
         read(dir, &format!("{tag}.ib_send_lat.txt")).and_then(|t| parse::perftest_lat(&t, 64));
+    let raw = read_json(dir, &format!("{tag}.rawlink.json"));
+    let r_mib = raw.as_ref().and_then(|v| num(v, &["bw", "mib_per_s"]));
+    let r_med = raw
+        .as_ref()
+        .and_then(|v| num(v, &["lat", "rtt_us", "median_us"]));
     let pbw = read_json(dir, &format!("{tag}.peercm_bw.json"));
     let plat = read_json(dir, &format!("{tag}.peercm_lat.json"));
     let p_mib = pbw.as_ref().and_then(|v| num(v, &["bw", "mib_per_s"]));
     let p_med = plat
         .as_ref()
         .and_then(|v| num(v, &["lat", "rtt_us", "median_us"]));
-    let p_p99 = plat.as_ref().and_then(|v| num(v, &["lat", "rtt_us", "p99_us"]));
+    let p_p99 = plat
+        .as_ref()
+        .and_then(|v| num(v, &["lat", "rtt_us", "p99_us"]));
     let one_sided = |kind: &str| {
         read_json(dir, &format!("{tag}.{kind}.receiver.json"))
             .and_then(|v| v.get("all_one_sided")?.as_bool())
@@ -109,6 +118,13 @@ fn cable_round(dir: &Path, tag: &str) -> Value {
         "lat_ratio": ratio(p_med, wlat.map(|l| 2.0 * l.typical_us)),
         "lat_p99_ratio": ratio(p_p99, wlat.map(|l| 2.0 * l.p99_us)),
         "lat_ratio_vs_send_lat_e": ratio(p_med, slat.map(|l| 2.0 * l.typical_us)),
+        "rawlink_bw_mib_s": r_mib,
+        "rawlink_rtt_median_us": r_med,
+        "bw_ratio_vs_rawlink": ratio(p_mib, r_mib),
+        "lat_ratio_vs_rawlink": ratio(p_med, r_med),
+        "rawlink_bw_ratio": ratio(r_mib, bw.map(|b| b.avg_mib_s)),
+        "rawlink_lat_ratio": ratio(r_med, wlat.map(|l| 2.0 * l.typical_us)),
+        "rawlink_lat_cpu_ms": raw.as_ref().and_then(|v| num(v, &["lat", "cpu_process_ms"])),
         "peercm_bw_cpu_ms": pbw.as_ref().and_then(|v| num(v, &["bw", "cpu_process_ms"])),
         "peercm_bw_vm_busy_ms": pbw.as_ref().and_then(|v| num(v, &["bw", "cpu_vm_busy_ms"])),
         "peercm_bw_elapsed_ms": pbw.as_ref().and_then(|v| num(v, &["bw", "elapsed_ms"])),
@@ -121,7 +137,8 @@ fn cable_round(dir: &Path, tag: &str) -> Value {
 
 /// Everything one `tcp.r<n>` tag measured.
 fn tcp_round(dir: &Path, tag: &str) -> Value {
-    let ip: Option<Iperf> = read(dir, &format!("{tag}.iperf3.json")).and_then(|t| parse::iperf3(&t));
+    let ip: Option<Iperf> =
+        read(dir, &format!("{tag}.iperf3.json")).and_then(|t| parse::iperf3(&t));
     let p = read_json(dir, &format!("{tag}.peercm_tcp.json"));
     let p_mib = p.as_ref().and_then(|v| num(v, &["bw", "mib_per_s"]));
     json!({
@@ -192,10 +209,19 @@ mod tests {
         let w = |n: &str, t: &str| std::fs::write(dir.join(n), t).unwrap();
         w("c0.r1.ib_write_bw.txt", " 65536 400 20.0 16.0 0.00025\n");
         w("c0.r1.peercm_bw.json", r#"{"bw":{"mib_per_s":12.0}}"#);
-        w("c0.r1.ib_write_lat.txt", " 64 1000 90.0 900.0 100.0 110.0 5.0 300.0 800.0\n");
-        w("c0.r1.peercm_lat.json", r#"{"lat":{"rtt_us":{"median_us":300.0,"p99_us":900.0}}}"#);
+        w(
+            "c0.r1.ib_write_lat.txt",
+            " 64 1000 90.0 900.0 100.0 110.0 5.0 300.0 800.0\n",
+        );
+        w(
+            "c0.r1.peercm_lat.json",
+            r#"{"lat":{"rtt_us":{"median_us":300.0,"p99_us":900.0}}}"#,
+        );
         w("c0.r1.peercm_bw.receiver.json", r#"{"all_one_sided":true}"#);
-        w("tcp.r1.iperf3.json", r#"{"end":{"sum_received":{"bits_per_second":335544320.0}}}"#);
+        w(
+            "tcp.r1.iperf3.json",
+            r#"{"end":{"sum_received":{"bits_per_second":335544320.0}}}"#,
+        );
         w("tcp.r1.peercm_tcp.json", r#"{"bw":{"mib_per_s":30.0}}"#);
         let s = summarize(&dir).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();

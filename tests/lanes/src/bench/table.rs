@@ -54,6 +54,42 @@ const ROWS: &[Row] = &[
         target: "-",
     },
     Row {
+        path: "",
+        what: "raw rdma-link, 64 KiB throughput, MiB/s; ref = ib_write_bw",
+        peercm: "rawlink_bw_mib_s",
+        reference: "ib_write_bw_mib_s",
+        reference_x2: false,
+        ratio: "rawlink_bw_ratio",
+        target: "-",
+    },
+    Row {
+        path: "",
+        what: "raw rdma-link, 64 B RTT (median), us; ref = 2 x ib_write_lat t_typical",
+        peercm: "rawlink_rtt_median_us",
+        reference: "ib_write_lat_typical_us",
+        reference_x2: true,
+        ratio: "rawlink_lat_ratio",
+        target: "-",
+    },
+    Row {
+        path: "",
+        what: "peercm 64 KiB throughput vs raw rdma-link, MiB/s",
+        peercm: "peercm_bw_mib_s",
+        reference: "rawlink_bw_mib_s",
+        reference_x2: false,
+        ratio: "bw_ratio_vs_rawlink",
+        target: "-",
+    },
+    Row {
+        path: "",
+        what: "peercm 64 B RTT (median) vs raw rdma-link, us",
+        peercm: "peercm_rtt_median_us",
+        reference: "rawlink_rtt_median_us",
+        reference_x2: false,
+        ratio: "lat_ratio_vs_rawlink",
+        target: "-",
+    },
+    Row {
         path: "tcp",
         what: "64 KiB write throughput over TCP, MiB/s; ref = iperf3",
         peercm: "peercm_tcp_mib_s",
@@ -119,7 +155,11 @@ pub fn render(summary: &Value) -> (String, String) {
                 "{l:<20} {:<68} {pe:>22} {re:>22} {ra:>20} {:>8}",
                 r.what, r.target
             );
-            let _ = writeln!(md, "| {l} | {} | {pe} | {re} | {ra} | {} |", r.what, r.target);
+            let _ = writeln!(
+                md,
+                "| {l} | {} | {pe} | {re} | {ra} | {} |",
+                r.what, r.target
+            );
         }
     }
     (text, md)
@@ -138,7 +178,10 @@ mod tests {
             "lat_ratio": {"median": 1.5, "min": 1.2, "max": 1.6, "values": [1.5]}
         }}});
         let (text, md) = render(&s);
-        assert!(text.contains("figure c1 lat_ratio 1.500 (1.200-1.600) n=1"), "{text}");
+        assert!(
+            text.contains("figure c1 lat_ratio 1.500 (1.200-1.600) n=1"),
+            "{text}"
+        );
         assert!(
             md.contains("| rxe1 (cable 1) | 64 B completion RTT (median), us; ref = 2 x ib_write_lat t_typical | 300.0 (290.0-310.0) | 200.0 (190.0-240.0) | 1.50 (1.20-1.60) | <= 1.3 |"),
             "{md}"
