@@ -168,6 +168,7 @@ NODE
 cp "$lane/n1.sh" "$lane/n2.sh"
 
 t0=$(now_ms)
+load0=$(cut -d' ' -f1-3 /proc/loadavg)
 rc=0
 "$SOFTROCE_DIR/run-lane.sh" --nodes 2 --mgmt --timeout "${PEERCM_BENCH_TIMEOUT:-900}" "$lane" || rc=$?
 t1=$(now_ms)
@@ -178,7 +179,10 @@ echo "== one-sided write benchmark (issue 9) =="
 "$BL" --role summary --results "$lane/out/bench" --json "$out/summary.json" --markdown "$out/summary.md" ||
   { echo "bench-lane summary failed"; rc=1; }
 [ -f "$lane/out/summary" ] && cat "$lane/out/summary"
-printf 'bench wall time: %.1f s (load average at the end: %s)\n' \
-  "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print (b-a)/1000}')" "$(cut -d' ' -f1-3 /proc/loadavg)"
+conditions=$(printf '%s: %s rounds in %.1f s; host load average %s at the start, %s at the end (%s cores)' \
+  "$(date -u '+%Y-%m-%d %H:%M UTC')" "$rounds" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print (b-a)/1000}')" \
+  "$load0" "$(cut -d' ' -f1-3 /proc/loadavg)" "$(nproc)")
+echo "$conditions"
+[ ! -f "$out/summary.md" ] || printf '\n%s\n' "$conditions" >>"$out/summary.md"
 [ "$rc" = 0 ] || die "bench lane failed (run-lane exit $rc); logs in $lane/out/"
 echo "summary: $out/summary.json, $out/summary.md"
