@@ -9,7 +9,7 @@
 //! - `manager-lane` ([`manager`]): the connection manager (`peercm_cm_manager::Node` on real
 //!   verbs) in three roles, one per VM; the leader drives and judges every scenario
 //!   (scripts/softroce/manager-lane.sh);
-//! - `bench-lane` ([`bench`]): one side of the one-sided write benchmark (a peercm node pair
+//! - `bench-lane` ([`mod@bench`]): one side of the one-sided write benchmark (a peercm node pair
 //!   on one rail or on TCP), run next to perftest and iperf3 (scripts/softroce/bench-lane.sh).
 //!
 //! What both runners share lives at the top: command-line conventions and exit codes
