@@ -21,8 +21,11 @@
 # Env: PEERCM_MANAGER_LANE_TIMEOUT (s per VM, default 420), PEERCM_MANAGER_SCENARIO_TIMEOUT (s per
 # scenario, default 90), PEERCM_MANAGER_LANE_RECORDS (mirror records per stream, default 2000),
 # PEERCM_MANAGER_LANE_LINK_TIMEOUT_MS (the nodes' session link timeout, default 1500; peercm's
-# own default is 500), PEERCM_MANAGER_LANE_NO_BUILD=1 (use the binary as it is), PEERCM_MANAGER_LANE_BIN (another
-# binary, outside /tmp), PEERCM_SOFTROCE_CACHE. Needs root and scripts/softroce/setup.sh (once).
+# own default is 500), PEERCM_MANAGER_LANE_REGION_WRITES (one-sided writes in
+# region_writes_under_host_cable_pull, default 100000), PEERCM_MANAGER_REGION_TIMEOUT (s that
+# scenario may take, default 240), PEERCM_MANAGER_LANE_NO_BUILD=1 (use the binary as it is),
+# PEERCM_MANAGER_LANE_BIN (another binary, outside /tmp), PEERCM_SOFTROCE_CACHE. Needs root and
+# scripts/softroce/setup.sh (once).
 set -euo pipefail
 # shellcheck source=common.sh
 . "$(dirname "$0")/common.sh"
@@ -31,7 +34,7 @@ only=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --only) only=${2:?--only needs scenario names}; shift 2 ;;
-    -h | --help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
@@ -40,6 +43,8 @@ vm_timeout=${PEERCM_MANAGER_LANE_TIMEOUT:-420}
 scenario_timeout=${PEERCM_MANAGER_SCENARIO_TIMEOUT:-90}
 records=${PEERCM_MANAGER_LANE_RECORDS:-2000}
 link_timeout=${PEERCM_MANAGER_LANE_LINK_TIMEOUT_MS:-1500}
+region_writes=${PEERCM_MANAGER_LANE_REGION_WRITES:-100000}
+region_timeout=${PEERCM_MANAGER_REGION_TIMEOUT:-240}
 t0=$(now_ms)
 
 if [ "${PEERCM_MANAGER_LANE_NO_BUILD:-0}" != 1 ]; then
@@ -68,6 +73,8 @@ rm -f "$lane"/n*.sh "$lane/manager.conf"
   printf 'SCENARIO_TIMEOUT=%q\n' "$scenario_timeout"
   printf 'RECORDS=%q\n' "$records"
   printf 'LINK_TIMEOUT_MS=%q\n' "$link_timeout"
+  printf 'REGION_WRITES=%q\n' "$region_writes"
+  printf 'REGION_TIMEOUT=%q\n' "$region_timeout"
   printf 'PORT_B=7700 PORT_NORDMA=7704 PORT_BACKUP=7705\n'
 } >"$lane/manager.conf"
 
@@ -82,13 +89,16 @@ args=(--sync "$LANE/sync" --abort-file "$LANE/sync/abort" --scenario-timeout "$S
 case "$NODE" in
   n1 | n2)
     [ "$CABLES" = "0 1" ] || { echo "$NODE: unexpected cables '$CABLES' (wanted rxe on cables 0 and 1)"; exit 1; }
-    args+=(--hca "$DEV_0:$NETDEV_0" --hca "$DEV_1:$NETDEV_1") ;;
+    # Node a's and node b's region files live on the guest's /tmp, a tmpfs in RAM (512 MiB
+    # per VM, tmpfs up to half of it): the 64 MiB region fits.
+    args+=(--hca "$DEV_0:$NETDEV_0" --hca "$DEV_1:$NETDEV_1" --region-dir /tmp/peercm-lane-regions) ;;
 esac
 case "$NODE" in
   n1)
     : "${PEER_MGMT_IP_n2:?no management link to n2}" "${PEER_MGMT_IP_n3:?no management link to n3}"
     args+=(--role leader --peer "$PEER_MGMT_IP_n2:$PORT_B" --no-rdma-peer "$PEER_MGMT_IP_n3:$PORT_NORDMA"
-      --backup "$PEER_MGMT_IP_n3:$PORT_BACKUP" --json "$out.manager.json")
+      --backup "$PEER_MGMT_IP_n3:$PORT_BACKUP" --json "$out.manager.json"
+      --region-writes "$REGION_WRITES" --region-timeout "$REGION_TIMEOUT")
     [ -z "$ONLY" ] || args+=(--only "$ONLY") ;;
   n2)
     args+=(--role partner --listen "$MGMT_IP_TO_n1:$PORT_B" --leader-done-file "$LANE/sync/done.n1") ;;

@@ -86,6 +86,16 @@ pub struct Args {
     /// The nodes' session link timeout (ms); heartbeats stay at 100 ms.
     #[arg(long, default_value_t = 1500)]
     pub link_timeout_ms: u64,
+    /// Where the nodes keep their region files (`[regions] dir`, one directory per node);
+    /// without it the region scenarios fail.
+    #[arg(long)]
+    pub region_dir: Option<PathBuf>,
+    /// One-sided writes in region_writes_under_host_cable_pull (issue 9 asks for 100,000).
+    #[arg(long, default_value_t = 100_000)]
+    pub region_writes: u64,
+    /// Seconds region_writes_under_host_cable_pull may take (instead of --scenario-timeout).
+    #[arg(long, default_value_t = 240)]
+    pub region_timeout: u64,
     /// Print the scenario names and exit.
     #[arg(long)]
     pub list: bool,

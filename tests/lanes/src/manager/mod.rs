@@ -49,10 +49,12 @@ mod leader;
 mod node;
 mod receiver;
 mod record;
+mod region;
 mod scenarios;
 mod stream;
 mod sync;
 mod watch;
+mod writer;
 
 use crate::abort::AbortFile;
 use crate::cli::{self, EXIT_NOT_RUN, EXIT_USAGE};

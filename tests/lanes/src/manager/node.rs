@@ -45,6 +45,15 @@ pub fn node_config(id: &str, hcas: &[Hca]) -> NodeConfig {
     cfg
 }
 
+/// Gives a node its `[regions] dir` (a directory of its own, `<dir>/<id>`), if `dir` is given
+/// (`--region-dir`; the lane puts it on the guest's tmpfs).
+pub fn with_regions(cfg: &mut NodeConfig, dir: Option<&std::path::Path>, id: &str) {
+    if let Some(d) = dir {
+        cfg.regions.dir = Some(d.join(id));
+        cfg.regions.max_bytes = 128 << 20;
+    }
+}
+
 /// Polls the node's status every 10 ms until `pred` holds; the status and when it held.
 pub async fn wait_status(
     node: &Node,

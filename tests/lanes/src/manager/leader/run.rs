@@ -44,7 +44,6 @@ pub async fn run_leader(args: Args, sync: SyncDir, hcas: Vec<Hca>) -> ExitCode {
     let setup = leader.setup(&scenarios).await;
 
     let mut outcomes: Vec<Outcome> = Vec::new();
-    let scenario_timeout = Duration::from_secs(leader.args.scenario_timeout);
     let mut broken: Option<String> = setup.err().map(|e| format!("not run: {e}"));
     for name in &scenarios {
         let started = Instant::now();
@@ -53,6 +52,11 @@ pub async fn run_leader(args: Args, sync: SyncDir, hcas: Vec<Hca>) -> ExitCode {
             Err(why.clone())
         } else {
             leader.log(format!("begin {name}"));
+            let scenario_timeout = Duration::from_secs(scenarios::budget(
+                name,
+                leader.args.scenario_timeout,
+                leader.args.region_timeout,
+            ));
             let fut = scenarios::run(&mut leader, name, &mut figures);
             match tokio::time::timeout(scenario_timeout, fut).await {
                 Ok(r) => r,

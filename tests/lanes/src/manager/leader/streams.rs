@@ -12,11 +12,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 impl Leader {
-    pub(super) fn put_handle(&mut self, name: &'static str, h: ClientHandle) {
+    pub fn put_handle(&mut self, name: &'static str, h: ClientHandle) {
         self.handles.insert(name, h);
     }
 
-    fn take(&mut self, name: &'static str) -> Result<ClientHandle, String> {
+    /// Takes a client's handle (give it back with `put_handle`).
+    pub fn take(&mut self, name: &'static str) -> Result<ClientHandle, String> {
         self.handles.remove(name).ok_or_else(|| {
             format!("client {name} was lost in an earlier scenario (its handle is gone)")
         })

@@ -2,16 +2,20 @@
 //! index, tag, index in order), counted per client; a sync record is answered with a return
 //! code derived from its checksum, or a negative code naming what was wrong, so every ack the
 //! leader gets proves that the receiver got exactly that record, in order. The partner's
-//! planned crash hooks in here too.
+//! planned crash hooks in here too, and so do the region scenarios' commit notices and requests
+//! (`super::region`).
 
 use super::super::lock;
 use super::super::record;
+use super::super::region::{is_notice, LOG_REGION};
 use super::super::sync::SyncDir;
+use super::region::{check_notice, serve, CmdRx, Zombie};
 use peercm_cm_manager::{ClientEvent, ClientHandle};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct RecvStats {
@@ -26,6 +30,9 @@ pub struct RecvStats {
     ups: u64,
     downs: u64,
     switched: u64,
+    /// Commit notices checked (region scenarios), and those that found a write missing.
+    notices: u64,
+    notices_bad: u64,
     /// Every index received, in order (only on the backup partner, which gets what the partner
     /// did not acknowledge: increasing, possibly with holes).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -124,18 +131,61 @@ pub fn resync(stats: &Stats) {
     }
 }
 
-/// Takes every event of a receiving client: checks each record, answers sync ones.
-pub fn spawn_receiver(mut h: ClientHandle, tag: u8, stats: Stats, hooks: RecvHooks) {
+/// Takes every event of a receiving client: checks each record, answers sync ones; a commit
+/// notice is checked against the client's region, and `cmds` (the mirror's) serves the region
+/// requests and drives the zombie writer (see `region`).
+pub fn spawn_receiver(
+    mut h: ClientHandle,
+    tag: u8,
+    stats: Stats,
+    hooks: RecvHooks,
+    mut cmds: Option<CmdRx>,
+) {
     let name = h.name().to_string();
     tokio::spawn(async move {
-        while let Some(ev) = h.next_event().await {
+        let mut zombie = Zombie::default();
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let ev = tokio::select! {
+                ev = h.next_event() => match ev {
+                    Some(ev) => ev,
+                    None => break,
+                },
+                Some((cmd, reply)) = async {
+                    match cmds.as_mut() {
+                        Some(c) => c.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let _ = reply.send(serve(&h, &mut zombie, cmd).await);
+                    continue;
+                }
+                _ = tick.tick(), if zombie.active() => {
+                    zombie.tick(&h).await;
+                    continue;
+                }
+            };
+            if zombie.completion(&ev) {
+                continue;
+            }
             match ev {
                 ClientEvent::Data {
                     seq,
                     payload,
                     reply_needed,
                 } => {
-                    let code = {
+                    let code = if is_notice(&payload) {
+                        let (code, err) = check_notice(&h, LOG_REGION, &payload).await;
+                        let mut all = lock(&stats);
+                        let st = all.entry(name.clone()).or_default();
+                        st.notices += 1;
+                        if let Some(e) = err {
+                            st.notices_bad += 1;
+                            st.error(e);
+                        }
+                        code
+                    } else {
                         let mut all = lock(&stats);
                         let st = all.entry(name.clone()).or_default();
                         check_record(st, seq, &payload, tag, &hooks)

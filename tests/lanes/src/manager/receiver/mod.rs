@@ -4,17 +4,19 @@
 //! (`report`, `crash-at <index>`, `resync`, `exit`) until it says exit or is gone.
 
 mod checks;
+mod region;
 
 use super::args::{Args, Hca, Role};
 use super::clients::{client_specs, MIRROR};
 use super::devices::{check_devices, cpu_ticks, describe_no_rdma};
-use super::node::{node_config, secret};
+use super::node::{node_config, secret, with_regions};
 use super::sync::SyncDir;
 use super::watch::StallProbe;
 use super::{lock, secs};
 use crate::cli::EXIT_NOT_RUN;
 use checks::{resync, spawn_receiver, RecvHooks, RecvStats, Stats};
 use peercm_cm_manager::{Node, VerbsSource};
+use region::{parse_cmd, CmdTx};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -27,6 +29,8 @@ struct Receiver {
     node: Arc<Node>,
     stats: Stats,
     probe: StallProbe,
+    /// The mirror client's task: region requests and the zombie writer.
+    mirror: CmdTx,
 }
 
 async fn start_receiver(
@@ -34,13 +38,17 @@ async fn start_receiver(
     listen: SocketAddr,
     hcas: &[Hca],
     hooks: RecvHooks,
+    region_dir: Option<&std::path::Path>,
 ) -> Result<Receiver, String> {
     let mut cfg = node_config(id, hcas);
     cfg.listen = Some(listen);
+    with_regions(&mut cfg, region_dir, id);
     let node = Node::start_with_verbs(cfg, secret(), VerbsSource::Real)
         .await
         .map_err(|e| format!("starting {id} on {listen}: {e}"))?;
     let stats: Stats = Arc::default();
+    let (mirror, mirror_rx) = tokio::sync::mpsc::channel(4);
+    let mut mirror_rx = Some(mirror_rx);
     for (name, tag, spec) in client_specs() {
         let h = node
             .register(name, spec)
@@ -51,11 +59,34 @@ async fn start_receiver(
         if name != MIRROR {
             hk.crash_at = None;
         }
-        spawn_receiver(h, tag, stats.clone(), hk);
+        let cmds = if name == MIRROR {
+            mirror_rx.take()
+        } else {
+            None
+        };
+        spawn_receiver(h, tag, stats.clone(), hk, cmds);
     }
     let node = Arc::new(node);
     let probe = StallProbe::spawn(node.clone(), Instant::now());
-    Ok(Receiver { node, stats, probe })
+    Ok(Receiver {
+        node,
+        stats,
+        probe,
+        mirror,
+    })
+}
+
+/// Hands a region request to the mirror client's task and waits for its answer.
+async fn ask_mirror(r: &Receiver, cmd: region::RegionCmd) -> Value {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if r.mirror.send((cmd, tx)).await.is_err() {
+        return json!({ "ok": false, "why": "the mirror client's task is gone" });
+    }
+    match tokio::time::timeout(Duration::from_secs(25), rx).await {
+        Ok(Ok(v)) => v,
+        Ok(Err(_)) => json!({ "ok": false, "why": "the mirror client's task dropped the request" }),
+        Err(_) => json!({ "ok": false, "why": "the mirror client's task did not answer in 25 s" }),
+    }
 }
 
 /// What the leader gets for `report`: the node's status, its clients' counts, this VM's CPU
@@ -102,7 +133,8 @@ pub async fn run_receiver(role: Role, args: &Args, sync: SyncDir, hcas: Vec<Hca>
                     keep_indices: *id == "node-c-backup",
                     crash_at: (role == Role::Partner).then(|| (crash_at.clone(), sync.clone())),
                 };
-                match start_receiver(id, *addr, &hcas, hooks).await {
+                let dir = args.region_dir.as_deref();
+                match start_receiver(id, *addr, &hcas, hooks, dir).await {
                     Ok(r) => {
                         log(format!("{id} listening on {addr}"));
                         nodes.push(r);
@@ -153,6 +185,10 @@ pub async fn run_receiver(role: Role, args: &Args, sync: SyncDir, hcas: Vec<Hca>
                     log("resync: every client accepts its next record wherever it starts".into());
                     json!({ "ok": true })
                 }
+                other if parse_cmd(other).is_some() => match (nodes.first(), parse_cmd(other)) {
+                    (Some(r), Some(c)) => ask_mirror(r, c).await,
+                    _ => json!({ "ok": false, "why": "no node to ask" }),
+                },
                 other => match other.strip_prefix("crash-at ").map(str::parse::<u64>) {
                     Some(Ok(ix)) if role == Role::Partner => {
                         crash_at.store(ix, Ordering::SeqCst);

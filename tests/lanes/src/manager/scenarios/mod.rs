@@ -10,6 +10,7 @@ mod partner_crash_switches_to_backup;
 mod partner_freeze_keeps_backup;
 mod ports_down_at_start;
 mod rails_up_and_placement;
+mod region_writes_under_host_cable_pull;
 mod restore_hca0;
 
 use super::leader::{Figures, Leader};
@@ -23,11 +24,22 @@ pub const SCENARIOS: &[&str] = &[
     "black_holed_rail_backs_off",
     "no_rdma_node_uses_tcp",
     "ports_down_at_start",
+    "region_writes_under_host_cable_pull",
     // Node a is restarted afterwards, with node b as its partner again.
     "partner_freeze_keeps_backup",
     // Last: the partner is dead afterwards.
     "partner_crash_switches_to_backup",
 ];
+
+/// How long the scenario `name` may take: `--region-timeout` for the region writes (the issue's
+/// 100,000 writes take minutes under TCG), `--scenario-timeout` for the others.
+pub fn budget(name: &str, scenario_timeout: u64, region_timeout: u64) -> u64 {
+    if name == "region_writes_under_host_cable_pull" {
+        region_timeout.max(scenario_timeout)
+    } else {
+        scenario_timeout
+    }
+}
 
 /// Runs the scenario `name`.
 pub async fn run(leader: &mut Leader, name: &str, f: &mut Figures) -> Result<String, String> {
@@ -39,6 +51,9 @@ pub async fn run(leader: &mut Leader, name: &str, f: &mut Figures) -> Result<Str
         "black_holed_rail_backs_off" => leader.black_holed_rail_backs_off(f).await,
         "no_rdma_node_uses_tcp" => leader.no_rdma_node_uses_tcp(f).await,
         "ports_down_at_start" => leader.ports_down_at_start(f).await,
+        "region_writes_under_host_cable_pull" => {
+            leader.region_writes_under_host_cable_pull(f).await
+        }
         "partner_freeze_keeps_backup" => leader.partner_freeze_keeps_backup(f).await,
         "partner_crash_switches_to_backup" => leader.partner_crash_switches_to_backup(f).await,
         other => Err(format!("no such scenario {other}")),
