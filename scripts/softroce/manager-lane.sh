@@ -18,12 +18,12 @@
 #     which scripts/test.sh adds to its count. Exits non-zero if anything failed, including "no
 #     RDMA device in the guest" (every scenario then FAILs as not run).
 #
-# Env: PEERCM_MANAGER_LANE_TIMEOUT (s per VM, default 420), PEERCM_MANAGER_SCENARIO_TIMEOUT (s per
+# Env: PEERCM_MANAGER_LANE_TIMEOUT (s per VM, default 600), PEERCM_MANAGER_SCENARIO_TIMEOUT (s per
 # scenario, default 90), PEERCM_MANAGER_LANE_RECORDS (mirror records per stream, default 2000),
 # PEERCM_MANAGER_LANE_LINK_TIMEOUT_MS (the nodes' session link timeout, default 1500; peercm's
 # own default is 500), PEERCM_MANAGER_LANE_REGION_WRITES (one-sided writes in
-# region_writes_under_host_cable_pull, default 100000), PEERCM_MANAGER_REGION_TIMEOUT (s that
-# scenario may take, default 240), PEERCM_MANAGER_LANE_NO_BUILD=1 (use the binary as it is),
+# region_writes_under_host_cable_pull, default 40000), PEERCM_MANAGER_REGION_TIMEOUT (s that
+# scenario may take, default 180), PEERCM_MANAGER_LANE_NO_BUILD=1 (use the binary as it is),
 # PEERCM_MANAGER_LANE_BIN (another binary, outside /tmp), PEERCM_SOFTROCE_CACHE. Needs root and
 # scripts/softroce/setup.sh (once).
 set -euo pipefail
@@ -39,12 +39,12 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-vm_timeout=${PEERCM_MANAGER_LANE_TIMEOUT:-420}
+vm_timeout=${PEERCM_MANAGER_LANE_TIMEOUT:-600}
 scenario_timeout=${PEERCM_MANAGER_SCENARIO_TIMEOUT:-90}
 records=${PEERCM_MANAGER_LANE_RECORDS:-2000}
 link_timeout=${PEERCM_MANAGER_LANE_LINK_TIMEOUT_MS:-1500}
-region_writes=${PEERCM_MANAGER_LANE_REGION_WRITES:-100000}
-region_timeout=${PEERCM_MANAGER_REGION_TIMEOUT:-240}
+region_writes=${PEERCM_MANAGER_LANE_REGION_WRITES:-40000}
+region_timeout=${PEERCM_MANAGER_REGION_TIMEOUT:-180}
 t0=$(now_ms)
 
 if [ "${PEERCM_MANAGER_LANE_NO_BUILD:-0}" != 1 ]; then

@@ -1,5 +1,6 @@
 //! `verbs-lane`: runs the shared verbs scenario suite (`peercm_verbs_shim::scenarios::all`,
-//! then the lane's own `link_one_sided`: one-sided writes over an RDMA link, `one_sided`) on
+//! then the lane's own `link_one_sided`: one-sided writes over an RDMA link, `one_sided`, and
+//! `link_region_rekey`: a region's old rkey fenced by a re-registration, `rekey`) on
 //! real RDMA devices (rdma_rxe in the soft-RoCE lane, see docs/softroce-lane.md) as ONE side of
 //! each scenario. The other side is a second `verbs-lane` process, normally in another VM:
 //!
@@ -34,6 +35,7 @@ mod exchange;
 mod faults;
 mod hca;
 mod one_sided;
+mod rekey;
 mod results;
 mod run;
 mod setup;
@@ -57,7 +59,11 @@ pub fn main() -> ExitCode {
         Err(code) => return code,
     };
     if cli.list {
-        for (name, _) in scenarios::all().into_iter().chain(one_sided::scenarios()) {
+        for (name, _) in scenarios::all()
+            .into_iter()
+            .chain(one_sided::scenarios())
+            .chain(rekey::scenarios())
+        {
             println!("{name}");
         }
         return ExitCode::SUCCESS;

@@ -30,6 +30,7 @@ pub fn select(only: &[String]) -> Result<Suite, String> {
         return Err("the scenario suite is empty (scenarios::all() returned nothing)".into());
     }
     all.extend(super::one_sided::scenarios());
+    all.extend(super::rekey::scenarios());
     let names: Vec<&'static str> = all.iter().map(|(n, _)| *n).collect();
     let keep = crate::cli::select(&names, only)?;
     Ok(all

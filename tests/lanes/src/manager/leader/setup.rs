@@ -5,7 +5,7 @@
 
 use super::super::clients::client_specs;
 use super::super::devices::check_devices;
-use super::super::node::{brief, node_config, secret};
+use super::super::node::{brief, node_config, secret, with_regions};
 use super::super::watch::{PortWatch, StallProbe};
 use super::super::{since, Role};
 use super::Leader;
@@ -44,8 +44,7 @@ pub async fn connect_client(
 impl Leader {
     /// Everything that must hold before any of `scenarios` can run.
     pub(super) async fn setup(&mut self, scenarios: &[&str]) -> Result<(), String> {
-        let switch = scenarios.contains(&"partner_crash_switches_to_backup")
-            || scenarios.contains(&"partner_freeze_keeps_backup");
+        let switch = super::super::scenarios::switches(scenarios);
         let need_backup = switch || scenarios.contains(&"no_rdma_node_uses_tcp");
         let d = check_devices(&self.hcas)?;
         self.log(&d);
@@ -57,6 +56,7 @@ impl Leader {
         self.wait_for_roles(&roles).await?;
         let peer = self.args.peer.ok_or("no --peer given")?;
         let mut cfg = node_config("node-a", &self.hcas);
+        with_regions(&mut cfg, self.args.region_dir.as_deref(), "node-a");
         let mut pc = PeerConfig::new(peer, 2);
         if switch {
             pc.backups = vec![self.backup_addr()?];

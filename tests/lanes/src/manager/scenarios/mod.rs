@@ -12,6 +12,7 @@ mod ports_down_at_start;
 mod rails_up_and_placement;
 mod region_writes_under_host_cable_pull;
 mod restore_hca0;
+mod zombie_region_writes_fenced;
 
 use super::leader::{Figures, Leader};
 
@@ -25,11 +26,26 @@ pub const SCENARIOS: &[&str] = &[
     "no_rdma_node_uses_tcp",
     "ports_down_at_start",
     "region_writes_under_host_cable_pull",
+    // Node a is restarted afterwards (as after the freeze), with node b as its partner again.
+    "zombie_region_writes_fenced",
     // Node a is restarted afterwards, with node b as its partner again.
     "partner_freeze_keeps_backup",
     // Last: the partner is dead afterwards.
     "partner_crash_switches_to_backup",
 ];
+
+/// Whether any of `selected` switches node a to its backup (node a then starts with the
+/// backup and autoswitch).
+pub fn switches(selected: &[&str]) -> bool {
+    selected.iter().any(|s| {
+        matches!(
+            *s,
+            "zombie_region_writes_fenced"
+                | "partner_freeze_keeps_backup"
+                | "partner_crash_switches_to_backup"
+        )
+    })
+}
 
 /// How long the scenario `name` may take: `--region-timeout` for the region writes (the issue's
 /// 100,000 writes take minutes under TCG), `--scenario-timeout` for the others.
@@ -54,6 +70,7 @@ pub async fn run(leader: &mut Leader, name: &str, f: &mut Figures) -> Result<Str
         "region_writes_under_host_cable_pull" => {
             leader.region_writes_under_host_cable_pull(f).await
         }
+        "zombie_region_writes_fenced" => leader.zombie_region_writes_fenced(f).await,
         "partner_freeze_keeps_backup" => leader.partner_freeze_keeps_backup(f).await,
         "partner_crash_switches_to_backup" => leader.partner_crash_switches_to_backup(f).await,
         other => Err(format!("no such scenario {other}")),

@@ -30,19 +30,19 @@ const FREEZE: Duration = Duration::from_secs(30);
 const AFTER_CONT: Duration = Duration::from_secs(5);
 const BACKUP: &str = "node-c-backup";
 
-fn on_backup(s: &NodeStatus) -> bool {
+pub(super) fn on_backup(s: &NodeStatus) -> bool {
     s.peer.as_deref() == Some(BACKUP) && s.session == SessionState::Up
 }
 
 /// Node b's timeline, from its report.
-fn timeline_of_b(report: &Value) -> &[Value] {
+pub(super) fn timeline_of_b(report: &Value) -> &[Value] {
     report["nodes"]["node-b"]["status"]["timeline"]
         .as_array()
         .map_or(&[], Vec::as_slice)
 }
 
 /// Node b's RDMA link losses after `after_ms` on its clock (their reasons), from its report.
-fn rdma_losses(report: &Value, after_ms: u64) -> Vec<String> {
+pub(super) fn rdma_losses(report: &Value, after_ms: u64) -> Vec<String> {
     timeline_of_b(report)
         .iter()
         .filter(|e| e["at_ms"].as_u64().unwrap_or(0) > after_ms)
@@ -306,7 +306,7 @@ impl Leader {
     /// After the switch: node a is restarted (the same configuration) so that node b is its
     /// partner again, node b's receivers forget where each
     /// stream was (the backup took part of it), and both rails are linked.
-    async fn restart_with_partner(&mut self, f: &mut Figures) -> Result<(), String> {
+    pub(super) async fn restart_with_partner(&mut self, f: &mut Figures) -> Result<(), String> {
         self.stop_node_a().await?;
         let r = self.rpc.call(Role::Partner, "resync").await?;
         if r["ok"] != serde_json::json!(true) {

@@ -141,11 +141,10 @@ impl Leader {
     /// Node a's configuration, as the setup made it (with the backup when the switch runs).
     pub(super) fn node_a_config(&self) -> Result<peercm_cm_manager::NodeConfig, String> {
         let mut cfg = node_config("node-a", &self.hcas);
+        super::super::node::with_regions(&mut cfg, self.args.region_dir.as_deref(), "node-a");
         let mut pc = PeerConfig::new(self.args.peer.ok_or("no --peer given")?, 2);
         let selected = cli::select(SCENARIOS, &cli::names(&self.args.only))?;
-        if selected.contains(&"partner_crash_switches_to_backup")
-            || selected.contains(&"partner_freeze_keeps_backup")
-        {
+        if super::switches(&selected) {
             pc.backups = vec![self.backup_addr()?];
             pc.autoswitch = true;
         }

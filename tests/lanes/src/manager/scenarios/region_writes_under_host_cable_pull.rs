@@ -158,6 +158,19 @@ impl Leader {
         }
         let t_on = Instant::now();
         let on = self.host_fault(&format!("n1-cable{k}-on")).await;
+        // The rail comes back while the writes go on.
+        let relinked = match &on {
+            Ok(_) => {
+                wait_status(
+                    &node,
+                    "both rails linked again after set_link on",
+                    Duration::from_secs(30),
+                    |s| rdma_links(s) == [RAIL1, RAIL2],
+                )
+                .await
+            }
+            Err(e) => Err(e.clone()),
+        };
         let joined = writer.await;
         let (h, out) = joined.map_err(|e| format!("the writer panicked or was cancelled: {e}"))?;
         self.put_handle(MIRROR, h);
@@ -277,21 +290,14 @@ impl Leader {
                 mb["errors"], out.notices_sent
             ));
         }
-        // Free node b's 64 MiB for the scenarios that follow; both rails linked again.
+        // Free node b's 64 MiB for the scenarios that follow.
         let released = self
             .partner_region_call(&format!("region-release {LOG_REGION}"))
             .await;
         if let Err(e) = released {
             problems.push(e);
         }
-        match wait_status(
-            &node,
-            "both rails linked again after set_link on",
-            Duration::from_secs(30),
-            |s| rdma_links(s) == [RAIL1, RAIL2],
-        )
-        .await
-        {
+        match relinked {
             Ok((_, t)) => fig!(f, "link_on_to_relinked_ms", since(t, t_on)),
             Err(e) => {
                 problems.push(e);
