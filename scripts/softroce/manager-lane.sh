@@ -22,8 +22,8 @@
 # scenario, default 90), PEERCM_MANAGER_LANE_RECORDS (mirror records per stream, default 2000),
 # PEERCM_MANAGER_LANE_LINK_TIMEOUT_MS (the nodes' session link timeout, default 1500; peercm's
 # own default is 500), PEERCM_MANAGER_LANE_REGION_WRITES (one-sided writes in
-# region_writes_under_host_cable_pull, default 40000), PEERCM_MANAGER_REGION_TIMEOUT (s that
-# scenario may take, default 180), PEERCM_MANAGER_LANE_NO_BUILD=1 (use the binary as it is),
+# region_writes_under_host_cable_pull, default 100000), PEERCM_MANAGER_REGION_TIMEOUT (s that
+# scenario may take, default 300), PEERCM_MANAGER_LANE_NO_BUILD=1 (use the binary as it is),
 # PEERCM_MANAGER_LANE_BIN (another binary, outside /tmp), PEERCM_SOFTROCE_CACHE. Needs root and
 # scripts/softroce/setup.sh (once).
 set -euo pipefail
@@ -43,8 +43,8 @@ vm_timeout=${PEERCM_MANAGER_LANE_TIMEOUT:-600}
 scenario_timeout=${PEERCM_MANAGER_SCENARIO_TIMEOUT:-90}
 records=${PEERCM_MANAGER_LANE_RECORDS:-2000}
 link_timeout=${PEERCM_MANAGER_LANE_LINK_TIMEOUT_MS:-1500}
-region_writes=${PEERCM_MANAGER_LANE_REGION_WRITES:-40000}
-region_timeout=${PEERCM_MANAGER_REGION_TIMEOUT:-180}
+region_writes=${PEERCM_MANAGER_LANE_REGION_WRITES:-100000}
+region_timeout=${PEERCM_MANAGER_REGION_TIMEOUT:-300}
 t0=$(now_ms)
 
 if [ "${PEERCM_MANAGER_LANE_NO_BUILD:-0}" != 1 ]; then
