@@ -25,17 +25,7 @@ use peercm_verbs_shim::sim::SimFabric;
 const HCAS: [&str; 2] = ["hca0", "hca1"];
 
 fn fabric(seed: u64) -> SimFabric {
-    let f = SimFabric::new(seed);
-    for node in ["a", "b"] {
-        f.add_node(node).unwrap();
-        for h in HCAS {
-            f.add_device(node, h, 25).unwrap();
-        }
-    }
-    for h in HCAS {
-        f.cable(("a", h, 1), ("b", h, 1)).unwrap();
-    }
-    f
+    sim_fabric(seed, &HCAS)
 }
 
 async fn start(f: &SimFabric, max_qps_a: usize) -> (Node, Node) {

@@ -34,17 +34,7 @@ fn fabric(seed: u64) -> SimFabric {
 
 /// Nodes a and b with the given HCAs (25 Gb/s each), one cable per HCA pair.
 fn fabric_with(seed: u64, hcas: &[&str]) -> SimFabric {
-    let f = SimFabric::new(seed);
-    for node in ["a", "b"] {
-        f.add_node(node).unwrap();
-        for h in hcas {
-            f.add_device(node, h, 25).unwrap();
-        }
-    }
-    for h in hcas {
-        f.cable(("a", h, 1), ("b", h, 1)).unwrap();
-    }
-    f
+    sim_fabric(seed, hcas)
 }
 
 async fn start(f: &SimFabric, b_verbs: bool) -> (Node, Node) {

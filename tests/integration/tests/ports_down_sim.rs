@@ -21,19 +21,8 @@ use peercm_verbs_shim::AsyncEvent;
 
 const HCAS: [&str; 2] = ["hca0", "hca1"];
 
-/// Nodes a and b with two HCAs each (25 Gb/s), one cable per HCA pair.
 fn fabric(seed: u64) -> SimFabric {
-    let f = SimFabric::new(seed);
-    for node in ["a", "b"] {
-        f.add_node(node).unwrap();
-        for h in HCAS {
-            f.add_device(node, h, 25).unwrap();
-        }
-    }
-    for h in HCAS {
-        f.cable(("a", h, 1), ("b", h, 1)).unwrap();
-    }
-    f
+    sim_fabric(seed, &HCAS)
 }
 
 /// Starts b (accepting) and a (dialing), both on the fabric.

@@ -19,19 +19,8 @@ use std::time::Duration;
 
 const HCAS: [&str; 2] = ["hca0", "hca1"];
 
-/// Nodes a and b with two HCAs each (25 Gb/s), one cable per HCA pair.
 fn fabric(seed: u64) -> SimFabric {
-    let f = SimFabric::new(seed);
-    for node in ["a", "b"] {
-        f.add_node(node).unwrap();
-        for h in HCAS {
-            f.add_device(node, h, 25).unwrap();
-        }
-    }
-    for h in HCAS {
-        f.cable(("a", h, 1), ("b", h, 1)).unwrap();
-    }
-    f
+    sim_fabric(seed, &HCAS)
 }
 
 /// The nodes' own runtime, apart from the test's: a manager blocked in a verbs call (the bug

@@ -140,3 +140,19 @@ pub fn rdma_links(s: &peercm_cm_manager::NodeStatus) -> usize {
         .filter(|l| l.transport == peercm_cm_manager::status::TransportKind::Rdma)
         .count()
 }
+
+/// A simulated fabric of nodes "a" and "b", each with the HCAs `hcas` (25 Gb/s), one cable per
+/// HCA pair (a's hcaN to b's hcaN).
+pub fn sim_fabric(seed: u64, hcas: &[&str]) -> peercm_verbs_shim::sim::SimFabric {
+    let f = peercm_verbs_shim::sim::SimFabric::new(seed);
+    for node in ["a", "b"] {
+        f.add_node(node).expect("a new node");
+        for h in hcas {
+            f.add_device(node, h, 25).expect("a new device");
+        }
+    }
+    for h in hcas {
+        f.cable(("a", h, 1), ("b", h, 1)).expect("a new cable");
+    }
+    f
+}
