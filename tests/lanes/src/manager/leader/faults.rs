@@ -4,11 +4,29 @@
 //! if a scenario left them), and arming the partner's planned crash.
 
 use super::super::args::{Hca, Role};
+use super::super::node::{rdma_links, wait_status};
 use super::Leader;
 use crate::netdev::set_admin_state;
+use peercm_cm_manager::status::NodeStatus;
+use peercm_cm_manager::{InterconnectId, Node};
+use peercm_verbs_shim::types::AsyncEvent;
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// What a host-side cable pull showed ([`Leader::pull_cable`]).
+pub struct CablePull {
+    /// When the pull was asked for.
+    pub t_req: Instant,
+    /// When the host answered.
+    pub t_ack: Instant,
+    /// The host's answer (or why no pull was made).
+    pub pull: Result<String, String>,
+    /// The node's status once its link on the pulled rail was gone, and when.
+    pub detect: Result<(NodeStatus, Instant), String>,
+    /// The first PORT_ERR the event observer saw on the HCA after the request, if any.
+    pub port_err: Option<(Instant, String)>,
+}
 
 /// How long the host runner may take to answer a request (it polls every 20 ms; its round trip
 /// was measured at 110-470 ms on a loaded host).
@@ -103,6 +121,53 @@ impl Leader {
     }
 
     /// Whether the host fault that `undo` undoes is still in place.
+    /// Pulls cable `k` on the host side (only the near port sees PORT_ERR), unless `go` says
+    /// why not, then waits (15 s at most) for `node`'s link on rail `pulled` to drop and looks
+    /// (5 s at most) for the PORT_ERR on `device`.
+    pub async fn pull_cable(
+        &mut self,
+        node: &Node,
+        k: u32,
+        pulled: InterconnectId,
+        device: &str,
+        go: Result<(), String>,
+    ) -> CablePull {
+        let t_req = Instant::now();
+        let pull = match go {
+            Ok(()) => self.host_fault(&format!("n1-cable{k}-off")).await,
+            Err(e) => Err(e),
+        };
+        let t_ack = Instant::now();
+        let detect = match &pull {
+            Ok(_) => {
+                wait_status(
+                    node,
+                    "the pulled rail's link dropped",
+                    Duration::from_secs(15),
+                    |s| !rdma_links(s).contains(&pulled),
+                )
+                .await
+            }
+            Err(e) => Err(e.clone()),
+        };
+        let port_err = match &self.watch {
+            Some(w) => {
+                w.first_after(device, t_req, Duration::from_secs(5), |e| {
+                    matches!(e, AsyncEvent::PortError { .. })
+                })
+                .await
+            }
+            None => None,
+        };
+        CablePull {
+            t_req,
+            t_ack,
+            pull,
+            detect,
+            port_err,
+        }
+    }
+
     pub fn host_fault_in_place(&self, undo: &str) -> bool {
         self.host_undo.iter().any(|u| u == undo)
     }

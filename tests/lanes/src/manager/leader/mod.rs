@@ -21,6 +21,7 @@ mod run;
 mod setup;
 mod streams;
 
+pub use faults::CablePull;
 pub use run::run_leader;
 pub use setup::connect_client;
 

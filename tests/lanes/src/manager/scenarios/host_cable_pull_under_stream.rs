@@ -9,11 +9,10 @@
 
 use super::super::args::Role;
 use super::super::clients::{CONFIG, HEARTBEAT, MIRROR};
-use super::super::leader::{Figures, Leader};
+use super::super::leader::{CablePull, Figures, Leader};
 use super::super::node::{placed, rdma_links, separated, wait_status, RAIL1, RAIL2};
 use super::super::{ms, since};
 use peercm_cm_manager::status::{NodeEvent, NodeStatus, TransportKind};
-use peercm_verbs_shim::types::AsyncEvent;
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -88,30 +87,13 @@ impl Leader {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let acked_at_pull = mirror_progress.load(Ordering::Relaxed);
-        let t_req = Instant::now();
-        let pull = self.host_fault(&format!("n1-cable{k}-off")).await;
-        let t_ack = Instant::now();
-        let detect = match &pull {
-            Ok(_) => {
-                wait_status(
-                    &node,
-                    "the pulled rail's link dropped",
-                    Duration::from_secs(15),
-                    |s| !rdma_links(s).contains(&pulled),
-                )
-                .await
-            }
-            Err(e) => Err(e.clone()),
-        };
-        let port_err = match &self.watch {
-            Some(w) => {
-                w.first_after(&hca.device, t_req, Duration::from_secs(5), |e| {
-                    matches!(e, AsyncEvent::PortError { .. })
-                })
-                .await
-            }
-            None => None,
-        };
+        let CablePull {
+            t_req,
+            t_ack,
+            pull,
+            detect,
+            port_err,
+        } = self.pull_cable(&node, k, pulled, &hca.device, Ok(())).await;
         let outs = self.join_streams_after_mirror(streams, &stop).await;
         let pull_ack = pull?;
         let outs = outs?;

@@ -13,13 +13,12 @@
 
 use super::super::args::Role;
 use super::super::clients::MIRROR;
-use super::super::leader::{Figures, Leader};
+use super::super::leader::{CablePull, Figures, Leader};
 use super::super::node::{placed, rdma_links, separated, wait_status, RAIL1, RAIL2};
 use super::super::region::{digest_of, LOG_REGION, LOG_REGION_LEN};
 use super::super::writer::{run_writer, WriterCfg};
 use super::super::{ms, since};
 use peercm_cm_manager::{ClientEvent, ClientHandle};
-use peercm_verbs_shim::types::AsyncEvent;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -124,33 +123,18 @@ impl Leader {
             }
         };
         let at_pull = wait_for(n / 3).await;
-        let t_req = Instant::now();
-        let pull = if writer.is_finished() {
+        let go = if writer.is_finished() {
             Err(format!("the writes finished ({at_pull}) before the pull"))
         } else {
-            self.host_fault(&format!("n1-cable{k}-off")).await
+            Ok(())
         };
-        let detect = match &pull {
-            Ok(_) => {
-                wait_status(
-                    &node,
-                    "the pulled rail's link dropped",
-                    Duration::from_secs(15),
-                    |s| !rdma_links(s).contains(&pulled),
-                )
-                .await
-            }
-            Err(e) => Err(e.clone()),
-        };
-        let port_err = match &self.watch {
-            Some(w) => {
-                w.first_after(&hca.device, t_req, Duration::from_secs(5), |e| {
-                    matches!(e, AsyncEvent::PortError { .. })
-                })
-                .await
-            }
-            None => None,
-        };
+        let CablePull {
+            t_req,
+            pull,
+            detect,
+            port_err,
+            ..
+        } = self.pull_cable(&node, k, pulled, &hca.device, go).await;
         let at_on = wait_for(2 * n / 3).await;
         let min_on = t_req + Duration::from_millis(1500);
         if Instant::now() < min_on {
