@@ -34,6 +34,7 @@ mod conn;
 mod exchange;
 mod faults;
 mod hca;
+mod link_steps;
 mod one_sided;
 mod rekey;
 mod results;

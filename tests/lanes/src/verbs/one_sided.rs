@@ -5,14 +5,13 @@
 //! frame, `RdmaLink::send_with_write`); the server receives every marker in order and then
 //! finds the region equal to the model both sides compute from the same seed.
 
+use super::link_steps::{cfg, recv, run_side, send, STEP};
 use bytes::Bytes;
 use peercm_cm_proto::frame::{Flags, MsgType};
 use peercm_cm_proto::session::LocalDone;
 use peercm_cm_proto::{Frame, Header};
-use peercm_cm_rdma_link::{
-    LinkCloseReason, LinkSink, LocalEndpoint, OneSided, PreparedLink, RdmaLinkConfig,
-};
-use peercm_verbs_shim::scenarios::{Env, Exchange, Outcome, ScenarioError, Side};
+use peercm_cm_rdma_link::{LinkCloseReason, LinkSink, LocalEndpoint, OneSided, PreparedLink};
+use peercm_verbs_shim::scenarios::{Env, Exchange, Outcome, ScenarioError};
 use peercm_verbs_shim::types::{Access, RemoteMr};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -21,7 +20,6 @@ const NAME: &str = "link_one_sided";
 const REGION: usize = 1 << 20;
 const WRITES: u64 = 1000;
 const MAX_WRITE: u64 = 4096;
-const STEP: Duration = Duration::from_secs(60);
 
 /// The lane's own scenarios, run after `scenarios::all()`.
 pub fn scenarios() -> Vec<(&'static str, peercm_verbs_shim::scenarios::Scenario)> {
@@ -70,40 +68,7 @@ impl LinkSink for Sink {
 }
 
 fn link_one_sided(env: &mut Env, ex: &mut dyn Exchange) -> Result<Outcome, ScenarioError> {
-    let t0 = Instant::now();
-    let side = env.side;
-    let fail = |what: String| ScenarioError {
-        scenario: NAME,
-        side,
-        what,
-    };
-    let details = match side {
-        Side::Server => server(env, ex).map_err(fail)?,
-        Side::Client => client(env, ex).map_err(fail)?,
-    };
-    Ok(Outcome {
-        name: NAME,
-        details,
-        elapsed: t0.elapsed(),
-    })
-}
-
-fn cfg(env: &Env) -> Result<RdmaLinkConfig, String> {
-    let h = env.hcas.first().ok_or("no HCA")?;
-    Ok(RdmaLinkConfig {
-        port: h.port,
-        gid_index: h.gid_index,
-        ..RdmaLinkConfig::default()
-    })
-}
-
-fn recv(ex: &mut dyn Exchange, what: &str) -> Result<Vec<u8>, String> {
-    ex.recv(STEP)
-        .map_err(|e| format!("waiting for {what}: {e}"))
-}
-
-fn send(ex: &mut dyn Exchange, msg: &[u8]) -> Result<(), String> {
-    ex.send(msg).map_err(|e| format!("exchange: {e}"))
+    run_side(NAME, env, ex, server, client)
 }
 
 fn server(env: &mut Env, ex: &mut dyn Exchange) -> Result<Vec<(String, String)>, String> {

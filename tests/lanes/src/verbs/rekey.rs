@@ -7,15 +7,15 @@
 //! `Completion { status: RemAccessErr, request: OneSidedWrite }`, and the region's bytes must be
 //! untouched; over a new link, a write with the NEW rkey lands.
 
+use super::link_steps::{cfg, recv, run_side, send, STEP};
 use bytes::Bytes;
 use peercm_cm_proto::frame::{Flags, MsgType};
 use peercm_cm_proto::session::LocalDone;
 use peercm_cm_proto::{Frame, Header};
 use peercm_cm_rdma_link::{
-    LinkCloseReason, LinkSink, LocalEndpoint, OneSided, PreparedLink, RdmaLink, RdmaLinkConfig,
-    RequestKind,
+    LinkCloseReason, LinkSink, LocalEndpoint, OneSided, PreparedLink, RdmaLink, RequestKind,
 };
-use peercm_verbs_shim::scenarios::{Env, Exchange, Outcome, ScenarioError, Side};
+use peercm_verbs_shim::scenarios::{Env, Exchange, Outcome, ScenarioError};
 use peercm_verbs_shim::types::{Access, RemoteMr, WcStatus};
 use peercm_verbs_shim::{Device, MappedFile, ProtectionDomain};
 use std::sync::{mpsc, Arc};
@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 const NAME: &str = "link_region_rekey";
 const REGION: u64 = 1 << 20;
 const CHUNK: usize = 4096;
-const STEP: Duration = Duration::from_secs(60);
 /// Where each write goes: the first (old rkey, lands), the fenced one (old rkey after the
 /// rekey), the last (new rkey).
 const AT_FIRST: u64 = 0;
@@ -66,40 +65,7 @@ impl LinkSink for Sink {
 }
 
 fn link_region_rekey(env: &mut Env, ex: &mut dyn Exchange) -> Result<Outcome, ScenarioError> {
-    let t0 = Instant::now();
-    let side = env.side;
-    let fail = |what: String| ScenarioError {
-        scenario: NAME,
-        side,
-        what,
-    };
-    let details = match side {
-        Side::Server => server(env, ex).map_err(fail)?,
-        Side::Client => client(env, ex).map_err(fail)?,
-    };
-    Ok(Outcome {
-        name: NAME,
-        details,
-        elapsed: t0.elapsed(),
-    })
-}
-
-fn cfg(env: &Env) -> Result<RdmaLinkConfig, String> {
-    let h = env.hcas.first().ok_or("no HCA")?;
-    Ok(RdmaLinkConfig {
-        port: h.port,
-        gid_index: h.gid_index,
-        ..RdmaLinkConfig::default()
-    })
-}
-
-fn recv(ex: &mut dyn Exchange, what: &str) -> Result<Vec<u8>, String> {
-    ex.recv(STEP)
-        .map_err(|e| format!("waiting for {what}: {e}"))
-}
-
-fn send(ex: &mut dyn Exchange, msg: &[u8]) -> Result<(), String> {
-    ex.send(msg).map_err(|e| format!("exchange: {e}"))
+    run_side(NAME, env, ex, server, client)
 }
 
 fn json<T: serde::de::DeserializeOwned>(b: &[u8], what: &str) -> Result<T, String> {
