@@ -257,6 +257,11 @@ fn rdma_writes_go_one_sided_and_markers_confirm_them() {
         assert_eq!(&data[..], b"abc");
         assert!(p.b_applies.is_empty(), "nothing for b's manager to copy");
         assert_eq!(
+            p.a.stats().writes_placed_one_sided,
+            1,
+            "completed one-sided"
+        );
+        assert_eq!(
             count(&p.a_events, ca, |e| *e
                 == ClientEvent::Acked {
                     seq: id,
@@ -273,6 +278,66 @@ fn rdma_writes_go_one_sided_and_markers_confirm_them() {
             1500,
         );
     }
+}
+
+#[test]
+fn a_one_sided_write_completes_with_its_queue_pair_not_the_partners_code() {
+    let r1 = InterconnectId::rail(1);
+    let (mut p, ca, cb, _rb) = setup(21, &[r1, InterconnectId::TCP], vec![rail_key(1)]);
+    let rail = p.link_ids()[0];
+    let acked = |p: &Pair, id| {
+        count(&p.a_events, ca, |e| {
+            *e == ClientEvent::Acked {
+                seq: id,
+                code: None,
+            }
+        })
+    };
+    let timeout = Some(Duration::from_secs(1));
+    let w =
+        p.a.write_named(ca, "log", 8, Bytes::from_static(b"early"), timeout, p.now)
+            .unwrap();
+    let notice =
+        p.a.send(ca, Bytes::from_static(b"commit"), SendModel::Async)
+            .unwrap();
+    p.flush();
+    assert_eq!(acked(&p, w), 0, "on the wire, not yet at b's HCA");
+    // b's HCA takes the WRITE and its marker: a's queue pair completes the write, before any
+    // frame of b's reached a.
+    assert_eq!(p.deliver_on(rail, true), Some(MsgType::Write));
+    assert_eq!(acked(&p, w), 1);
+    assert_eq!(p.a.stats().writes_placed_one_sided, 1);
+    // The rail dies before b's placement code comes back: the write goes again (with its
+    // bytes, on TCP) and is neither NACKed nor completed a second time; the notice behind
+    // it still arrives after it.
+    p.kill_link(rail);
+    // Past the write's acknowledgement timeout (1 s), the TCP link kept alive.
+    for _ in 0..15 {
+        p.drive();
+        p.advance(Duration::from_millis(100));
+    }
+    p.drive();
+    assert_eq!(acked(&p, w), 1, "completed once");
+    assert!(
+        !p.a_events
+            .iter()
+            .any(|(_, e)| matches!(e, ClientEvent::Nacked { .. })),
+        "nothing NACKed, nothing timed out: {:?}",
+        p.a_events
+    );
+    assert_eq!(
+        delivered(&p.b_events, cb),
+        vec![Bytes::from_static(b"commit")]
+    );
+    assert_eq!(
+        count(&p.a_events, ca, |e| *e
+            == ClientEvent::Acked {
+                seq: notice,
+                code: None
+            }),
+        1
+    );
+    assert_eq!(p.b.stats().writes_refused_here, 0);
 }
 
 #[test]

@@ -242,7 +242,10 @@ impl Session {
         if let Some(l) = self.links.get_mut(&link) {
             l.data_frames_out += 1;
         }
-        let local = (model == SendModel::Local).then_some(LocalDone { client: id, seq });
+        // A local send completes when handed over; a one-sided write when its queue pair
+        // completes the marker behind the RDMA WRITE (the partner's CPU not involved).
+        let local = (model == SendModel::Local || one_sided.is_some())
+            .then_some(LocalDone { client: id, seq });
         let mut t = self.emit(link, frame, local, now);
         t.one_sided = one_sided;
         Some(t)

@@ -435,4 +435,8 @@ pub struct SessionStats {
     pub writes_refused_here: u64,
     /// This node's one-sided writes the partner refused (NACKed to their client).
     pub writes_refused: u64,
+    /// This node's writes completed one-sided: their queue pair completed the RDMA WRITE and
+    /// the marker behind it, so their client was told without waiting for the partner's
+    /// manager (the rest completed with the partner's placement code).
+    pub writes_placed_one_sided: u64,
 }

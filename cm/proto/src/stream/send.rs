@@ -48,6 +48,14 @@ pub enum SendCompletion {
         /// Sequence number (the client's).
         seq: u64,
     },
+    /// A one-sided write went out by RDMA WRITE and the queue pair completed it (the
+    /// partner's HCA acknowledged the bytes and the marker behind them): the bytes are in
+    /// the partner's region, placed without its CPU. The session reports it as
+    /// `Acked { code: None }`; the partner manager's placement code that follows is dropped.
+    Placed {
+        /// Sequence number (the client's).
+        seq: u64,
+    },
     /// A one-sided write the partner's manager refused to place (its code names why:
     /// outside the region, unknown or released region). Nothing was written.
     WriteRefused {
@@ -79,6 +87,18 @@ struct Unacked {
     /// For a write: the link its latest transmission went one-sided on (`None`: not sent yet,
     /// or sent with its bytes in the frame).
     one_sided_on: Option<crate::ids::LinkId>,
+    /// A one-sided write its queue pair completed: its client was told (`Placed`). Like a
+    /// timed-out send it stays as long as the wire needs it (a replay after a link loss
+    /// places the same bytes again) and then goes silently.
+    placed: bool,
+}
+
+impl Unacked {
+    /// Its client has been told how it ended (timed out, or placed one-sided): nothing more
+    /// is reported for it.
+    fn told(&self) -> bool {
+        self.timed_out || self.placed
+    }
 }
 
 /// The sending half of one client's stream.
@@ -224,6 +244,7 @@ impl SendStream {
                 timed_out: false,
                 write,
                 one_sided_on: None,
+                placed: false,
             },
         );
         self.to_send.insert(seq);
@@ -315,6 +336,11 @@ impl SendStream {
                 continue;
             };
             let client = u.client_seq;
+            if u.placed {
+                // Its client was told; the partner has the marker or the bytes.
+                self.take(seq);
+                continue;
+            }
             if u.timed_out {
                 // Its client was told; the partner has it, so the wire needs it no more.
                 let model = u.model;
@@ -381,6 +407,13 @@ impl SendStream {
             return Some(SendCompletion::Late);
         }
         match self.unacked.get(&seq) {
+            Some(u) if u.placed => {
+                // Completed one-sided already; the partner's code confirms (or, for a write
+                // that raced with a release of its region, names a refusal of bytes that
+                // were nonetheless placed: see `SendCompletion::Placed`).
+                self.take(seq);
+                None
+            }
             Some(u) if u.model == SendModel::Sync && u.timed_out => {
                 self.take(seq);
                 Some(SendCompletion::Late)
@@ -420,12 +453,23 @@ impl SendStream {
         }
     }
 
-    /// The transport took `seq` (reported by the runtime after writing it).
+    /// The transport took `seq` (reported by the runtime after writing it). For a write that
+    /// went one-sided, the runtime reports this when the queue pair completed the marker
+    /// behind the RDMA WRITE (on RC, success means the partner's HCA acknowledged both): the
+    /// write is [`SendCompletion::Placed`], its deadline disarmed.
     pub fn on_transmitted(&mut self, seq: u64) -> Option<SendCompletion> {
         let u = self.unacked.get_mut(&seq)?;
         if u.model == SendModel::Local && !u.transmit_reported {
             u.transmit_reported = true;
             return Some(SendCompletion::Transmitted { seq: u.client_seq });
+        }
+        if u.write && u.one_sided_on.is_some() && !u.told() {
+            u.placed = true;
+            let client = u.client_seq;
+            if let Some(d) = u.deadline.take() {
+                self.deadlines.remove(&(d, seq));
+            }
+            return Some(SendCompletion::Placed { seq: client });
         }
         None
     }
@@ -439,9 +483,7 @@ impl SendStream {
     /// for it, if it was there.
     /// A send that already timed out returns None (its client was told).
     pub fn remove(&mut self, seq: u64) -> Option<u64> {
-        self.take(seq)
-            .filter(|u| !u.timed_out)
-            .map(|u| u.client_seq)
+        self.take(seq).filter(|u| !u.told()).map(|u| u.client_seq)
     }
 
     fn take(&mut self, seq: u64) -> Option<Unacked> {
@@ -479,7 +521,7 @@ impl SendStream {
         let seqs = self
             .unacked
             .values()
-            .filter(|u| !u.timed_out)
+            .filter(|u| !u.told())
             .map(|u| u.client_seq)
             .collect();
         self.unacked.clear();
@@ -511,7 +553,7 @@ impl SendStream {
         let seqs: Vec<u64> = self
             .unacked
             .iter()
-            .filter(|(_, u)| u.payload.len() > max_payload_bytes as usize && !u.timed_out)
+            .filter(|(_, u)| u.payload.len() > max_payload_bytes as usize && !u.told())
             .map(|(s, _)| *s)
             .collect();
         seqs.into_iter()
@@ -527,14 +569,14 @@ impl SendStream {
         let seqs: Vec<u64> = self
             .unacked
             .iter()
-            .filter(|(_, u)| u.write && !u.timed_out)
+            .filter(|(_, u)| u.write && !u.told())
             .map(|(s, _)| *s)
             .collect();
         let mut out: Vec<u64> = seqs
             .into_iter()
             .filter_map(|s| self.take(s).map(|u| u.client_seq))
             .collect();
-        // Timed-out writes are dropped silently (their client was told).
+        // Timed-out and placed writes are dropped silently (their client was told).
         let timed_out: Vec<u64> = self
             .unacked
             .iter()
@@ -565,7 +607,7 @@ impl SendStream {
         self.credit = credit;
         self.never_sent = 0;
         for (old, mut u) in kept {
-            if u.timed_out {
+            if u.told() {
                 continue;
             }
             u.sent = false;

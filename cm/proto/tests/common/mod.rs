@@ -8,7 +8,7 @@ use bytes::Bytes;
 use peercm_cm_proto::auth::Role;
 use peercm_cm_proto::control::{NodeInfo, TransportCap};
 use peercm_cm_proto::session::{
-    Apply, ClientEvent, ClientId, LinkId, OneSidedTarget, Session, SessionConfig,
+    Apply, ClientEvent, ClientId, LinkId, LocalDone, OneSidedTarget, Session, SessionConfig,
 };
 use peercm_cm_proto::Frame;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -40,8 +40,9 @@ struct LinkQ {
     b_to_a: VecDeque<Frame>,
     /// The RDMA WRITEs ahead of the markers queued in each direction, in order: each is
     /// placed when its marker is taken off the link (a link that dies loses both).
-    a_to_b_writes: VecDeque<(OneSidedTarget, Bytes)>,
-    b_to_a_writes: VecDeque<(OneSidedTarget, Bytes)>,
+    /// Each with the sender's completion tags, reported when the WRITE is placed.
+    a_to_b_writes: VecDeque<(OneSidedTarget, Bytes, Vec<LocalDone>)>,
+    b_to_a_writes: VecDeque<(OneSidedTarget, Bytes, Vec<LocalDone>)>,
 }
 
 pub fn node(name: &str, instance: u64) -> NodeInfo {
@@ -225,12 +226,16 @@ impl Pair {
                 .entry((true, t.frame.header.msg_type))
                 .or_default() += 1;
             let mut t = t;
+            let mut done: Vec<_> = t.local_done.take().into_iter().collect();
             if let Some((data, target)) = t.take_one_sided() {
+                // The queue pair completes a one-sided write once the partner's HCA has it:
+                // when its marker is delivered (`place_one_sided`), not now.
+                let tags = std::mem::take(&mut done);
                 if let Some(q) = self.links.get_mut(&t.link) {
-                    q.a_to_b_writes.push_back((target, data));
+                    q.a_to_b_writes.push_back((target, data, tags));
                 }
             }
-            let (link, done): (LinkId, Vec<_>) = (t.link, t.local_done.into_iter().collect());
+            let link = t.link;
             let frame = t.frame;
             let bytes = frame.encoded_len() as u64;
             if let Some(q) = self.links.get_mut(&link) {
@@ -245,12 +250,16 @@ impl Pair {
                 .entry((false, t.frame.header.msg_type))
                 .or_default() += 1;
             let mut t = t;
+            let mut done: Vec<_> = t.local_done.take().into_iter().collect();
             if let Some((data, target)) = t.take_one_sided() {
+                // The queue pair completes a one-sided write once the partner's HCA has it:
+                // when its marker is delivered (`place_one_sided`), not now.
+                let tags = std::mem::take(&mut done);
                 if let Some(q) = self.links.get_mut(&t.link) {
-                    q.b_to_a_writes.push_back((target, data));
+                    q.b_to_a_writes.push_back((target, data, tags));
                 }
             }
-            let (link, done): (LinkId, Vec<_>) = (t.link, t.local_done.into_iter().collect());
+            let link = t.link;
             let frame = t.frame;
             let bytes = frame.encoded_len() as u64;
             if let Some(q) = self.links.get_mut(&link) {
@@ -360,8 +369,14 @@ impl Pair {
         } else {
             q.b_to_a_writes.pop_front()
         };
-        let (target, data) = w.expect("every marker follows its RDMA WRITE");
+        let (target, data, tags) = w.expect("every marker follows its RDMA WRITE");
         self.one_sided.push((to_b, target, data));
+        // The sender's queue pair completes the WRITE and its marker.
+        if to_b {
+            self.a.handle_written(link, 0, &tags);
+        } else {
+            self.b.handle_written(link, 0, &tags);
+        }
     }
 
     /// Hands every queued output of both sessions to the links (and closes the links they

@@ -89,6 +89,10 @@ impl Session {
             let ev = match d {
                 SendCompletion::Acked { seq, code } => ClientEvent::Acked { seq, code },
                 SendCompletion::Transmitted { seq } => ClientEvent::Transmitted { seq },
+                SendCompletion::Placed { seq } => {
+                    self.stats.writes_placed_one_sided += 1;
+                    ClientEvent::Acked { seq, code: None }
+                }
                 SendCompletion::TooLarge { seq } => ClientEvent::Nacked {
                     seq,
                     reason: NackReason::TooLarge,

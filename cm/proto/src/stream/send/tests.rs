@@ -142,3 +142,41 @@ fn send_ids_go_on_across_a_reset_and_a_rebase() {
         "no id reused after a rebase"
     );
 }
+
+#[test]
+fn a_write_placed_one_sided_is_told_once_and_never_nacked_afterwards() {
+    use crate::ids::LinkId;
+    let t0 = Instant::now();
+    let mut s = SendStream::new(8, 8);
+    let w = s.push_write(b("w"), Some(Duration::from_secs(1)), Some(t0));
+    let bytes_write = s.push_write(b("v"), None, Some(t0));
+    let (seq, ..) = s.next_transmit().unwrap();
+    s.note_write_route(seq, Some(LinkId::new(3)));
+    let (seq2, ..) = s.next_transmit().unwrap();
+    s.note_write_route(seq2, None); // went with its bytes: waits for the partner's code
+    assert_eq!(s.on_transmitted(seq2), None);
+    assert_eq!(
+        s.on_transmitted(seq),
+        Some(SendCompletion::Placed { seq: w })
+    );
+    assert_eq!(s.on_transmitted(seq), None, "told once");
+    assert_eq!(s.next_deadline(), None, "its deadline is disarmed");
+    assert!(s.expire(t0 + Duration::from_secs(5)).is_empty());
+    assert_eq!(
+        s.on_code(seq, 0),
+        None,
+        "the partner's code is not a second completion"
+    );
+    // Placed again after a replay, then the stream is drained (a switch, a reset): only the
+    // write that was not placed is NACKed.
+    let w3 = s.push_write(b("x"), None, Some(t0));
+    let (seq3, ..) = s.next_transmit().unwrap();
+    s.note_write_route(seq3, Some(LinkId::new(3)));
+    assert_eq!(
+        s.on_transmitted(seq3),
+        Some(SendCompletion::Placed { seq: w3 })
+    );
+    assert_eq!(s.replay_all(), 2, "both still on the wire's books");
+    assert_eq!(s.drain_writes(), vec![bytes_write]);
+    assert_eq!(s.unacked_len(), 0);
+}

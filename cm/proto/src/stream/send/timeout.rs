@@ -16,7 +16,7 @@ const MAX_REMEMBERED_LATE: usize = 4096;
 impl SendStream {
     pub(super) fn arm_one(&mut self, seq: u64, now: Instant) {
         if let Some(u) = self.unacked.get_mut(&seq) {
-            if let (Some(t), None, false) = (u.timeout, u.deadline, u.timed_out) {
+            if let (Some(t), None, false) = (u.timeout, u.deadline, u.told()) {
                 let d = now + t;
                 u.deadline = Some(d);
                 self.deadlines.insert((d, seq));
