@@ -22,9 +22,10 @@
 # in target/softroce/lanes/bench/out/bench/.
 #
 # Env: PEERCM_BENCH_ROUNDS (3), PEERCM_BENCH_BW_ITERS (400), PEERCM_BENCH_LAT_ITERS (1000),
-# PEERCM_BENCH_TCP_WRITES (1500), PEERCM_BENCH_TCP_SECS (3), PEERCM_BENCH_TIMEOUT (s per VM, 900),
-# PEERCM_BENCH_NO_BUILD=1, PEERCM_BENCH_BIN (another binary, outside /tmp),
-# PEERCM_SOFTROCE_CACHE. Needs root and scripts/softroce/setup.sh (once).
+# PEERCM_BENCH_TCP_WRITES (1500), PEERCM_BENCH_TCP_SECS (3), PEERCM_BENCH_BUSY_POLL_US (0: the
+# link threads block on the completion channel; else every RDMA node's [verbs] busy_poll_us),
+# PEERCM_BENCH_TIMEOUT (s per VM, 900), PEERCM_BENCH_NO_BUILD=1, PEERCM_BENCH_BIN (another
+# binary, outside /tmp), PEERCM_SOFTROCE_CACHE. Needs root and scripts/softroce/setup.sh (once).
 set -euo pipefail
 # shellcheck source=common.sh
 . "$(dirname "$0")/common.sh"
@@ -33,7 +34,7 @@ rounds=${PEERCM_BENCH_ROUNDS:-3}
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) rounds=${2:?--rounds needs a number}; shift 2 ;;
-    -h | --help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
@@ -63,6 +64,7 @@ rm -f "$lane"/n*.sh "$lane/bench.conf"
   printf 'LAT_ITERS=%q\n' "${PEERCM_BENCH_LAT_ITERS:-1000}"
   printf 'TCP_WRITES=%q\n' "${PEERCM_BENCH_TCP_WRITES:-1500}"
   printf 'TCP_SECS=%q\n' "${PEERCM_BENCH_TCP_SECS:-3}"
+  printf 'BUSY_POLL_US=%q\n' "${PEERCM_BENCH_BUSY_POLL_US:-0}"
 } >"$lane/bench.conf"
 
 # One script for both nodes: n2 serves (perftest servers, iperf3 -s, peercm receivers), n1
@@ -111,7 +113,7 @@ peercm() {
     listen=$IP_0 peer=$PEER_IP_0
   fi
   local common=(--transport "$tr" "${hca[@]}" --label "$tag.$kind" --connect-timeout 60 --phase-timeout 150
-    --bw-writes "$iters" --lat-writes "$LAT_ITERS" --abort-file "$LANE/sync/abort")
+    --bw-writes "$iters" --lat-writes "$LAT_ITERS" --busy-poll-us "$BUSY_POLL_US" --abort-file "$LANE/sync/abort")
   if [ "$NODE" = n2 ]; then
     timeout 300 "$BL" --role receiver "${common[@]}" --listen "$listen:$port" \
       --stop-file "$LANE/sync/stop-$tag.$kind" --json "$raw/$tag.$kind.receiver.json" \

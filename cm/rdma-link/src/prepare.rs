@@ -280,6 +280,8 @@ impl PreparedLink {
             decoder: FrameDecoder::new(cfg.max_payload_bytes),
             wait: cfg.cq_wait_timeout(),
             probe: cfg.probe_interval(),
+            busy_poll: cfg.busy_poll(),
+            last_completion: std::time::Instant::now(),
             credit_deferred: false,
             _done: done_tx,
             span: span.clone(),

@@ -36,6 +36,9 @@ pub struct LinkStats {
     pub write_stalls: u64,
     /// Frames queued waiting for credit right now.
     pub frames_queued: u64,
+    /// Batches of completions the link thread found by busy polling rather than by a
+    /// completion-channel wake-up (see [`crate::RdmaLinkConfig::busy_poll_us`]).
+    pub busy_poll_hits: u64,
 }
 
 #[derive(Debug, Default)]
@@ -53,6 +56,7 @@ pub(crate) struct Counters {
     pub writes_sent: AtomicU64,
     pub write_bytes_sent: AtomicU64,
     pub write_stalls: AtomicU64,
+    pub busy_poll_hits: AtomicU64,
 }
 
 pub(crate) fn bump(c: &AtomicU64, by: u64) {
@@ -76,6 +80,7 @@ impl Counters {
             writes_sent: g(&self.writes_sent),
             write_bytes_sent: g(&self.write_bytes_sent),
             write_stalls: g(&self.write_stalls),
+            busy_poll_hits: g(&self.busy_poll_hits),
             frames_queued,
         }
     }

@@ -1,5 +1,6 @@
 //! The link's CQ-polling thread: waits on the completion channel (bounded, so it notices a
-//! close request), reposts receives as soon as it sees them consumed, decodes frames out of
+//! close request; after a stretch of busy polling while the link is busy, when configured),
+//! reposts receives as soon as it sees them consumed, decodes frames out of
 //! the ring, applies returned credit (posting frames that waited for it), returns credit in
 //! batches and when idle, and reports everything to the sink -- never holding a lock while
 //! calling it. Any error completion, protocol violation or close request ends the loop: the
@@ -22,7 +23,7 @@ use peercm_verbs_shim::{
 };
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Most completions taken per wait.
 const POLL_BATCH: usize = 64;
@@ -41,6 +42,10 @@ pub(crate) struct Worker {
     pub decoder: FrameDecoder,
     pub wait: Duration,
     pub probe: Option<Duration>,
+    /// How long to busy-poll while the link is busy before blocking (`None`: never).
+    pub busy_poll: Option<Duration>,
+    /// When the last completion was handled (the link is busy for `busy_poll` after it).
+    pub last_completion: Instant,
     /// A credit was due but the send queue was full: wait for a send completion.
     pub credit_deferred: bool,
     /// Dropped when the thread ends, which wakes [`crate::RdmaLink::wait_closed`].
@@ -87,7 +92,7 @@ impl Worker {
             } else {
                 self.probe.map_or(self.wait, |p| p.min(self.wait))
             };
-            let wcs = match self.cq.wait(POLL_BATCH, timeout) {
+            let wcs = match self.busy_poll_then_wait(timeout) {
                 Ok(wcs) => wcs,
                 Err(e) => return LinkCloseReason::Verbs(format!("waiting on the CQ: {e}")),
             };
@@ -100,6 +105,44 @@ impl Worker {
                 return reason;
             }
         }
+    }
+
+    /// Completions: polled while the link is busy (see [`crate::RdmaLinkConfig::busy_poll_us`]),
+    /// else waited for on the completion channel up to `timeout`.
+    fn busy_poll_then_wait(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Vec<WorkCompletion>, peercm_verbs_shim::VerbsError> {
+        if let Some(budget) = self.busy_poll.filter(|_| !timeout.is_zero()) {
+            let start = Instant::now();
+            loop {
+                let wcs = self.cq.poll(POLL_BATCH)?;
+                if !wcs.is_empty() {
+                    self.last_completion = Instant::now();
+                    bump(&self.sh.stats.busy_poll_hits, 1);
+                    return Ok(wcs);
+                }
+                let now = Instant::now();
+                let busy = {
+                    let core = self.sh.lock_core();
+                    core.sq_used() > 0
+                        || now.saturating_duration_since(core.last_post.max(self.last_completion))
+                            < budget
+                };
+                if !busy
+                    || now.saturating_duration_since(start) >= budget
+                    || self.sh.closing.load(Ordering::SeqCst)
+                {
+                    break;
+                }
+                std::thread::yield_now();
+            }
+        }
+        let wcs = self.cq.wait(POLL_BATCH, timeout)?;
+        if !wcs.is_empty() {
+            self.last_completion = Instant::now();
+        }
+        Ok(wcs)
     }
 
     /// Nothing completed: return owed credit, or probe a link that has been quiet too long.

@@ -137,6 +137,11 @@ pub struct VerbsTunables {
     /// client gets one). A request beyond it is refused with a typed error; an offer from the
     /// partner beyond it is refused.
     pub max_client_qps: usize,
+    /// Each RDMA link's thread busy-polls its completion queue for up to this long while the
+    /// link is busy, before it blocks on the completion channel: lower completion latency
+    /// for a CPU kept busy while traffic flows (0..=10000; 0: never, the default). See
+    /// `RdmaLinkConfig::busy_poll_us`.
+    pub busy_poll_us: u64,
     /// Per-device capacity overrides in Mb/s (`rxe0 = 10000`): soft-RoCE reports a nominal
     /// speed that says nothing about what the emulated link carries. Accepts the old name
     /// `capacity_mbps`.
@@ -155,6 +160,7 @@ impl Default for VerbsTunables {
             rail_retry_max_ms: 30_000,
             fence_park_ms: 60_000,
             max_client_qps: 16,
+            busy_poll_us: 0,
             capacity_mbits_per_s: Default::default(),
         }
     }
@@ -463,6 +469,13 @@ impl NodeConfig {
             return bad(format!(
                 "verbs.fence_park_ms is {}: must be 1..=3600000 (one hour)",
                 v.fence_park_ms
+            ));
+        }
+        if v.busy_poll_us > peercm_cm_rdma_link::MAX_BUSY_POLL_US {
+            return bad(format!(
+                "verbs.busy_poll_us is {}: must be 0..={}",
+                v.busy_poll_us,
+                peercm_cm_rdma_link::MAX_BUSY_POLL_US
             ));
         }
         if v.max_client_qps > MAX_CLIENT_QPS {

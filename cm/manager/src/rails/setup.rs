@@ -91,6 +91,7 @@ impl Rails {
             ring_bytes: self.tunables.ring_bytes,
             recv_depth: self.tunables.recv_depth,
             max_payload_bytes: self.max_payload_bytes,
+            busy_poll_us: self.tunables.busy_poll_us,
             qp: QpParams {
                 ack_timeout_us: QP_ACK_TIMEOUT_US,
                 retry_count: QP_RETRY_COUNT,

@@ -189,6 +189,14 @@ impl SendStream {
         self.push_entry(payload, SendModel::Sync, true, timeout, now)
     }
 
+    /// Whether wire `seq` is a sync message still waiting for its return code (not a write,
+    /// not timed out): its code means the partner client took every message up to it.
+    pub fn is_sync_message(&self, seq: u64) -> bool {
+        self.unacked
+            .get(&seq)
+            .is_some_and(|u| u.model == SendModel::Sync && !u.write && !u.told())
+    }
+
     /// Whether wire `seq` is a one-sided write (sent as WRITE rather than DATA).
     pub fn is_write(&self, seq: u64) -> bool {
         self.unacked.get(&seq).is_some_and(|u| u.write)

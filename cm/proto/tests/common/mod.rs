@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod regions;
+
 use bytes::Bytes;
 use peercm_cm_proto::auth::Role;
 use peercm_cm_proto::control::{NodeInfo, TransportCap};

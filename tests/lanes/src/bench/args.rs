@@ -23,8 +23,8 @@ pub enum Transport {
     Rdma,
     /// TCP only (verbs disabled): WRITE frames the receiver's manager copies into the region.
     Tcp,
-    /// No peercm node: a bare RDMA link on `--hca` (the same writes and markers, answered by
-    /// a thread), to tell rxe's cost from the manager's.
+    /// No peercm node: a bare RDMA link on `--hca` (the same writes and markers, each done
+    /// when the sender's queue pair completes it), to tell rxe's cost from the manager's.
     RawLink,
 }
 
@@ -89,6 +89,10 @@ pub struct Args {
     /// Which phases the sender runs.
     #[arg(long, value_enum, default_value_t = Phases::Both)]
     pub phases: Phases,
+    /// RDMA and raw link: how long each link thread busy-polls its completion queue while
+    /// the link is busy (`[verbs] busy_poll_us`; 0: it blocks on the completion channel).
+    #[arg(long, default_value_t = 0)]
+    pub busy_poll_us: u64,
     /// Tokio worker threads (the guests have one vCPU).
     #[arg(long, default_value_t = 1)]
     pub worker_threads: usize,

@@ -44,6 +44,7 @@ pub fn node_config(id: &str, args: &Args) -> Result<NodeConfig, String> {
         Transport::Rdma | Transport::RawLink => {
             if let Some(h) = &args.hca {
                 cfg.verbs.capacity_mbits_per_s.insert(h.clone(), 25_000);
+                cfg.verbs.busy_poll_us = args.busy_poll_us;
             }
         }
         Transport::Tcp => cfg.verbs.enabled = false,

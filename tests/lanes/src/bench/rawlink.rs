@@ -2,18 +2,18 @@
 //! the manager, the session or tokio, to tell rxe's cost from peercm's. One link per side on
 //! the one `--hca`, set up like a rail's (the manager's ring, receive depth and queue-pair
 //! parameters), endpoints swapped over a plain TCP socket. The sender posts each write with
-//! [`RdmaLink::send_with_write`] (RDMA WRITE + marker frame, as the manager does); the
-//! receiver's link thread hands each marker to a responder thread that answers with a small
-//! frame, and the sender's link thread hands that answer to the measuring thread: two thread
-//! hand-offs per round trip, as between a link thread and the manager on each side. What
-//! peercm adds on top is the client's command and event channels, the manager task and the
-//! session.
+//! [`RdmaLink::send_with_write`] (RDMA WRITE + marker frame, as the manager does) and a
+//! completion tag; a write is done when the sender's link thread reports the tag (the queue
+//! pair completed the marker, so the partner's HCA has the bytes) and hands it to the
+//! measuring thread: one thread hand-off per write, as between a link thread and the manager.
+//! The receiver's CPU is not involved (its link thread only takes the markers). What peercm
+//! adds on top is the client's command and event channels, the manager task and the session.
 
 use super::args::Args;
 use super::stats::{self, cpu_now, cpu_since};
 use bytes::Bytes;
 use peercm_cm_proto::frame::{Flags, MsgType};
-use peercm_cm_proto::session::{LinkId, LocalDone};
+use peercm_cm_proto::session::{ClientId, LinkId, LocalDone};
 use peercm_cm_proto::{Frame, Header};
 use peercm_cm_rdma_link::{
     LinkCloseReason, LinkSink, OneSided, PreparedLink, RdmaLink, RdmaLinkConfig,
@@ -37,19 +37,33 @@ struct Hello {
     region: Option<RemoteMr>,
 }
 
-/// A sink forwarding frames (and a close) to a channel.
-struct Forward(Sender<Option<Frame>>);
+/// What a link reports to the measuring thread: writes completed (their tags), or the close.
+enum Report {
+    Done(u64),
+    Closed,
+}
+
+/// A sink counting frames and forwarding completed tags (and a close) to a channel.
+struct Forward {
+    tx: Sender<Report>,
+    frames: Arc<AtomicU64>,
+}
 
 impl LinkSink for Forward {
-    fn frame(&mut self, frame: Frame) -> bool {
-        self.0.send(Some(frame)).is_ok()
+    fn frame(&mut self, _frame: Frame) -> bool {
+        self.frames.fetch_add(1, Ordering::Relaxed);
+        true
     }
     fn oversize(&mut self, _header: Header) -> bool {
         false
     }
-    fn written(&mut self, _bytes: u64, _local_done: Vec<LocalDone>) {}
+    fn written(&mut self, _bytes: u64, local_done: Vec<LocalDone>) {
+        if !local_done.is_empty() {
+            let _ = self.tx.send(Report::Done(local_done.len() as u64));
+        }
+    }
     fn closed(&mut self, _reason: LinkCloseReason) {
-        let _ = self.0.send(None);
+        let _ = self.tx.send(Report::Closed);
     }
 }
 
@@ -65,6 +79,7 @@ fn link_config(args: &Args) -> RdmaLinkConfig {
             retry_count: 6,
             ..QpParams::default()
         },
+        busy_poll_us: args.busy_poll_us,
         ..RdmaLinkConfig::default()
     }
 }
@@ -99,18 +114,7 @@ fn prepare(args: &Args, region_bytes: Option<usize>) -> Result<Prepared, String>
     ))
 }
 
-fn reply(seq: u64) -> Frame {
-    Frame::new(
-        MsgType::Data,
-        Flags::empty(),
-        2,
-        seq,
-        0,
-        Bytes::from_static(b"ok"),
-    )
-}
-
-/// The receiver: one link, answering every marker, until the sender closes the socket.
+/// The receiver: one link taking the markers, until the sender closes the socket.
 pub fn receiver(args: &Args) -> Result<serde_json::Value, String> {
     let listen = args.listen.ok_or("no --listen")?;
     let (prepared, hello, _region) = prepare(args, Some(args.region_bytes as usize))?;
@@ -120,33 +124,26 @@ pub fn receiver(args: &Args) -> Result<serde_json::Value, String> {
     let mut line = String::new();
     r.read_line(&mut line).map_err(|e| format!("read: {e}"))?;
     let theirs: Hello = serde_json::from_str(&line).map_err(|e| format!("hello: {e}"))?;
-    let (tx, rx) = channel();
-    let link = prepared
-        .connect(&theirs.endpoint, Box::new(Forward(tx)))
+    let (tx, _rx) = channel();
+    let markers = Arc::new(AtomicU64::new(0));
+    let sink = Forward {
+        tx,
+        frames: markers.clone(),
+    };
+    let _link = prepared
+        .connect(&theirs.endpoint, Box::new(sink))
         .map_err(|e| format!("connect: {e}"))?;
     let mut w = sock;
     let text = serde_json::to_string(&hello).map_err(|e| e.to_string())?;
     writeln!(w, "{text}").map_err(|e| format!("write: {e}"))?;
     let cpu0 = cpu_now();
-    let answered = Arc::new(AtomicU64::new(0));
-    let count = answered.clone();
-    // Runs until the link closes; the process ends without waiting for it.
-    std::thread::spawn(move || {
-        while let Ok(Some(f)) = rx.recv() {
-            if !link.send(reply(f.header.seq), None) {
-                break;
-            }
-            count.fetch_add(1, Ordering::Relaxed);
-        }
-    });
     // The sender closes the socket when it is done.
     let mut rest = String::new();
     let _ = r.read_line(&mut rest);
     let cpu = cpu_since(cpu0, cpu_now());
-    let answered = answered.load(Ordering::Relaxed);
     Ok(json!({
         "role": "receiver", "label": args.label, "transport": "raw-link",
-        "answered": answered,
+        "markers": markers.load(Ordering::Relaxed),
         "cpu_process_ms": cpu.process_ms, "cpu_vm_busy_ms": cpu.machine_busy_ms,
     }))
 }
@@ -177,8 +174,12 @@ pub fn sender(args: &Args) -> Result<serde_json::Value, String> {
     let theirs: Hello = serde_json::from_str(&line).map_err(|e| format!("hello: {e}"))?;
     let region = theirs.region.ok_or("the receiver sent no region")?;
     let (tx, rx) = channel();
+    let sink = Forward {
+        tx,
+        frames: Arc::new(AtomicU64::new(0)),
+    };
     let link = prepared
-        .connect(&theirs.endpoint, Box::new(Forward(tx)))
+        .connect(&theirs.endpoint, Box::new(sink))
         .map_err(|e| format!("connect: {e}"))?;
     let mut s = Raw {
         link,
@@ -219,21 +220,22 @@ pub fn sender(args: &Args) -> Result<serde_json::Value, String> {
 
 struct Raw {
     link: RdmaLink,
-    rx: Receiver<Option<Frame>>,
+    rx: Receiver<Report>,
     region: RemoteMr,
     seq: u64,
     limit: Duration,
 }
 
 impl Raw {
-    /// `n` writes of `bytes`, at most `window` unanswered; the time until the last answer.
+    /// `n` writes of `bytes`, at most `window` not completed; the time until the last
+    /// completion.
     fn pipelined(&mut self, bytes: usize, n: u64, window: usize) -> Result<Duration, String> {
         let data = Bytes::from(vec![0x5a; bytes]);
         let slots = (self.region.len / bytes as u64).max(1);
         let t0 = Instant::now();
-        let (mut issued, mut answered) = (0u64, 0u64);
-        while answered < n {
-            while issued < n && issued - answered < window as u64 {
+        let (mut issued, mut completed) = (0u64, 0u64);
+        while completed < n {
+            while issued < n && issued - completed < window as u64 {
                 let seq = self.seq + issued;
                 let marker = Frame::new(MsgType::Data, Flags::empty(), 1, seq, 0, Bytes::new());
                 let write = OneSided {
@@ -241,16 +243,20 @@ impl Raw {
                     remote: self.region,
                     remote_offset: (seq % slots) * bytes as u64,
                 };
+                let tag = LocalDone {
+                    client: ClientId::new(1),
+                    seq,
+                };
                 self.link
-                    .try_send_with_write(marker, write, None)
+                    .try_send_with_write(marker, write, Some(tag))
                     .map_err(|e| format!("write {seq}: {e}"))?;
                 issued += 1;
             }
             let left = self.limit.saturating_sub(t0.elapsed());
             match self.rx.recv_timeout(left) {
-                Ok(Some(_)) => answered += 1,
-                Ok(None) => return Err("the link closed".into()),
-                Err(_) => return Err("no answer within --phase-timeout".into()),
+                Ok(Report::Done(n)) => completed += n,
+                Ok(Report::Closed) => return Err("the link closed".into()),
+                Err(_) => return Err("no completion within --phase-timeout".into()),
             }
         }
         self.seq += n;

@@ -27,12 +27,17 @@ impl Session {
                 v
             } else {
                 let code = control::decode_code(&frame.payload)?;
-                // The piggybacked cumulative ack releases local sends, and a return code for
-                // `seq` means the partner client took every message up to it (its queue is
-                // in order): that completes the async sends before it. Keep those
-                // completions (dropping them lost those sends' Acked events).
+                // The piggybacked cumulative ack releases local sends, and the return code of
+                // a sync message `seq` means the partner client took every message up to it
+                // (its queue is in order): that completes the async sends before it. Keep
+                // those completions (dropping them lost those sends' Acked events). Not so
+                // the code of a one-sided write: the partner's manager places a write at
+                // delivery, whether or not its client has taken the messages before it.
+                let taken = c.send.is_sync_message(h.seq);
                 let mut v = c.send.on_cumulative_ack(h.ack);
-                v.extend(c.send.on_consumed(h.seq));
+                if taken {
+                    v.extend(c.send.on_consumed(h.seq));
+                }
                 v.extend(c.send.on_code(h.seq, code));
                 v
             }

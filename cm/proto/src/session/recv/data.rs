@@ -115,12 +115,16 @@ impl Session {
         }
         self.ack_due.insert(id);
         let mut wrote = false;
+        // Whether the last delivery was a write answered with its code: that ACK carries the
+        // cumulative ack too, so no other ACK is due for this frame.
+        let mut coded_last = false;
         for d in outcome.deliveries {
             if d.write {
                 wrote = true;
-                self.place_write(id, d);
+                coded_last = self.place_write(id, d);
                 continue;
             }
+            coded_last = false;
             self.stats.delivered += 1;
             self.events.push_back((
                 id,
@@ -130,6 +134,9 @@ impl Session {
                     reply_needed: d.sync,
                 },
             ));
+        }
+        if coded_last {
+            self.ack_due.remove(&id);
         }
         if wrote {
             // Nobody takes a write: the consumed mark passes over it (credit for the writer).

@@ -77,8 +77,9 @@ impl Session {
     }
 
     /// A write delivered in stream order to client `id`: placed (a WRITE frame's bytes handed
-    /// to the runtime, a marker's already in memory) or refused; answered with its code.
-    pub(super) fn place_write(&mut self, id: ClientId, d: Delivery) {
+    /// to the runtime, a marker's already in memory) or refused; answered with its code (an
+    /// ACK that also carries the cumulative ack). Returns whether that ACK was queued.
+    pub(super) fn place_write(&mut self, id: ClientId, d: Delivery) -> bool {
         let code = match decode_write(&d.payload) {
             Ok(w) => {
                 let len = w.data.as_ref().map_or(1, |b| b.len() as u64);
@@ -115,6 +116,6 @@ impl Session {
                 i32::from(NackReason::UnknownRegion as u8)
             }
         };
-        let _ = self.reply(id, d.seq, code);
+        self.reply(id, d.seq, code).is_ok()
     }
 }

@@ -1,0 +1,97 @@
+//! What the partner sends back for one-sided writes: the placement code alone (its ACK carries
+//! the cumulative ack, so no second ACK per write), and a write's code says nothing about what
+//! the partner's client took: async sends before the write complete only when taken.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use bytes::Bytes;
+use common::regions::*;
+use common::*;
+use peercm_cm_proto::session::{ClientEvent, InterconnectId};
+use peercm_cm_proto::stream::SendModel;
+use peercm_cm_proto::MsgType;
+
+#[test]
+fn one_ack_per_write_comes_back_not_two() {
+    for (seed, links, rails) in [
+        (31, vec![InterconnectId::TCP], vec![]),
+        (32, vec![InterconnectId::rail(1)], vec![rail_key(1)]),
+    ] {
+        let (mut p, ca, _cb, _rb) = setup(seed, &links, rails);
+        let before = p.sent_count(false, MsgType::Ack);
+        let n = 50;
+        for i in 0..n {
+            let id =
+                p.a.write_named(
+                    ca,
+                    "log",
+                    i * 8,
+                    Bytes::from_static(b"12345678"),
+                    None,
+                    p.now,
+                )
+                .unwrap();
+            p.drive();
+            assert_eq!(
+                count(&p.a_events, ca, |e| *e
+                    == ClientEvent::Acked {
+                        seq: id,
+                        code: None
+                    }),
+                1,
+                "seed {seed}: write {i} completed once"
+            );
+        }
+        let acks = p.sent_count(false, MsgType::Ack) - before;
+        assert_eq!(
+            acks, n as usize,
+            "seed {seed}: b answered each write with its code and nothing else"
+        );
+    }
+}
+
+#[test]
+fn a_writes_code_does_not_complete_the_async_sends_before_it() {
+    for (seed, links, rails) in [
+        (33, vec![InterconnectId::TCP], vec![]),
+        (34, vec![InterconnectId::rail(1)], vec![rail_key(1)]),
+    ] {
+        let (mut p, ca, cb, _rb) = setup(seed, &links, rails);
+        p.auto_consume = false;
+        let m =
+            p.a.send(ca, Bytes::from_static(b"before"), SendModel::Async)
+                .unwrap();
+        let w =
+            p.a.write_named(ca, "log", 0, Bytes::from_static(b"w"), None, p.now)
+                .unwrap();
+        p.drive();
+        let acked = |p: &Pair, seq| {
+            count(&p.a_events, ca, |e| {
+                *e == ClientEvent::Acked { seq, code: None }
+            })
+        };
+        assert_eq!(acked(&p, w), 1, "seed {seed}: the write is placed");
+        assert_eq!(
+            acked(&p, m),
+            0,
+            "seed {seed}: b's client has not taken the message: not complete"
+        );
+        // b's client takes it now.
+        let seq = p
+            .b_events
+            .iter()
+            .find_map(|(c, e)| match e {
+                ClientEvent::Data { seq, .. } if *c == cb => Some(*seq),
+                _ => None,
+            })
+            .unwrap();
+        p.b.consumed(cb, seq);
+        for _ in 0..10 {
+            p.drive();
+            p.advance(std::time::Duration::from_millis(50));
+        }
+        assert_eq!(acked(&p, m), 1, "seed {seed}: taken, so complete");
+    }
+}
