@@ -264,6 +264,10 @@ mod tests {
                 write_staging_bytes: MAX_WRITE_STAGING_BYTES + 1,
                 ..d.clone()
             },
+            RdmaLinkConfig {
+                busy_poll_us: MAX_BUSY_POLL_US + 1,
+                ..d.clone()
+            },
         ] {
             assert!(c.validate().is_err(), "{c:?}");
         }

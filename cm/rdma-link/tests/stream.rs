@@ -1,6 +1,7 @@
 //! Bulk traffic on a connected pair over the simulated fabric: 10,000 frames of mixed sizes
 //! (1 B ..= 256 KiB) each way at once, through a ring small enough to wrap many times and a
-//! receive depth small enough that credit flows all the time.
+//! receive depth small enough that credit flows all the time; and the same with the link
+//! threads busy polling their completion queues.
 
 #![allow(clippy::unwrap_used)]
 
@@ -13,9 +14,10 @@ use std::time::{Duration, Instant};
 
 const MAX_PAYLOAD: usize = 256 << 10;
 
-fn cfg(link_id: u64, ring_bytes: usize) -> RdmaLinkConfig {
+fn cfg(link_id: u64, ring_bytes: usize, busy_poll_us: u64) -> RdmaLinkConfig {
     RdmaLinkConfig {
         ring_bytes,
+        busy_poll_us,
         recv_depth: 16,
         max_payload_bytes: MAX_PAYLOAD as u32,
         ..test_cfg(link_id)
@@ -51,9 +53,19 @@ fn watch(node: &Node, peer: u32, me: u32, n: u64, seed: u64) -> Seen {
 }
 
 /// Streams `n` frames each way at once, checks everything arrived, then closes both.
-fn stream_both_ways(seed: u64, a_ring: usize, b_ring: usize, n: u64, min_wraps: u64) {
+fn stream_both_ways(
+    seed: u64,
+    (a_ring, b_ring): (usize, usize),
+    n: u64,
+    min_wraps: u64,
+    busy_poll_us: u64,
+) {
     let f = fabric(seed);
-    let (a, b) = connect_pair(&f, cfg(1, a_ring), cfg(2, b_ring));
+    let (a, b) = connect_pair(
+        &f,
+        cfg(1, a_ring, busy_poll_us),
+        cfg(2, b_ring, busy_poll_us),
+    );
     let t0 = Instant::now();
     let (sent_a, sent_b, seen_a, seen_b) = std::thread::scope(|s| {
         let sa = s.spawn(|| send_stream(&a.link, seed, 1, n, MAX_PAYLOAD));
@@ -85,6 +97,14 @@ fn stream_both_ways(seed: u64, a_ring: usize, b_ring: usize, n: u64, min_wraps: 
             st.credit_msgs_sent > 0 && st.credit_msgs_received > 0,
             "{name}: credit flows"
         );
+        if busy_poll_us > 0 {
+            assert!(
+                st.busy_poll_hits > 0,
+                "{name}: completions found by polling"
+            );
+        } else {
+            assert_eq!(st.busy_poll_hits, 0, "{name}: no busy polling");
+        }
     }
     assert_eq!(sa.bytes_sent, sb.bytes_received);
     assert_eq!(sb.bytes_sent, sa.bytes_received);
@@ -128,11 +148,17 @@ fn stream_both_ways(seed: u64, a_ring: usize, b_ring: usize, n: u64, min_wraps: 
 fn ten_thousand_mixed_frames_each_way_wrap_the_ring_and_flow_credit() {
     let seed = seed_from_env(0x00C0_FFEE);
     // Just above two of the largest frames: large frames wrap all the time.
-    stream_both_ways(seed, 640 << 10, 640 << 10, 10_000, 200);
+    stream_both_ways(seed, (640 << 10, 640 << 10), 10_000, 200, 0);
 }
 
 #[test]
 fn rings_of_different_sizes_work_both_ways() {
     let seed = seed_from_env(0x0A5F_1234);
-    stream_both_ways(seed, 600 << 10, 1 << 20, 2_000, 20);
+    stream_both_ways(seed, (600 << 10, 1 << 20), 2_000, 20, 0);
+}
+
+#[test]
+fn busy_polling_links_stream_the_same() {
+    let seed = seed_from_env(0x0B05_7F01);
+    stream_both_ways(seed, (640 << 10, 640 << 10), 2_000, 40, 5_000);
 }

@@ -72,6 +72,18 @@ fn own_queue_pairs_are_parsed_and_bounded_by_max_client_qps() {
 }
 
 #[test]
+fn busy_polling_is_off_by_default_and_bounded() {
+    let base = "node_id = \"a\"\ncluster_id = \"c\"\nlisten = \"127.0.0.1:1\"\n";
+    assert_eq!(NodeConfig::parse(base).unwrap().verbs.busy_poll_us, 0);
+    let on = NodeConfig::parse(&format!("{base}[verbs]\nbusy_poll_us = 200\n")).unwrap();
+    assert_eq!(on.verbs.busy_poll_us, 200);
+    let e = NodeConfig::parse(&format!("{base}[verbs]\nbusy_poll_us = 10001\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("busy_poll_us") && e.contains("0..=10000"), "{e}");
+}
+
+#[test]
 fn regions_are_off_by_default_and_parsed_when_given() {
     let base = "node_id = \"a\"\ncluster_id = \"c\"\nlisten = \"127.0.0.1:1\"\n";
     let off = NodeConfig::parse(base).unwrap();
