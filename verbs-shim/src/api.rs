@@ -131,6 +131,16 @@ pub trait QueuePair: Send + Sync {
     fn to_error(&mut self) -> Result<(), VerbsError>;
     /// Posts a send-queue request.
     fn post_send(&self, wr: SendWr) -> Result<(), VerbsError>;
+    /// Posts several send-queue requests, in order, with one doorbell where the provider
+    /// supports lists (on rdma_rxe each `ibv_post_send` is a system call and a run of the
+    /// kernel's requester). On an error the requests before the failing one may have been
+    /// posted. The default posts them one by one.
+    fn post_send_list(&self, wrs: Vec<SendWr>) -> Result<(), VerbsError> {
+        for wr in wrs {
+            self.post_send(wr)?;
+        }
+        Ok(())
+    }
     /// Posts a receive.
     fn post_recv(&self, wr: RecvWr) -> Result<(), VerbsError>;
 }

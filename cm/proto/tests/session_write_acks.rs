@@ -1,6 +1,8 @@
-//! What the partner sends back for one-sided writes: the placement code alone (its ACK carries
-//! the cumulative ack, so no second ACK per write), and a write's code says nothing about what
-//! the partner's client took: async sends before the write complete only when taken.
+//! What the partner sends back for writes: over TCP the placement code alone (its ACK carries
+//! the cumulative ack, so no second ACK per write); for writes placed by RDMA WRITE nothing of
+//! their own (their queue pair told the writer; the acknowledgement waits for a FLOW); and a
+//! write's code says nothing about what the partner's client took: async sends before the
+//! write complete only when taken.
 
 #![allow(clippy::unwrap_used)]
 
@@ -14,42 +16,98 @@ use peercm_cm_proto::stream::SendModel;
 use peercm_cm_proto::MsgType;
 
 #[test]
-fn one_ack_per_write_comes_back_not_two() {
-    for (seed, links, rails) in [
-        (31, vec![InterconnectId::TCP], vec![]),
-        (32, vec![InterconnectId::rail(1)], vec![rail_key(1)]),
-    ] {
-        let (mut p, ca, _cb, _rb) = setup(seed, &links, rails);
-        let before = p.sent_count(false, MsgType::Ack);
-        let n = 50;
-        for i in 0..n {
-            let id =
-                p.a.write_named(
-                    ca,
-                    "log",
-                    i * 8,
-                    Bytes::from_static(b"12345678"),
-                    None,
-                    p.now,
-                )
-                .unwrap();
-            p.drive();
-            assert_eq!(
-                count(&p.a_events, ca, |e| *e
-                    == ClientEvent::Acked {
-                        seq: id,
-                        code: None
-                    }),
-                1,
-                "seed {seed}: write {i} completed once"
-            );
-        }
-        let acks = p.sent_count(false, MsgType::Ack) - before;
+fn a_write_over_tcp_is_answered_by_its_code_alone() {
+    let (mut p, ca, _cb, _rb) = setup(31, &[InterconnectId::TCP], vec![]);
+    let before = p.sent_count(false, MsgType::Ack);
+    let n = 50;
+    for i in 0..n {
+        let id =
+            p.a.write_named(
+                ca,
+                "log",
+                i * 8,
+                Bytes::from_static(b"12345678"),
+                None,
+                p.now,
+            )
+            .unwrap();
+        p.drive();
         assert_eq!(
-            acks, n as usize,
-            "seed {seed}: b answered each write with its code and nothing else"
+            count(&p.a_events, ca, |e| *e
+                == ClientEvent::Acked {
+                    seq: id,
+                    code: None
+                }),
+            1,
+            "write {i} completed once"
         );
     }
+    let acks = p.sent_count(false, MsgType::Ack) - before;
+    assert_eq!(
+        acks, n as usize,
+        "b answered each write with its code and nothing else"
+    );
+}
+
+#[test]
+fn one_sided_writes_cost_the_partner_no_frame_of_their_own() {
+    let (mut p, ca, _cb, _rb) = setup(32, &[InterconnectId::rail(1)], vec![rail_key(1)]);
+    let (acks0, flows0) = (
+        p.sent_count(false, MsgType::Ack),
+        p.sent_count(false, MsgType::Flow),
+    );
+    let n = 50u64;
+    let ids: Vec<u64> = (0..n)
+        .map(|i| {
+            p.a.write_named(
+                ca,
+                "log",
+                i * 8,
+                Bytes::from_static(b"12345678"),
+                None,
+                p.now,
+            )
+            .unwrap()
+        })
+        .collect();
+    // Everything moves, but the clock stands still.
+    for _ in 0..100_000 {
+        if !p.step() {
+            break;
+        }
+    }
+    for id in &ids {
+        assert_eq!(
+            count(&p.a_events, ca, |e| *e
+                == ClientEvent::Acked {
+                    seq: *id,
+                    code: None
+                }),
+            1,
+            "write {id} completed on a's queue pair"
+        );
+    }
+    assert_eq!(p.a.stats().writes_placed_one_sided, n);
+    assert_eq!(p.b.stats().write_acks_deferred, n);
+    assert_eq!(
+        (
+            p.sent_count(false, MsgType::Ack) - acks0,
+            p.sent_count(false, MsgType::Flow) - flows0
+        ),
+        (0, 0),
+        "b sent nothing back yet"
+    );
+    assert_eq!(p.a.unacked(ca), n as usize, "a keeps them for a replay");
+    // `write_ack_delay` later one FLOW acknowledges all of them.
+    p.drive();
+    assert_eq!(p.sent_count(false, MsgType::Ack) - acks0, 0);
+    assert_eq!(p.sent_count(false, MsgType::Flow) - flows0, 1);
+    assert_eq!(p.a.unacked(ca), 0, "acknowledged: a dropped its copies");
+    assert_eq!(
+        count(&p.a_events, ca, |e| matches!(e, ClientEvent::Acked { .. })),
+        n as usize,
+        "and told nobody twice"
+    );
 }
 
 #[test]

@@ -16,6 +16,9 @@ pub const MIN_RECV_DEPTH: u32 = 2;
 pub const MAX_RECV_DEPTH: u32 = 8192;
 /// The longest busy-polling stretch ([`RdmaLinkConfig::busy_poll_us`]): 10 ms.
 pub const MAX_BUSY_POLL_US: u64 = 10_000;
+/// The longest a smaller-than-a-batch credit may stay owed
+/// ([`RdmaLinkConfig::credit_idle_us`]): 100 ms.
+pub const MAX_CREDIT_IDLE_US: u64 = 100_000;
 /// The largest write-staging region (and so the largest one-sided write).
 pub const MAX_WRITE_STAGING_BYTES: usize = 1 << 30;
 
@@ -53,8 +56,16 @@ pub struct RdmaLinkConfig {
     /// [`DEFAULT_MAX_PAYLOAD_BYTES`] (1 MiB).
     pub max_payload_bytes: u32,
     /// Credit is returned once `1 / credit_batch_divisor` of the data window or of the ring has
-    /// been consumed, and whenever the completion queue is idle. 1..=64. Default 4.
+    /// been consumed (see [`Self::credit_idle_us`] for less). 1..=64. Default 4.
     pub credit_batch_divisor: u32,
+    /// Credit smaller than a batch is returned once it has been owed this long (0: as soon
+    /// as the completion queue is idle). Batches alone keep a partner sending whenever its
+    /// frames are small against the ring; this bounds the wait of one whose next frame needs
+    /// ring space that consumed, un-credited frames still hold. Returning it at once instead
+    /// would cost a credit message for nearly every message of a request/response exchange
+    /// (each a packet, a receive and a wake-up on both sides). At most
+    /// [`MAX_CREDIT_IDLE_US`]. Default 5,000 (5 ms).
+    pub credit_idle_us: u64,
     /// Queue-pair parameters: ACK timeout, retries, RNR timer, MTU. `port` and `gid_index`
     /// above override the ones in here, and the partner is only granted `REMOTE_WRITE`.
     /// Default [`QpParams::default`]: ACK timeout 67 ms, 6 retries, RNR retries 7 (forever),
@@ -95,6 +106,7 @@ impl Default for RdmaLinkConfig {
             recv_depth: 256,
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             credit_batch_divisor: 4,
+            credit_idle_us: 5_000,
             qp: QpParams::default(),
             cq_wait_timeout_ms: 100,
             probe_interval_ms: 1000,
@@ -134,6 +146,11 @@ impl RdmaLinkConfig {
     /// [`Self::busy_poll_us`] as a duration, `None` when busy polling is off.
     pub fn busy_poll(&self) -> Option<Duration> {
         (self.busy_poll_us > 0).then(|| Duration::from_micros(self.busy_poll_us))
+    }
+
+    /// [`Self::credit_idle_us`] as a duration.
+    pub fn credit_idle(&self) -> Duration {
+        Duration::from_micros(self.credit_idle_us)
     }
 
     /// [`Self::probe_interval_ms`] as a duration, `None` when probing is off.
@@ -186,6 +203,12 @@ impl RdmaLinkConfig {
             return bad(format!(
                 "busy_poll_us {} is above the maximum of {MAX_BUSY_POLL_US}",
                 self.busy_poll_us
+            ));
+        }
+        if self.credit_idle_us > MAX_CREDIT_IDLE_US {
+            return bad(format!(
+                "credit_idle_us {} is above the maximum of {MAX_CREDIT_IDLE_US}",
+                self.credit_idle_us
             ));
         }
         if self.port == 0 {
@@ -266,6 +289,10 @@ mod tests {
             },
             RdmaLinkConfig {
                 busy_poll_us: MAX_BUSY_POLL_US + 1,
+                ..d.clone()
+            },
+            RdmaLinkConfig {
+                credit_idle_us: MAX_CREDIT_IDLE_US + 1,
                 ..d.clone()
             },
         ] {

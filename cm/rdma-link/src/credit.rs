@@ -272,8 +272,8 @@ pub struct CreditOwed {
 }
 
 impl CreditOwed {
-    /// Return credit once `batch_msgs` messages or `batch_bytes` ring bytes are owed (or the
-    /// link is idle).
+    /// Return credit once `batch_msgs` messages or `batch_bytes` ring bytes are owed (or, for
+    /// less, once it has been owed `credit_idle_us`: the link thread's timer).
     pub fn new(batch_msgs: u32, batch_bytes: u64) -> Self {
         CreditOwed {
             msgs: 0,

@@ -61,7 +61,7 @@ pub mod stats;
 mod worker;
 mod wrid;
 
-pub use config::{RdmaLinkConfig, MAX_BUSY_POLL_US};
+pub use config::{RdmaLinkConfig, MAX_BUSY_POLL_US, MAX_CREDIT_IDLE_US};
 pub use endpoint::LocalEndpoint;
 pub use error::{EndpointError, LinkCloseReason, RdmaLinkError, RequestKind, SendError};
 pub use link::{LinkCloser, RdmaLink};

@@ -237,6 +237,20 @@ impl Shared {
     /// Posts queued frames while the window, the ring, the write-staging region and the send
     /// queue allow.
     pub(crate) fn pump(&self, core: &mut Core) -> Result<(), LinkCloseReason> {
+        // Everything this call posts goes in one list: one doorbell (a write's RDMA WRITE and
+        // its frame, a burst of frames).
+        let mut wrs = Vec::new();
+        let res = self.pump_into(core, &mut wrs);
+        if !wrs.is_empty() {
+            self.qp()
+                .post_send_list(wrs)
+                .map_err(|e| verbs_reason("posting a send", e))?;
+            core.last_post = Instant::now();
+        }
+        res
+    }
+
+    fn pump_into(&self, core: &mut Core, wrs: &mut Vec<SendWr>) -> Result<(), LinkCloseReason> {
         while !core.closed && core.sq_used() < self.max_send_wr {
             let Some((lane, p)) = core.pending.pop() else {
                 core.stalled = false;
@@ -296,7 +310,7 @@ impl Shared {
             };
             core.stalled = false;
             if let Some(w) = write {
-                self.post_one_sided(core, w)?;
+                wrs.push(self.stage_one_sided(core, w)?);
             }
             let len32 = u32::try_from(len).unwrap_or(u32::MAX);
             let imm = Imm::Data { len: len32 }
@@ -306,7 +320,7 @@ impl Shared {
             self.staging
                 .write(offset, &bytes)
                 .map_err(|e| verbs_reason("copying a frame into the staging region", e))?;
-            self.post(SendWr::Write {
+            wrs.push(SendWr::Write {
                 wr_id: wrid::encode(RequestKind::Data, seq),
                 local: Sge {
                     mr: self.staging.clone(),
@@ -316,8 +330,7 @@ impl Shared {
                 remote: self.remote_ring(),
                 remote_offset: at.offset,
                 imm: Some(imm),
-            })?;
-            core.last_post = Instant::now();
+            });
             if at.wrapped {
                 bump(&self.stats.ring_wraps_sent, 1);
             }
@@ -325,9 +338,10 @@ impl Shared {
         Ok(())
     }
 
-    /// Copies a one-sided write's data into the write-staging region and posts its RDMA WRITE
-    /// (the caller checked that the space and a send-queue entry are free).
-    fn post_one_sided(&self, core: &mut Core, w: OneSided) -> Result<(), LinkCloseReason> {
+    /// Copies a one-sided write's data into the write-staging region and books it; its RDMA
+    /// WRITE, for the caller to post (it checked that the space and a send-queue entry are
+    /// free).
+    fn stage_one_sided(&self, core: &mut Core, w: OneSided) -> Result<SendWr, LinkCloseReason> {
         let len = w.data.len() as u64;
         let staging_err =
             |what: String| LinkCloseReason::Protocol(format!("write staging: {what}"));
@@ -351,7 +365,7 @@ impl Shared {
             len,
             footprint: slot.footprint,
         });
-        self.post(SendWr::Write {
+        Ok(SendWr::Write {
             wr_id: wrid::encode(RequestKind::OneSidedWrite, seq),
             local: Sge {
                 mr,

@@ -281,6 +281,8 @@ impl PreparedLink {
             wait: cfg.cq_wait_timeout(),
             probe: cfg.probe_interval(),
             busy_poll: cfg.busy_poll(),
+            credit_idle: cfg.credit_idle(),
+            owed_since: None,
             last_completion: std::time::Instant::now(),
             credit_deferred: false,
             _done: done_tx,

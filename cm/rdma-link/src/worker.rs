@@ -2,7 +2,7 @@
 //! close request; after a stretch of busy polling while the link is busy, when configured),
 //! reposts receives as soon as it sees them consumed, decodes frames out of
 //! the ring, applies returned credit (posting frames that waited for it), returns credit in
-//! batches and when idle, and reports everything to the sink -- never holding a lock while
+//! batches (and what is less than a batch once it has been owed a while), and reports everything to the sink -- never holding a lock while
 //! calling it. Any error completion, protocol violation or close request ends the loop: the
 //! queue pair goes to ERR, the sink hears `closed` once, then the ring is deregistered (which
 //! may block in the kernel; the sink has heard already).
@@ -44,6 +44,10 @@ pub(crate) struct Worker {
     pub probe: Option<Duration>,
     /// How long to busy-poll while the link is busy before blocking (`None`: never).
     pub busy_poll: Option<Duration>,
+    /// How long credit smaller than a batch may stay owed.
+    pub credit_idle: Duration,
+    /// Since when credit has been owed (`None`: none is).
+    pub owed_since: Option<Instant>,
     /// When the last completion was handled (the link is busy for `busy_poll` after it).
     pub last_completion: Instant,
     /// A credit was due but the send queue was full: wait for a send completion.
@@ -86,18 +90,21 @@ impl Worker {
             if let Some(reason) = self.sh.requested() {
                 return reason;
             }
-            let idle_credit = self.owed.any() && !self.credit_deferred;
-            let timeout = if idle_credit {
-                Duration::ZERO
+            // Credit smaller than a batch goes back once it has been owed `credit_idle`.
+            let now = Instant::now();
+            let credit_at = if self.owed.any() && !self.credit_deferred {
+                Some(*self.owed_since.get_or_insert(now) + self.credit_idle)
             } else {
-                self.probe.map_or(self.wait, |p| p.min(self.wait))
+                None
             };
+            let base = self.probe.map_or(self.wait, |p| p.min(self.wait));
+            let timeout = credit_at.map_or(base, |at| at.saturating_duration_since(now).min(base));
             let wcs = match self.busy_poll_then_wait(timeout) {
                 Ok(wcs) => wcs,
                 Err(e) => return LinkCloseReason::Verbs(format!("waiting on the CQ: {e}")),
             };
             let step = if wcs.is_empty() {
-                self.idle(idle_credit)
+                self.idle(credit_at.is_some_and(|at| Instant::now() >= at))
             } else {
                 self.handle(&wcs)
             };
@@ -166,6 +173,7 @@ impl Worker {
         }
         if self.sh.post_credit(core, self.owed.msgs())? {
             self.owed.reset();
+            self.owed_since = None;
             self.credit_deferred = false;
         } else {
             self.credit_deferred = true;

@@ -83,6 +83,77 @@ impl RealQp {
             lkey: s.mr.lkey(),
         })
     }
+
+    /// The C request for `wr`, signaled, its one SGE `sge`, `next` null.
+    fn send_wr(wr: &SendWr, sge: &mut sys::ibv_sge) -> sys::ibv_send_wr {
+        let (wr_id, opcode, imm, rdma) = match wr {
+            SendWr::Send { wr_id, imm, .. } => (
+                *wr_id,
+                if imm.is_some() {
+                    sys::ibv_wr_opcode::IBV_WR_SEND_WITH_IMM
+                } else {
+                    sys::ibv_wr_opcode::IBV_WR_SEND
+                },
+                *imm,
+                None,
+            ),
+            SendWr::Write {
+                wr_id,
+                remote,
+                remote_offset,
+                imm,
+                ..
+            } => (
+                *wr_id,
+                if imm.is_some() {
+                    sys::ibv_wr_opcode::IBV_WR_RDMA_WRITE_WITH_IMM
+                } else {
+                    sys::ibv_wr_opcode::IBV_WR_RDMA_WRITE
+                },
+                *imm,
+                Some((remote.addr.wrapping_add(*remote_offset), remote.rkey)),
+            ),
+            SendWr::Read {
+                wr_id,
+                remote,
+                remote_offset,
+                ..
+            } => (
+                *wr_id,
+                sys::ibv_wr_opcode::IBV_WR_RDMA_READ,
+                None,
+                Some((remote.addr.wrapping_add(*remote_offset), remote.rkey)),
+            ),
+        };
+        // SAFETY: ibv_send_wr is a C struct of integers, pointers (null is valid: a null `next`
+        // ends the list), an enum whose zero value is valid and unions of integers; all-zero
+        // bytes are a valid value. We fill the fields the opcode uses.
+        let mut w: sys::ibv_send_wr = unsafe { std::mem::zeroed() };
+        w.wr_id = wr_id;
+        w.sg_list = sge;
+        w.num_sge = 1;
+        w.opcode = opcode;
+        w.send_flags = sys::ibv_send_flags::IBV_SEND_SIGNALED.0;
+        if let Some(imm) = imm {
+            w.imm_data_invalidated_rkey_union.imm_data = imm.to_be();
+        }
+        if let Some((addr, rkey)) = rdma {
+            w.wr.rdma = sys::rdma_t {
+                remote_addr: addr,
+                rkey,
+            };
+        }
+        w
+    }
+}
+
+/// The local buffer a send-queue request reads from (or, for a READ, writes into).
+fn send_local(wr: &SendWr) -> &Sge {
+    match wr {
+        SendWr::Send { local, .. } | SendWr::Write { local, .. } | SendWr::Read { local, .. } => {
+            local
+        }
+    }
 }
 
 impl QueuePair for RealQp {
@@ -203,6 +274,13 @@ impl QueuePair for RealQp {
     }
 
     fn post_send(&self, wr: SendWr) -> Result<(), VerbsError> {
+        self.post_send_list(vec![wr])
+    }
+
+    fn post_send_list(&self, wrs: Vec<SendWr>) -> Result<(), VerbsError> {
+        if wrs.is_empty() {
+            return Ok(());
+        }
         let state = self.state();
         if !qp_state::accepts_send(state) {
             return Err(VerbsError::WrongState {
@@ -210,73 +288,29 @@ impl QueuePair for RealQp {
                 state,
             });
         }
-        let (wr_id, local, opcode, imm, rdma) = match &wr {
-            SendWr::Send { wr_id, local, imm } => (
-                *wr_id,
-                local,
-                if imm.is_some() {
-                    sys::ibv_wr_opcode::IBV_WR_SEND_WITH_IMM
-                } else {
-                    sys::ibv_wr_opcode::IBV_WR_SEND
-                },
-                *imm,
-                None,
-            ),
-            SendWr::Write {
-                wr_id,
-                local,
-                remote,
-                remote_offset,
-                imm,
-            } => (
-                *wr_id,
-                local,
-                if imm.is_some() {
-                    sys::ibv_wr_opcode::IBV_WR_RDMA_WRITE_WITH_IMM
-                } else {
-                    sys::ibv_wr_opcode::IBV_WR_RDMA_WRITE
-                },
-                *imm,
-                Some((remote.addr.wrapping_add(*remote_offset), remote.rkey)),
-            ),
-            SendWr::Read {
-                wr_id,
-                local,
-                remote,
-                remote_offset,
-            } => (
-                *wr_id,
-                local,
-                sys::ibv_wr_opcode::IBV_WR_RDMA_READ,
-                None,
-                Some((remote.addr.wrapping_add(*remote_offset), remote.rkey)),
-            ),
-        };
-        let mut sge = Self::sge(local)?;
-        // SAFETY: ibv_send_wr is a C struct of integers, pointers (null is valid: a null `next`
-        // ends the list), an enum whose zero value is valid and unions of integers; all-zero
-        // bytes are a valid value. We fill the fields the opcode uses.
-        let mut w: sys::ibv_send_wr = unsafe { std::mem::zeroed() };
-        w.wr_id = wr_id;
-        w.sg_list = &mut sge;
-        w.num_sge = 1;
-        w.opcode = opcode;
-        w.send_flags = sys::ibv_send_flags::IBV_SEND_SIGNALED.0;
-        if let Some(imm) = imm {
-            w.imm_data_invalidated_rkey_union.imm_data = imm.to_be();
+        // Every SGE first (checked against its region), so the vector never moves while the
+        // requests point into it.
+        let mut sges = Vec::with_capacity(wrs.len());
+        for wr in &wrs {
+            sges.push(Self::sge(send_local(wr))?);
         }
-        if let Some((addr, rkey)) = rdma {
-            w.wr.rdma = sys::rdma_t {
-                remote_addr: addr,
-                rkey,
-            };
+        let mut list: Vec<sys::ibv_send_wr> = wrs
+            .iter()
+            .zip(sges.iter_mut())
+            .map(|(wr, sge)| Self::send_wr(wr, sge))
+            .collect();
+        // Link the list: each request's `next` is the one after it, the last one's stays null.
+        for i in 1..list.len() {
+            let next: *mut sys::ibv_send_wr = &mut list[i];
+            list[i - 1].next = next;
         }
         let mut bad: *mut sys::ibv_send_wr = std::ptr::null_mut();
-        // SAFETY: self.qp is live; `w` (a one-entry list: `next` is null) and the `sge` it points
-        // to live across the call, and the provider copies them before returning. The SGE names
-        // a range `Self::sge` checked against its region; the HCA reaches the memory only
-        // through the region's lkey, which stays valid until the region is deregistered.
-        let rc = unsafe { sys::ibv_post_send(self.qp, &mut w, &mut bad) };
+        // SAFETY: self.qp is live; `list` (linked front to back, the last `next` null) and the
+        // `sges` its entries point to live across the call and are not moved during it, and
+        // the provider copies them before returning. Each SGE names a range `Self::sge`
+        // checked against its region; the HCA reaches the memory only through the region's
+        // lkey, which stays valid until the region is deregistered.
+        let rc = unsafe { sys::ibv_post_send(self.qp, list.as_mut_ptr(), &mut bad) };
         match rc {
             0 => Ok(()),
             libc::ENOMEM => Err(VerbsError::QueueFull("send")),

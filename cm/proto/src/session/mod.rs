@@ -122,8 +122,11 @@ pub struct Session {
     ack_due: BTreeSet<ClientId>,
     flow_due: BTreeSet<ClientId>,
     /// Clients whose consumed mark moved and awaits a frame (sent by `poll_transmit` at most
-    /// once per `consumed_report_interval`, unless an ACK or FLOW takes it first).
+    /// once per `consumed_report_interval`, unless an ACK or FLOW takes it first), and
+    /// clients whose one-sided writes' acknowledgement waits (`write_ack_delay`).
     mark_due: marks::MarkReports,
+    /// The time of the latest frame handled (what a deferred acknowledgement counts from).
+    clock: Instant,
     /// Each client's earliest acknowledgement deadline, ordered (see `ack_timeout`).
     ack_index: BTreeSet<(Instant, ClientId)>,
     /// Clients with sends whose acknowledgement deadline awaits the clock.
@@ -178,6 +181,7 @@ impl Session {
             ack_due: BTreeSet::new(),
             flow_due: BTreeSet::new(),
             mark_due: marks::MarkReports::default(),
+            clock: Instant::now(),
             ack_index: BTreeSet::new(),
             unarmed: BTreeSet::new(),
             events: VecDeque::new(),

@@ -42,6 +42,13 @@ pub struct SessionConfig {
     /// one per client per this interval (the first at once): a busy stream is not answered
     /// with a frame per message. `ZERO`: every take is reported at once.
     pub consumed_report_interval: Duration,
+    /// A write its sender placed by RDMA WRITE completed on the sender's queue pair: it needs
+    /// no code back. Its acknowledgement (which lets the sender drop the copy it keeps for a
+    /// replay) goes in the next ACK or FLOW for the client -- at once when a quarter window of
+    /// credit is due -- or in a FLOW of its own this long after the first write waiting for
+    /// it, so a write costs the partner no frame of its own. A refused write is answered with
+    /// its code at once. `ZERO`: a FLOW at once.
+    pub write_ack_delay: Duration,
 }
 
 impl Default for SessionConfig {
@@ -57,6 +64,7 @@ impl Default for SessionConfig {
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             hold_on_partner_loss: None,
             consumed_report_interval: Duration::from_millis(1),
+            write_ack_delay: Duration::from_millis(5),
         }
     }
 }
@@ -439,4 +447,8 @@ pub struct SessionStats {
     /// the marker behind it, so their client was told without waiting for the partner's
     /// manager (the rest completed with the partner's placement code).
     pub writes_placed_one_sided: u64,
+    /// Writes placed here by RDMA WRITE that were not answered with a frame of their own
+    /// (their acknowledgement waited for the next ACK or FLOW, see
+    /// [`SessionConfig::write_ack_delay`]).
+    pub write_acks_deferred: u64,
 }

@@ -1,6 +1,8 @@
 //! Shared setup of the region tests: a pair whose b holds region "log", rail keys, and a
 //! model of what b's region holds (its applies and a's one-sided writes, in order).
 
+#![allow(clippy::unwrap_used)]
+
 use super::*;
 use peercm_cm_proto::region::{RailKey, RegionId};
 use peercm_cm_proto::session::{

@@ -29,7 +29,7 @@ pub enum Transport {
 }
 
 /// One side of peercm's one-sided write benchmark (a benchmark, not a test: figures only).
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(
     name = "bench-lane",
     after_help = "Exit status: 0 figures taken, 1 the run failed (no figures), 64 usage error."

@@ -8,9 +8,12 @@ use crate::session::Session;
 use crate::session::{ClientEvent, ClientId, ProtocolViolation, SessionState};
 use crate::stream::RecvError;
 
+use super::region::WriteAnswer;
+
 impl Session {
     /// DATA or WRITE for a local client.
     pub(super) fn recv_data(&mut self, frame: Frame) -> Result<(), ProtocolViolation> {
+        let now = self.clock;
         let h = frame.header;
         // The frame's client field carries our own number for the client.
         let id = ClientId::new(h.client);
@@ -113,17 +116,22 @@ impl Session {
                 ));
             }
         }
-        self.ack_due.insert(id);
+        let was_due = !self.ack_due.insert(id);
         let mut wrote = false;
         // Whether the last delivery was a write answered with its code: that ACK carries the
         // cumulative ack too, so no other ACK is due for this frame.
         let mut coded_last = false;
+        // Whether every delivery was a write whose acknowledgement may wait.
+        let mut deferred_only = !outcome.deliveries.is_empty();
         for d in outcome.deliveries {
             if d.write {
                 wrote = true;
-                coded_last = self.place_write(id, d);
+                let answer = self.place_write(id, d);
+                coded_last = answer == WriteAnswer::Coded;
+                deferred_only &= answer == WriteAnswer::Deferred;
                 continue;
             }
+            deferred_only = false;
             coded_last = false;
             self.stats.delivered += 1;
             self.events.push_back((
@@ -137,6 +145,12 @@ impl Session {
         }
         if coded_last {
             self.ack_due.remove(&id);
+        } else if deferred_only && !was_due {
+            // Placed one-sided: the writers' queue pair told them. The cumulative ack waits
+            // for a frame to carry it, or goes in a FLOW after `write_ack_delay`.
+            self.ack_due.remove(&id);
+            let at = now + self.cfg.write_ack_delay;
+            self.mark_due.insert(id, Some(at));
         }
         if wrote {
             // Nobody takes a write: the consumed mark passes over it (credit for the writer).

@@ -37,6 +37,7 @@ impl Session {
             return Ok(()); // late frame from a link already dropped
         };
         l.last_rx = now;
+        self.clock = now;
         self.stats.frames_in += 1;
         let res = self.dispatch(link, frame);
         if res.is_err() {

@@ -77,9 +77,12 @@ impl Session {
     }
 
     /// A write delivered in stream order to client `id`: placed (a WRITE frame's bytes handed
-    /// to the runtime, a marker's already in memory) or refused; answered with its code (an
-    /// ACK that also carries the cumulative ack). Returns whether that ACK was queued.
-    pub(super) fn place_write(&mut self, id: ClientId, d: Delivery) -> bool {
+    /// to the runtime, a marker's already in memory) or refused. A placed marker needs no
+    /// answer (its writer's queue pair completed it): its code is remembered, for a replay,
+    /// and its acknowledgement waits (see [`crate::session::SessionConfig::write_ack_delay`]).
+    /// Anything else is answered with its code (an ACK that also carries the cumulative ack).
+    pub(super) fn place_write(&mut self, id: ClientId, d: Delivery) -> WriteAnswer {
+        let marker = decode_write(&d.payload).is_ok_and(|w| w.data.is_none());
         let code = match decode_write(&d.payload) {
             Ok(w) => {
                 let len = w.data.as_ref().map_or(1, |b| b.len() as u64);
@@ -116,6 +119,30 @@ impl Session {
                 i32::from(NackReason::UnknownRegion as u8)
             }
         };
-        self.reply(id, d.seq, code).is_ok()
+        if marker && code == 0 {
+            if let Some(c) = self.clients.get_mut(&id) {
+                if c.recv.reply(d.seq, code).is_ok() {
+                    self.stats.write_acks_deferred += 1;
+                    return WriteAnswer::Deferred;
+                }
+            }
+            return WriteAnswer::None;
+        }
+        if self.reply(id, d.seq, code).is_ok() {
+            WriteAnswer::Coded
+        } else {
+            WriteAnswer::None
+        }
     }
+}
+
+/// What answers a placed or refused write ([`Session::place_write`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum WriteAnswer {
+    /// Its code, in an ACK that also carries the cumulative ack.
+    Coded,
+    /// Nothing now: a marker its writer's queue pair completed; the acknowledgement waits.
+    Deferred,
+    /// Nothing (the client is gone).
+    None,
 }
