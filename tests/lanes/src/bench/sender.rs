@@ -5,8 +5,9 @@
 //!   the region), with up to `--window` outstanding (by default the session's window, as many
 //!   as it allows); from the first `write_remote` to the last `Acked`;
 //! - **latency**: `--lat-writes` writes of `--lat-bytes`, one at a time: each from the call to
-//!   `write_remote` to its `Acked`, i.e. a full round trip (the RDMA WRITE and its marker out,
-//!   the partner's placement code back).
+//!   `write_remote` to its `Acked`, i.e. a full round trip (over a rail the RDMA WRITE and its
+//!   marker out, the partner's HCA acknowledgement back, as the queue pair's completion; over
+//!   TCP the WRITE frame out, the partner's placement code back).
 //!
 //! Each phase starts with `--warmup` writes that are not counted, and reports the process's and
 //! the VM's CPU time over it.
