@@ -82,8 +82,9 @@ impl Session {
     /// and its acknowledgement waits (see [`crate::session::SessionConfig::write_ack_delay`]).
     /// Anything else is answered with its code (an ACK that also carries the cumulative ack).
     pub(super) fn place_write(&mut self, id: ClientId, d: Delivery) -> WriteAnswer {
-        let marker = decode_write(&d.payload).is_ok_and(|w| w.data.is_none());
-        let code = match decode_write(&d.payload) {
+        let decoded = decode_write(&d.payload);
+        let marker = decoded.as_ref().is_ok_and(|w| w.data.is_none());
+        let code = match decoded {
             Ok(w) => {
                 let len = w.data.as_ref().map_or(1, |b| b.len() as u64);
                 match self.local_regions.check_apply(id, w.region, w.offset, len) {
