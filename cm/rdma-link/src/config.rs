@@ -86,10 +86,12 @@ pub struct RdmaLinkConfig {
     /// [`MAX_WRITE_STAGING_BYTES`]. Default 4 MiB, the ring's default: as many bytes of writes
     /// in flight as of frames.
     pub write_staging_bytes: usize,
-    /// Busy polling: while the link is busy (a request of its own outstanding, or anything
-    /// posted or completed less than this long ago) the link thread polls the completion
-    /// queue, yielding the CPU between polls, for up to this long before it blocks on the
-    /// completion channel. A completion then costs no channel wake-up (on rdma_rxe a
+    /// Busy polling: while the link is in a latency-bound exchange (at most 4 send-queue
+    /// entries of its own in flight, and one of them outstanding or anything posted or
+    /// completed less than this long ago) the link thread polls the completion queue,
+    /// yielding the CPU between polls, for up to this long before it blocks on the
+    /// completion channel. With more in flight it blocks at once: completions then come in
+    /// batches, and spinning would take the CPU from the producer. A completion then costs no channel wake-up (on rdma_rxe a
     /// `poll`, a `read` and an `ioctl` into the kernel), at the price of a CPU kept busy
     /// while traffic flows. 0 = never (block at once; the default). At most
     /// [`MAX_BUSY_POLL_US`].

@@ -1,5 +1,5 @@
 //! The link's CQ-polling thread: waits on the completion channel (bounded, so it notices a
-//! close request; after a stretch of busy polling while the link is busy, when configured),
+//! close request; after a stretch of busy polling while few requests are in flight, when configured),
 //! reposts receives as soon as it sees them consumed, decodes frames out of
 //! the ring, applies returned credit (posting frames that waited for it), returns credit in
 //! batches (and what is less than a batch once it has been owed a while), and reports everything to the sink -- never holding a lock while
@@ -27,6 +27,9 @@ use std::time::{Duration, Instant};
 
 /// Most completions taken per wait.
 const POLL_BATCH: usize = 64;
+
+/// Busy polling spins only while at most this many send-queue entries are in flight.
+const BUSY_POLL_MAX_IN_FLIGHT: u32 = 4;
 
 /// Bytes of the scratch buffer every receive names (WRITE_WITH_IMM puts nothing there).
 pub(crate) const SCRATCH_BYTES: u32 = 16;
@@ -130,11 +133,19 @@ impl Worker {
                     return Ok(wcs);
                 }
                 let now = Instant::now();
+                // Spin for a latency-bound exchange only: a few requests of its own in flight
+                // (a write and its marker, a frame), or none but traffic within the budget
+                // (the next request is probably coming). With more in flight, completions
+                // come in batches and blocking costs little; spinning would take the CPU from
+                // the producer and, on rdma_rxe, from the kernel doing the work.
                 let busy = {
                     let core = self.sh.lock_core();
-                    core.sq_used() > 0
-                        || now.saturating_duration_since(core.last_post.max(self.last_completion))
-                            < budget
+                    let in_flight = core.sq_used();
+                    in_flight <= BUSY_POLL_MAX_IN_FLIGHT
+                        && (in_flight > 0
+                            || now.saturating_duration_since(
+                                core.last_post.max(self.last_completion),
+                            ) < budget)
                 };
                 if !busy
                     || now.saturating_duration_since(start) >= budget
