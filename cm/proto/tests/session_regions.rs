@@ -445,14 +445,7 @@ fn a_switch_fences_writes_and_regions_on_both_sides() {
         p.a.write_named(ca, "log", 0, Bytes::from_static(b"new"), None, p.now)
             .unwrap();
     p.drive();
-    assert_eq!(
-        count(&p.a_events, ca, |e| *e
-            == ClientEvent::Acked {
-                seq: id,
-                code: None
-            }),
-        1
-    );
+    assert_eq!(acked(&p, ca, id), 1);
     let _ = Instant::now();
 }
 

@@ -11,7 +11,7 @@ mod common;
 use bytes::Bytes;
 use common::regions::*;
 use common::*;
-use peercm_cm_proto::session::{ClientEvent, InterconnectId};
+use peercm_cm_proto::session::{ClientEvent, ClientId, InterconnectId};
 use peercm_cm_proto::stream::SendModel;
 use peercm_cm_proto::MsgType;
 
@@ -21,26 +21,9 @@ fn a_write_over_tcp_is_answered_by_its_code_alone() {
     let before = p.sent_count(false, MsgType::Ack);
     let n = 50;
     for i in 0..n {
-        let id =
-            p.a.write_named(
-                ca,
-                "log",
-                i * 8,
-                Bytes::from_static(b"12345678"),
-                None,
-                p.now,
-            )
-            .unwrap();
+        let id = write8(&mut p, ca, i);
         p.drive();
-        assert_eq!(
-            count(&p.a_events, ca, |e| *e
-                == ClientEvent::Acked {
-                    seq: id,
-                    code: None
-                }),
-            1,
-            "write {i} completed once"
-        );
+        assert_eq!(acked(&p, ca, id), 1, "write {i} completed once");
     }
     let acks = p.sent_count(false, MsgType::Ack) - before;
     assert_eq!(
@@ -57,19 +40,7 @@ fn one_sided_writes_cost_the_partner_no_frame_of_their_own() {
         p.sent_count(false, MsgType::Flow),
     );
     let n = 50u64;
-    let ids: Vec<u64> = (0..n)
-        .map(|i| {
-            p.a.write_named(
-                ca,
-                "log",
-                i * 8,
-                Bytes::from_static(b"12345678"),
-                None,
-                p.now,
-            )
-            .unwrap()
-        })
-        .collect();
+    let ids: Vec<u64> = (0..n).map(|i| write8(&mut p, ca, i)).collect();
     // Everything moves, but the clock stands still.
     for _ in 0..100_000 {
         if !p.step() {
@@ -78,11 +49,7 @@ fn one_sided_writes_cost_the_partner_no_frame_of_their_own() {
     }
     for id in &ids {
         assert_eq!(
-            count(&p.a_events, ca, |e| *e
-                == ClientEvent::Acked {
-                    seq: *id,
-                    code: None
-                }),
+            acked(&p, ca, *id),
             1,
             "write {id} completed on a's queue pair"
         );
@@ -125,14 +92,9 @@ fn a_writes_code_does_not_complete_the_async_sends_before_it() {
             p.a.write_named(ca, "log", 0, Bytes::from_static(b"w"), None, p.now)
                 .unwrap();
         p.drive();
-        let acked = |p: &Pair, seq| {
-            count(&p.a_events, ca, |e| {
-                *e == ClientEvent::Acked { seq, code: None }
-            })
-        };
-        assert_eq!(acked(&p, w), 1, "seed {seed}: the write is placed");
+        assert_eq!(acked(&p, ca, w), 1, "seed {seed}: the write is placed");
         assert_eq!(
-            acked(&p, m),
+            acked(&p, ca, m),
             0,
             "seed {seed}: b's client has not taken the message: not complete"
         );
@@ -150,6 +112,19 @@ fn a_writes_code_does_not_complete_the_async_sends_before_it() {
             p.drive();
             p.advance(std::time::Duration::from_millis(50));
         }
-        assert_eq!(acked(&p, m), 1, "seed {seed}: taken, so complete");
+        assert_eq!(acked(&p, ca, m), 1, "seed {seed}: taken, so complete");
     }
+}
+
+/// a writes 8 bytes at offset `8 * i` of b's region "log"; the write's id.
+fn write8(p: &mut Pair, ca: ClientId, i: u64) -> u64 {
+    p.a.write_named(
+        ca,
+        "log",
+        i * 8,
+        Bytes::from_static(b"12345678"),
+        None,
+        p.now,
+    )
+    .unwrap()
 }

@@ -1,11 +1,11 @@
 //! The link's CQ-polling thread: waits on the completion channel (bounded, so it notices a
-//! close request; after a stretch of busy polling while few requests are in flight, when configured),
-//! reposts receives as soon as it sees them consumed, decodes frames out of
-//! the ring, applies returned credit (posting frames that waited for it), returns credit in
-//! batches (and what is less than a batch once it has been owed a while), and reports everything to the sink -- never holding a lock while
-//! calling it. Any error completion, protocol violation or close request ends the loop: the
-//! queue pair goes to ERR, the sink hears `closed` once, then the ring is deregistered (which
-//! may block in the kernel; the sink has heard already).
+//! close request; after a stretch of busy polling while few requests are in flight, when
+//! configured), reposts receives as soon as it sees them consumed, decodes frames out of the
+//! ring, applies returned credit (posting frames that waited for it), returns credit in
+//! batches (and less than a batch once it has been owed a while), and reports everything to
+//! the sink -- never holding a lock while calling it. Any error completion, protocol violation
+//! or close request ends the loop: the queue pair goes to ERR, the sink hears `closed` once,
+//! then the ring is deregistered (which may block in the kernel; the sink has heard already).
 
 use crate::credit::{CreditOwed, Imm};
 use crate::error::{LinkCloseReason, RequestKind};

@@ -114,6 +114,14 @@ impl Model {
     }
 }
 
+/// How many times a's client `client` was told that send or write `seq` completed without a
+/// code (`Acked { code: None }`).
+pub fn acked(p: &Pair, client: ClientId, seq: u64) -> usize {
+    count(&p.a_events, client, |e| {
+        *e == ClientEvent::Acked { seq, code: None }
+    })
+}
+
 pub fn first_diff(a: &[u8], b: &[u8]) -> Option<usize> {
     a.iter().zip(b).position(|(x, y)| x != y)
 }
